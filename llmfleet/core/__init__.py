@@ -1,0 +1,1 @@
+"""Mechanism-free building blocks shared by the simulator, the dispatcher and the policies."""

@@ -1,0 +1,40 @@
+"""The contract between output-length predictors and the schedulers that use them.
+
+A predictor is consulted once, when a request is admitted (by the simulator or the live
+dispatcher). Its estimate is stored on the request, so policies stay pure and never call
+a model themselves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class PredictionInput:
+    """What is known about a request when it arrives."""
+
+    request_id: str
+    prompt_tokens: int
+    prompt_text: str | None = None
+    # Only simulators know this; stand-in noise models use it, learned rankers must not.
+    true_output_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class LengthEstimate:
+    """A ranking score plus a calibrated length estimate for memory-aware policies."""
+
+    score: float  # larger means a longer expected output; only the order across requests matters
+    expected_tokens: float  # calibrated point estimate of output tokens (e.g. the median)
+    upper_tokens: float  # a high quantile (e.g. p90) of output tokens, for memory reservation
+
+
+class LengthPredictor(Protocol):
+    """Anything that ranks requests by expected output length."""
+
+    name: str
+
+    def predict(self, items: Sequence[PredictionInput]) -> list[LengthEstimate]: ...

