@@ -1,0 +1,1 @@
+"""Helpers for the benchmark scripts in the repository's bench/ folder."""

@@ -1,0 +1,215 @@
+"""A simulated vLLM engine with the same interface as `EngineClient`, for capacity tests and fast unit tests.
+
+It models what the data plane depends on: a bounded number of sequence slots (vLLM's
+`--max-num-seqs`), FCFS or priority admission, one token per running sequence per decode step,
+a step time that grows with the batch, and deterministic token ids that depend only on the
+token history, so "prompt + generated so far" continues exactly as one unsliced request would.
+Time goes through a `Clock`, so tests drive it with a `FakeClock`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import itertools
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass, field
+
+from llmfleet.core.clock import Clock, RealClock
+from llmfleet.engine.client import Completion, CompletionChunk, SamplingParams
+from llmfleet.engine.errors import EngineRequestError, EngineUnavailable
+from llmfleet.engine.metrics import EngineLoad
+
+VOCAB = 4096
+EOS_TOKEN = 2
+
+
+def next_token(history: Sequence[int]) -> int:
+    """Deterministic 'model': the next token is a hash of the whole history."""
+    digest = hashlib.blake2b(memoryview(bytes(str(tuple(history[-64:])), "ascii")), digest_size=4).digest()
+    return 4 + int.from_bytes(digest, "little") % (VOCAB - 4)
+
+
+@dataclass
+class _Seq:
+    history: list[int]
+    remaining: int
+    out: asyncio.Queue[CompletionChunk | BaseException | None]
+    priority: int
+    generated: int = 0
+    aborted: bool = False
+
+
+@dataclass
+class SimulatedEngineConfig:
+    max_num_seqs: int = 32
+    max_model_len: int = 2048
+    step_base_s: float = 0.010
+    step_per_seq_s: float = 0.0005
+    prefill_per_token_s: float = 0.00002
+    priority_scheduling: bool = False
+    kv_tokens: int = 65536
+    name: str = "sim"
+    extra: dict[str, float] = field(default_factory=dict)
+
+
+class SimulatedEngineClient:
+    """An in-process engine; `base_url` is ``sim://<name>``."""
+
+    def __init__(self, config: SimulatedEngineConfig | None = None, clock: Clock | None = None) -> None:
+        self.config = config or SimulatedEngineConfig()
+        self.clock = clock or RealClock()
+        self.base_url = f"sim://{self.config.name}"
+        self._waiting: list[tuple[int, int, _Seq]] = []
+        self._running: list[_Seq] = []
+        self._seq = itertools.count()
+        self._wake = asyncio.Event()
+        self._loop_task: asyncio.Task[None] | None = None
+        self._down = False
+        self.preemptions = 0
+        self.generation_tokens = 0
+
+    # --- failure injection for tests --------------------------------------------------------------
+    def kill(self) -> None:
+        """Make the engine die: every in-flight stream fails, and new calls are refused."""
+        self._down = True
+        for seq in self._running + [s for _, _, s in self._waiting]:
+            seq.out.put_nowait(EngineUnavailable("simulated engine died", url=self.base_url))
+        self._running.clear()
+        self._waiting.clear()
+
+    # --- EngineClient interface --------------------------------------------------------------------
+    async def __aenter__(self) -> SimulatedEngineClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        if self._loop_task:
+            self._loop_task.cancel()
+            await asyncio.gather(self._loop_task, return_exceptions=True)
+            self._loop_task = None
+
+    async def health(self) -> bool:
+        return not self._down
+
+    async def model(self) -> str:
+        return self.config.name
+
+    async def load(self) -> EngineLoad:
+        self._check_up()
+        used = sum(len(s.history) for s in self._running)
+        return EngineLoad(
+            running=len(self._running),
+            waiting=len(self._waiting),
+            kv_cache_usage=min(1.0, used / self.config.kv_tokens),
+            preemptions=float(self.preemptions),
+            generation_tokens=float(self.generation_tokens),
+        )
+
+    async def complete(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int,
+        *,
+        ignore_eos: bool = False,
+        priority: int | None = None,
+        sampling: SamplingParams | None = None,
+        request_id: str | None = None,
+    ) -> Completion:
+        ids: list[int] = []
+        finish = None
+        async for chunk in self.stream(prompt, max_tokens, ignore_eos=ignore_eos, priority=priority):
+            ids.extend(chunk.token_ids)
+            finish = chunk.finish_reason or finish
+        prompt_ids = _encode(prompt)
+        return Completion(tuple(ids), "", finish, len(prompt_ids), len(ids), tuple(prompt_ids))
+
+    async def stream(
+        self,
+        prompt: str | Sequence[int],
+        max_tokens: int,
+        *,
+        ignore_eos: bool = False,
+        priority: int | None = None,
+        sampling: SamplingParams | None = None,
+        request_id: str | None = None,
+    ) -> AsyncIterator[CompletionChunk]:
+        self._check_up()
+        if max_tokens < 1:
+            raise ValueError("max_tokens must be at least 1")
+        ids = _encode(prompt)
+        if not ids:
+            raise ValueError("a prompt of token ids must not be empty")
+        if len(ids) + 1 > self.config.max_model_len:
+            raise EngineRequestError(
+                f"This model's maximum context length is {self.config.max_model_len} tokens",
+                status=400,
+                url=self.base_url,
+            )
+        remaining = min(max_tokens, self.config.max_model_len - len(ids))
+        seq = _Seq(history=list(ids), remaining=remaining, out=asyncio.Queue(), priority=priority or 0)
+        key = seq.priority if self.config.priority_scheduling else 0
+        heapq.heappush(self._waiting, (key, next(self._seq), seq))
+        self._ensure_loop()
+        try:
+            while True:
+                item = await seq.out.get()
+                if item is None:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            seq.aborted = True  # a disconnected client aborts the request, as in vLLM
+
+    # --- the engine loop ------------------------------------------------------------------------------
+    def _check_up(self) -> None:
+        if self._down:
+            raise EngineUnavailable("simulated engine is down", url=self.base_url)
+
+    def _ensure_loop(self) -> None:
+        if self._loop_task is None or self._loop_task.done():
+            self._loop_task = asyncio.get_running_loop().create_task(self._run())
+        self._wake.set()
+
+    async def _run(self) -> None:
+        cfg = self.config
+        while not self._down:
+            self._running = [s for s in self._running if not s.aborted]
+            prefill = 0
+            while self._waiting and len(self._running) < cfg.max_num_seqs:
+                _, _, seq = heapq.heappop(self._waiting)
+                if not seq.aborted:
+                    self._running.append(seq)
+                    prefill += len(seq.history)
+            if not self._running:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            step = cfg.step_base_s + cfg.step_per_seq_s * len(self._running) + cfg.prefill_per_token_s * prefill
+            await self.clock.sleep(step)
+            still: list[_Seq] = []
+            for seq in self._running:
+                if seq.aborted:
+                    continue
+                token = next_token(seq.history)
+                seq.history.append(token)
+                seq.generated += 1
+                seq.remaining -= 1
+                self.generation_tokens += 1
+                done = seq.remaining <= 0
+                seq.out.put_nowait(CompletionChunk((token,), "", "length" if done else None))
+                if done:
+                    seq.out.put_nowait(None)
+                else:
+                    still.append(seq)
+            self._running = still
+
+
+def _encode(prompt: str | Sequence[int]) -> list[int]:
+    if isinstance(prompt, str):
+        return [4 + b for b in prompt.encode("utf-8")]
+    return [int(t) for t in prompt]
