@@ -1,0 +1,1 @@
+"""The LLMFleet Kubernetes operator: typed spec and generated CRD, pure rendering, kopf handlers."""

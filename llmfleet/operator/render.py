@@ -1,0 +1,417 @@
+"""Pure functions from a typed LLMFleet to the Kubernetes objects that run it.
+
+Nothing here talks to the API server: `render_children` returns plain manifests that the operator
+applies with server-side apply, and tests validate them against the real Kubernetes schemas.
+
+Children of fleet NAME (all namespaced, each with a controller ownerReference to the fleet):
+  ConfigMap NAME-scheduling        scheduling.yaml for the dispatcher
+  Deployment NAME-GROUP            per length group: vLLM container + llmfleet sidecar
+  Service NAME-GROUP (headless)    per group; its EndpointSlices inherit the Service's labels
+                                   (llmfleet.io/fleet, component=engine, group), which is how the
+                                   dispatcher discovers pods and their group
+  PodDisruptionBudget NAME-engines at most one engine pod down at a time
+  ServiceAccount/Role/RoleBinding  NAME-dispatcher: watch EndpointSlices, nothing else
+  Deployment + Service             NAME-dispatcher: the gRPC front door
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any
+
+from llmfleet.core.config import SchedulingConfig
+from llmfleet.operator import spec as s
+
+OPERATOR_NAME = "llmfleet-operator"
+FLEET_LABEL = "llmfleet.io/fleet"
+COMPONENT_LABEL = "llmfleet.io/component"
+GROUP_LABEL = "llmfleet.io/group"
+MANAGED_BY = "app.kubernetes.io/managed-by"
+CONFIG_HASH = "llmfleet.io/config-hash"
+
+ENGINE_PORT = 8000
+SIDECAR_PORT = 50061
+SIDECAR_METRICS_PORT = 9091
+DISPATCHER_PORT = 50051
+DISPATCHER_METRICS_PORT = 9090
+CONFIG_DIR = "/etc/llmfleet"
+RANKER_DIR = "/etc/llmfleet/ranker"
+
+
+@dataclass(frozen=True)
+class Defaults:
+    """Operator-wide settings a fleet may override (images come from the chart's values)."""
+
+    dispatcher_image: str = "ghcr.io/llmfleet/dispatcher:0.1.0"
+    sidecar_image: str = "ghcr.io/llmfleet/sidecar:0.1.0"
+
+
+@dataclass(frozen=True)
+class FleetRef:
+    """Identity of the owning LLMFleet, for names, labels and ownerReferences."""
+
+    name: str
+    namespace: str
+    uid: str
+
+
+class InvalidFleet(ValueError):
+    """A spec that passed the schema but cannot be rendered; the message says why."""
+
+
+def selector_labels(fleet: str, component: str) -> dict[str, str]:
+    return {FLEET_LABEL: fleet, COMPONENT_LABEL: component}
+
+
+def _labels(ref: FleetRef, component: str, **extra: str) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "llmfleet",
+        "app.kubernetes.io/instance": ref.name,
+        "app.kubernetes.io/component": component,
+        MANAGED_BY: OPERATOR_NAME,
+        **selector_labels(ref.name, component),
+        **extra,
+    }
+
+
+def _meta(ref: FleetRef, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {
+        "name": name,
+        "namespace": ref.namespace,
+        "labels": dict(labels),
+        "ownerReferences": [
+            {
+                "apiVersion": f"{s.GROUP}/{s.VERSION}",
+                "kind": s.KIND,
+                "name": ref.name,
+                "uid": ref.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    }
+
+
+def _resources(res: s.ContainerResources, gpus: int = 0) -> dict[str, Any]:
+    amounts = {k: v for k, v in (("cpu", res.cpu), ("memory", res.memory)) if v}
+    limits: dict[str, Any] = dict(amounts)
+    if gpus:
+        limits["nvidia.com/gpu"] = gpus
+    out: dict[str, Any] = {}
+    if amounts:
+        out["requests"] = dict(amounts)
+    if limits:
+        out["limits"] = limits
+    return out
+
+
+_RESTRICTED = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def group_replicas(spec: s.FleetSpec) -> dict[str, int]:
+    """Spread `replicas` over the groups; groups pinned by `replicasPerGroup` keep their count."""
+    names = spec.group_names()
+    pinned = dict(spec.replicas_per_group or {})
+    unknown = sorted(set(pinned) - set(names))
+    if unknown:
+        raise InvalidFleet(f"replicasPerGroup names unknown length groups {unknown}; groups are {names}")
+    free = [n for n in names if n not in pinned]
+    rest = spec.replicas - sum(pinned.values())
+    if rest < 0:
+        raise InvalidFleet(f"replicasPerGroup pins {sum(pinned.values())} pods but replicas is {spec.replicas}")
+    if free and 0 < rest < len(free):
+        raise InvalidFleet(f"replicas leaves {rest} pods for {len(free)} unpinned length groups; each needs one")
+    out = dict(pinned)
+    for i, n in enumerate(free):
+        out[n] = rest // len(free) + (1 if i < rest % len(free) else 0)
+    return {n: out[n] for n in names}
+
+
+def scheduling_config(spec: s.FleetSpec) -> SchedulingConfig:
+    sched = spec.scheduling
+    groups: Any = None
+    if sched.length_groups is not None:
+        groups = "auto" if sched.length_groups.auto is not None else list(sched.length_groups.ranges or [])
+    ranker = None
+    if sched.ranker is not None:
+        ranker = sched.ranker.path or RANKER_DIR
+    try:
+        return SchedulingConfig(
+            policy=sched.policy,
+            slice_tokens=sched.slice_tokens,
+            length_groups=groups,
+            ranker=ranker,
+            starvation_bound_seconds=sched.starvation_bound_seconds,
+            max_queue=sched.max_queue,
+        )
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
+        raise InvalidFleet(f"scheduling: {_first_error(exc)}") from exc
+
+
+def _first_error(exc: Exception) -> str:
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        items = errors()
+        if items:
+            return str(items[0].get("msg", exc))
+    return str(exc)
+
+
+def render_config_map(ref: FleetRef, spec: s.FleetSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": _meta(ref, f"{ref.name}-scheduling", _labels(ref, "config")),
+        "data": {"scheduling.yaml": scheduling_config(spec).to_yaml()},
+    }
+
+
+def _engine_args(spec: s.FleetSpec) -> list[str]:
+    e = spec.engine
+    return [
+        "--model", spec.model.load_from,
+        "--served-model-name", spec.model.served,
+        "--port", str(ENGINE_PORT),
+        "--max-model-len", str(e.max_model_len),
+        "--gpu-memory-utilization", str(e.gpu_memory_utilization),
+        "--kv-cache-dtype", e.kv_cache_dtype,
+        "--tensor-parallel-size", str(e.tensor_parallel_size),
+        *e.extra_args,
+    ]  # fmt: skip
+
+
+def _env(spec: s.FleetSpec) -> list[dict[str, Any]]:
+    return [v.model_dump(by_alias=True, exclude_none=True) for v in spec.engine.env]
+
+
+def render_engine_deployment(
+    ref: FleetRef, spec: s.FleetSpec, group: str, replicas: int, defaults: Defaults
+) -> dict[str, Any]:
+    labels = _labels(ref, "engine", **{GROUP_LABEL: group})
+    match = {**selector_labels(ref.name, "engine"), GROUP_LABEL: group}
+    http_probe = {"httpGet": {"path": "/health", "port": ENGINE_PORT}}
+    grpc_probe = {"grpc": {"port": SIDECAR_PORT}}
+    vllm = {
+        "name": "vllm",
+        "image": spec.engine.image,
+        "command": ["python3", "-m", "vllm.entrypoints.openai.api_server"],
+        "args": _engine_args(spec),
+        "ports": [{"name": "http", "containerPort": ENGINE_PORT}],
+        "env": _env(spec),
+        "resources": _resources(spec.resources, spec.resources.gpus),
+        # Loading weights can take many minutes; the startup probe holds liveness off until then.
+        "startupProbe": {**http_probe, "periodSeconds": 10, "failureThreshold": 180},
+        "readinessProbe": {**http_probe, "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {**http_probe, "periodSeconds": 10, "failureThreshold": 6},
+        "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}],
+        "securityContext": {"allowPrivilegeEscalation": False},
+    }
+    sidecar = {
+        "name": "sidecar",
+        "image": spec.sidecar.image or defaults.sidecar_image,
+        "command": [
+            "llmfleet", "sidecar",
+            "--port", str(SIDECAR_PORT),
+            "--engine-url", f"http://127.0.0.1:{ENGINE_PORT}",
+            "--metrics-port", str(SIDECAR_METRICS_PORT),
+            "--group", group,
+        ],  # fmt: skip
+        "ports": [
+            {"name": "grpc", "containerPort": SIDECAR_PORT},
+            {"name": "metrics", "containerPort": SIDECAR_METRICS_PORT},
+        ],
+        "resources": _resources(spec.sidecar.resources),
+        "readinessProbe": {**grpc_probe, "periodSeconds": 5},
+        "livenessProbe": {**grpc_probe, "periodSeconds": 10, "failureThreshold": 6},
+        # Drain first: in-flight slices finish or migrate before the engine goes away.
+        "lifecycle": {"preStop": {"exec": {"command": ["llmfleet", "sidecar", "drain", "--port", str(SIDECAR_PORT)]}}},
+        "securityContext": {**_RESTRICTED, "runAsNonRoot": True, "readOnlyRootFilesystem": True},
+    }
+    pod_spec: dict[str, Any] = {
+        "containers": [vllm, sidecar],
+        "terminationGracePeriodSeconds": 120,
+        "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory"}}],
+    }
+    if spec.node_selector:
+        pod_spec["nodeSelector"] = dict(spec.node_selector)
+    if spec.tolerations:
+        pod_spec["tolerations"] = [t.model_dump(by_alias=True, exclude_none=True) for t in spec.tolerations]
+    if spec.affinity:
+        pod_spec["affinity"] = dict(spec.affinity)
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(ref, f"{ref.name}-{group}", labels),
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": match},
+            # Surge instead of taking a GPU pod down first: capacity never drops during a roll.
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}},
+            "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
+        },
+    }
+
+
+def render_engine_service(ref: FleetRef, group: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(ref, f"{ref.name}-{group}", _labels(ref, "engine", **{GROUP_LABEL: group})),
+        "spec": {
+            "clusterIP": "None",
+            "selector": {**selector_labels(ref.name, "engine"), GROUP_LABEL: group},
+            "ports": [
+                {"name": "http", "port": ENGINE_PORT, "targetPort": ENGINE_PORT},
+                {"name": "grpc", "port": SIDECAR_PORT, "targetPort": SIDECAR_PORT},
+                {"name": "metrics", "port": SIDECAR_METRICS_PORT, "targetPort": SIDECAR_METRICS_PORT},
+            ],
+        },
+    }
+
+
+def render_pdb(ref: FleetRef) -> dict[str, Any]:
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _meta(ref, f"{ref.name}-engines", _labels(ref, "engine")),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(ref.name, "engine")}},
+    }
+
+
+def render_dispatcher_rbac(ref: FleetRef) -> list[dict[str, Any]]:
+    name = f"{ref.name}-dispatcher"
+    labels = _labels(ref, "dispatcher")
+    return [
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(ref, name, labels)},
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "Role",
+            "metadata": _meta(ref, name, labels),
+            "rules": [
+                {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]}
+            ],
+        },
+        {
+            "apiVersion": "rbac.authorization.k8s.io/v1",
+            "kind": "RoleBinding",
+            "metadata": _meta(ref, name, labels),
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ref.namespace}],
+        },
+    ]
+
+
+def _dispatcher_args(ref: FleetRef, spec: s.FleetSpec) -> list[str]:
+    args = [
+        "llmfleet", "dispatcher",
+        "--port", str(DISPATCHER_PORT),
+        "--metrics-port", str(DISPATCHER_METRICS_PORT),
+        "--config", f"{CONFIG_DIR}/scheduling.yaml",
+        "--discovery", "kubernetes",
+        "--namespace", "$(POD_NAMESPACE)",
+        "--selector", f"{FLEET_LABEL}={ref.name},{COMPONENT_LABEL}=engine",
+        "--sidecar-port", str(SIDECAR_PORT),
+    ]  # fmt: skip
+    if spec.dispatcher.tls_secret:
+        args += ["--tls-cert", f"{CONFIG_DIR}/tls/tls.crt", "--tls-key", f"{CONFIG_DIR}/tls/tls.key"]
+    if spec.dispatcher.auth_secret:
+        args += ["--auth-token-file", f"{CONFIG_DIR}/auth/token"]
+    return args
+
+
+def render_dispatcher_deployment(ref: FleetRef, spec: s.FleetSpec, defaults: Defaults) -> dict[str, Any]:
+    name = f"{ref.name}-dispatcher"
+    labels = _labels(ref, "dispatcher")
+    d = spec.dispatcher
+    config_text = scheduling_config(spec).to_yaml()
+    mounts = [{"name": "config", "mountPath": f"{CONFIG_DIR}/scheduling.yaml", "subPath": "scheduling.yaml", "readOnly": True}]
+    volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": f"{ref.name}-scheduling"}}]
+    if d.tls_secret:
+        mounts.append({"name": "tls", "mountPath": f"{CONFIG_DIR}/tls", "readOnly": True})
+        volumes.append({"name": "tls", "secret": {"secretName": d.tls_secret}})
+    if d.auth_secret:
+        mounts.append({"name": "auth", "mountPath": f"{CONFIG_DIR}/auth", "readOnly": True})
+        volumes.append({"name": "auth", "secret": {"secretName": d.auth_secret, "items": [{"key": "token", "path": "token"}]}})
+    ranker = spec.scheduling.ranker
+    if ranker is not None and ranker.config_map:
+        mounts.append({"name": "ranker", "mountPath": RANKER_DIR, "readOnly": True})
+        volumes.append({"name": "ranker", "configMap": {"name": ranker.config_map}})
+    grpc_probe = {"grpc": {"port": DISPATCHER_PORT}}
+    container = {
+        "name": "dispatcher",
+        "image": d.image or defaults.dispatcher_image,
+        "command": _dispatcher_args(ref, spec),
+        "env": [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
+        "ports": [
+            {"name": "grpc", "containerPort": DISPATCHER_PORT},
+            {"name": "metrics", "containerPort": DISPATCHER_METRICS_PORT},
+        ],
+        "resources": _resources(d.resources),
+        "readinessProbe": {**grpc_probe, "periodSeconds": 5},
+        "livenessProbe": {**grpc_probe, "periodSeconds": 10, "failureThreshold": 6},
+        "volumeMounts": mounts,
+        "securityContext": {**_RESTRICTED, "runAsNonRoot": True, "readOnlyRootFilesystem": True},
+    }
+    # A ConfigMap change does not restart pods by itself; the hash in the template does.
+    config_hash = hashlib.sha256(config_text.encode()).hexdigest()[:16]
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(ref, name, labels),
+        "spec": {
+            "replicas": d.replicas,
+            "selector": {"matchLabels": selector_labels(ref.name, "dispatcher")},
+            "template": {
+                "metadata": {"labels": dict(labels), "annotations": {CONFIG_HASH: config_hash}},
+                "spec": {
+                    "serviceAccountName": name,
+                    "containers": [container],
+                    "volumes": volumes,
+                    "enableServiceLinks": False,
+                    "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
+                },
+            },
+        },
+    }
+
+
+def render_dispatcher_service(ref: FleetRef, spec: s.FleetSpec) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _meta(ref, f"{ref.name}-dispatcher", _labels(ref, "dispatcher")),
+        "spec": {
+            "type": spec.dispatcher.service_type,
+            "selector": selector_labels(ref.name, "dispatcher"),
+            "ports": [
+                {"name": "grpc", "port": spec.dispatcher.port, "targetPort": DISPATCHER_PORT, "appProtocol": "grpc"},
+                {"name": "metrics", "port": DISPATCHER_METRICS_PORT, "targetPort": DISPATCHER_METRICS_PORT},
+            ],
+        },
+    }
+
+
+def dispatcher_endpoint(ref: FleetRef, spec: s.FleetSpec) -> str:
+    return f"{ref.name}-dispatcher.{ref.namespace}.svc:{spec.dispatcher.port}"
+
+
+def render_children(ref: FleetRef, spec: s.FleetSpec, defaults: Defaults | None = None) -> list[dict[str, Any]]:
+    """Every object the fleet needs, in apply order. Raises InvalidFleet for specs that cannot run."""
+    defaults = defaults or Defaults()
+    children = [render_config_map(ref, spec)]  # first: a broken scheduling block is the clearer error
+    replicas = group_replicas(spec)
+    # Deployments last: once they exist (and so can report Ready), everything they need exists too.
+    children.extend(render_dispatcher_rbac(ref))
+    children.extend(render_engine_service(ref, group) for group in replicas)
+    children.append(render_dispatcher_service(ref, spec))
+    children.append(render_pdb(ref))
+    children.extend(render_engine_deployment(ref, spec, group, count, defaults) for group, count in replicas.items())
+    children.append(render_dispatcher_deployment(ref, spec, defaults))
+    return children

@@ -1,0 +1,276 @@
+"""The typed LLMFleet spec and status: the single source of truth for the CRD schema.
+
+`crd.py` turns these pydantic models into the structural openAPIV3Schema in `crds/`, and the
+operator parses every custom resource through `FleetSpec.model_validate`. Cross-field rules are
+written twice on purpose: as CEL (`x-kubernetes-validations`, enforced by the API server at admission)
+and as pydantic validators (so the operator still catches them, with a clear reason, when a resource
+got past admission, e.g. on an API server without CEL or in the test double).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+from llmfleet.core.config import LengthRange
+
+GROUP = "llmfleet.io"
+VERSION = "v1alpha1"
+KIND = "LLMFleet"
+PLURAL = "llmfleets"
+SINGULAR = "llmfleet"
+SHORT_NAMES = ["llmf"]
+
+DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+QUANTITY = r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$"
+DEFAULT_GROUP = "default"
+
+
+def _cel(*rules: tuple[str, str]) -> dict[str, Any]:
+    """json_schema_extra carrying CEL rules as (rule, message) pairs."""
+    return {"x-kubernetes-validations": [{"rule": r, "message": m} for r, m in rules]}
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid", frozen=True)
+
+
+class ModelSpec(_Spec):
+    """Which model every engine pod serves."""
+
+    name: str = Field(min_length=1, max_length=253, description="Model id, e.g. meta-llama/Llama-3.1-8B-Instruct.")
+    uri: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=1024,
+        description="Where to load weights from (local path, hf://, s3://...); defaults to name.",
+    )
+    served_name: str | None = Field(
+        default=None, min_length=1, max_length=253, description="Name clients use in requests; defaults to name."
+    )
+
+    @property
+    def load_from(self) -> str:
+        return self.uri or self.name
+
+    @property
+    def served(self) -> str:
+        return self.served_name or self.name
+
+
+class EnvVar(_Spec):
+    name: str = Field(min_length=1, max_length=253, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    value: str | None = Field(default=None, max_length=32768)
+    value_from: dict[str, Any] | None = Field(
+        default=None,
+        description="A core/v1 EnvVarSource (secretKeyRef, configMapKeyRef, ...), passed through as is.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+
+
+class EngineSpec(_Spec):
+    """How each vLLM server is started."""
+
+    image: str = Field(default="vllm/vllm-openai:v0.11.0", min_length=1, max_length=512)
+    max_model_len: int = Field(default=4096, ge=16, le=1048576, description="vLLM --max-model-len.")
+    gpu_memory_utilization: float = Field(default=0.9, ge=0.05, le=0.99)
+    kv_cache_dtype: Literal["auto", "fp8", "fp8_e4m3", "fp8_e5m2"] = "auto"
+    tensor_parallel_size: int = Field(default=1, ge=1, le=16)
+    extra_args: list[str] = Field(default_factory=list, max_length=64, description="Appended to the vLLM command.")
+    env: list[EnvVar] = Field(default_factory=list, max_length=64)
+
+
+class ContainerResources(_Spec):
+    cpu: str | None = Field(default=None, pattern=QUANTITY, max_length=32, description="CPU request and limit.")
+    memory: str | None = Field(default=None, pattern=QUANTITY, max_length=32, description="Memory request and limit.")
+
+
+class EngineResources(ContainerResources):
+    gpus: int = Field(default=1, ge=0, le=16, description="nvidia.com/gpu per engine pod.")
+
+
+class RankerRef(_Spec):
+    """A trained output-length ranker: a ConfigMap holding its artifact files, or a path in the image."""
+
+    model_config = ConfigDict(json_schema_extra=_cel(("has(self.configMap) != has(self.path)", "set exactly one of configMap or path")))
+
+    config_map: str | None = Field(default=None, min_length=1, max_length=253, pattern=DNS_LABEL)
+    path: str | None = Field(default=None, min_length=1, max_length=1024, pattern=r"^/")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> RankerRef:
+        if (self.config_map is None) == (self.path is None):
+            raise ValueError("ranker: set exactly one of configMap or path")
+        return self
+
+
+class AutoGroups(_Spec):
+    groups: int = Field(default=2, ge=1, le=16, description="How many length groups the DP partition forms.")
+
+
+class LengthGroups(_Spec):
+    """Length-specialised pod groups: explicit token ranges, or `auto` for the DP partition."""
+
+    model_config = ConfigDict(json_schema_extra=_cel(("has(self.ranges) != has(self.auto)", "set exactly one of ranges or auto")))
+
+    ranges: list[LengthRange] | None = Field(default=None, min_length=1, max_length=16)
+    auto: AutoGroups | None = None
+
+    @model_validator(mode="after")
+    def _one_mode(self) -> LengthGroups:
+        if (self.ranges is None) == (self.auto is None):
+            raise ValueError("lengthGroups: set exactly one of ranges or auto")
+        return self
+
+    def names(self) -> list[str]:
+        if self.ranges is not None:
+            return [r.name for r in sorted(self.ranges, key=lambda r: r.min_tokens)]
+        assert self.auto is not None
+        return [f"g{i}" for i in range(self.auto.groups)]
+
+
+class SchedulingSpec(_Spec):
+    policy: str = Field(default="llmfleet", min_length=1, max_length=63, pattern=r"^[a-z0-9][-a-z0-9_]*$")
+    slice_tokens: int = Field(default=128, ge=1, le=65536, description="Each slice generates at most this many tokens.")
+    length_groups: LengthGroups | None = None
+    ranker: RankerRef | None = None
+    starvation_bound_seconds: float = Field(default=30.0, gt=0, le=86400)
+    max_queue: int = Field(default=4096, ge=1, le=1000000)
+
+
+class DispatcherSpec(_Spec):
+    replicas: int = Field(default=1, ge=0, le=100)
+    image: str | None = Field(default=None, min_length=1, max_length=512, description="Defaults to the operator's setting.")
+    service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    port: int = Field(default=50051, ge=1, le=65535)
+    tls_secret: str | None = Field(
+        default=None, min_length=1, max_length=253, pattern=DNS_LABEL, description="kubernetes.io/tls Secret."
+    )
+    auth_secret: str | None = Field(
+        default=None, min_length=1, max_length=253, pattern=DNS_LABEL, description="Secret with a `token` key."
+    )
+    resources: ContainerResources = Field(default_factory=ContainerResources)
+
+
+class SidecarSpec(_Spec):
+    image: str | None = Field(default=None, min_length=1, max_length=512, description="Defaults to the operator's setting.")
+    resources: ContainerResources = Field(default_factory=ContainerResources)
+
+
+class Toleration(_Spec):
+    key: str | None = Field(default=None, max_length=316)
+    operator: Literal["Exists", "Equal"] | None = None
+    value: str | None = Field(default=None, max_length=63)
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    toleration_seconds: int | None = Field(default=None, ge=0)
+
+
+class AutoscalingSpec(_Spec):
+    """Bounds and target for a future autoscaler; validated now so specs stay forward compatible."""
+
+    model_config = ConfigDict(
+        json_schema_extra=_cel(("self.minReplicas <= self.maxReplicas", "autoscaling.minReplicas must be <= maxReplicas"))
+    )
+
+    min_replicas: int = Field(default=1, ge=0, le=1000)
+    max_replicas: int = Field(ge=1, le=1000)
+    target_in_flight_per_replica: int = Field(default=16, ge=1, le=100000)
+
+    @model_validator(mode="after")
+    def _bounds(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("autoscaling.minReplicas must be <= maxReplicas")
+        return self
+
+
+_SPEC_RULES = _cel(
+    (
+        "!has(self.scheduling) || !has(self.engine) || self.scheduling.sliceTokens <= self.engine.maxModelLen",
+        "scheduling.sliceTokens must be <= engine.maxModelLen",
+    ),
+    (
+        "!has(self.engine) || !has(self.resources) || self.resources.gpus == 0"
+        " || self.engine.tensorParallelSize <= self.resources.gpus",
+        "engine.tensorParallelSize must be <= resources.gpus",
+    ),
+    (
+        "!has(self.autoscaling) || (self.replicas >= self.autoscaling.minReplicas"
+        " && self.replicas <= self.autoscaling.maxReplicas)",
+        "replicas must lie within autoscaling.minReplicas..maxReplicas",
+    ),
+)
+
+
+class FleetSpec(_Spec):
+    """The desired state of one LLMFleet."""
+
+    model_config = ConfigDict(json_schema_extra=_SPEC_RULES)
+
+    model: ModelSpec
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+    resources: EngineResources = Field(default_factory=EngineResources)
+    replicas: int = Field(
+        default=1, ge=0, le=1000, description="Engine pods in total, spread over the length groups (scale subresource)."
+    )
+    replicas_per_group: dict[str, Annotated[int, Field(ge=0, le=1000)]] | None = Field(
+        default=None,
+        max_length=16, description="Pin the pod count of named groups; the rest of `replicas` is spread over the others."
+    )
+    scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
+    dispatcher: DispatcherSpec = Field(default_factory=DispatcherSpec)
+    sidecar: SidecarSpec = Field(default_factory=SidecarSpec)
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] | None = Field(default=None, max_length=64)
+    tolerations: list[Toleration] | None = Field(default=None, max_length=64)
+    affinity: dict[str, Any] | None = Field(
+        default=None,
+        description="A core/v1 Affinity for the engine pods, passed through as is.",
+        json_schema_extra={"x-kubernetes-preserve-unknown-fields": True},
+    )
+    autoscaling: AutoscalingSpec | None = None
+
+    @model_validator(mode="after")
+    def _cross_field(self) -> FleetSpec:
+        if self.scheduling.slice_tokens > self.engine.max_model_len:
+            raise ValueError("scheduling.sliceTokens must be <= engine.maxModelLen")
+        if self.resources.gpus and self.engine.tensor_parallel_size > self.resources.gpus:
+            raise ValueError("engine.tensorParallelSize must be <= resources.gpus")
+        if self.autoscaling and not self.autoscaling.min_replicas <= self.replicas <= self.autoscaling.max_replicas:
+            raise ValueError("replicas must lie within autoscaling.minReplicas..maxReplicas")
+        return self
+
+    def group_names(self) -> list[str]:
+        lg = self.scheduling.length_groups
+        return lg.names() if lg is not None else [DEFAULT_GROUP]
+
+
+class Condition(_Spec):
+    type: Literal["Ready", "Progressing", "Degraded"]
+    status: Literal["True", "False", "Unknown"]
+    reason: str = Field(max_length=128)
+    message: str = Field(default="", max_length=32768)
+    last_transition_time: str | None = None
+    observed_generation: int | None = None
+
+
+class GroupStatus(_Spec):
+    name: str
+    min_tokens: int | None = None
+    max_tokens: int | None = None
+    replicas: int = 0
+    ready_replicas: int = 0
+
+
+class FleetStatus(_Spec):
+    """What the operator observed; written only through the status subresource."""
+
+    observed_generation: int | None = None
+    phase: Literal["Pending", "Progressing", "Ready", "Degraded"] | None = None
+    conditions: list[Condition] = Field(default_factory=list)
+    groups: list[GroupStatus] = Field(default_factory=list)
+    replicas: int = Field(default=0, description="Engine pods wanted (scale subresource).")
+    ready_replicas: int = 0
+    ready: str | None = Field(default=None, description="ready/wanted engine pods, for kubectl.")
+    selector: str | None = Field(default=None, description="Label selector of the engine pods (scale subresource).")
+    dispatcher_endpoint: str | None = None

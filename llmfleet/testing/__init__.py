@@ -1,0 +1,1 @@
+"""Test doubles shared across llmfleet tests (e.g. the Kubernetes API emulator)."""
