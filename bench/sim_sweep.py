@@ -1,0 +1,188 @@
+"""Latency versus load (and latency CDFs) on Azure conv, plus the default policy's sensitivity
+to the predictor's Kendall's tau.
+
+    .venv/bin/python bench/sim_sweep.py
+
+Runs `llmfleet sim sweep` for the continuous-batching policies over a ladder of loads
+(bench/results/sim_sweep_conv/{sweep.json,latency_vs_load.png,latency_cdf.png}), then the
+default policy at the benchmark load for several tau (bench/results/sim_tau_conv.{json,png})
+and for several starvation/deadline guards (bench/results/sim_guard_conv.{json,png}).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from llmfleet.cli import main as llmfleet_main  # noqa: E402
+from llmfleet.policies.registry import make_policy  # noqa: E402
+from llmfleet.sim.costmodel import fit_splitwise  # noqa: E402
+from llmfleet.sim.metrics import summarize  # noqa: E402
+from llmfleet.sim.runner import load_predictor  # noqa: E402
+from llmfleet.sim.simulator import SimConfig, Simulator  # noqa: E402
+from llmfleet.sim.traces import load_trace  # noqa: E402
+
+SWEEP_POLICIES = "fcfs-rr,least-load,ltr,alise,oracle-srpt,llmfleet"
+
+
+def tau_sensitivity(trace_name: str, scale: float, taus: list[float], out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cost = fit_splitwise()
+    trace = load_trace(trace_name, rate_scale=scale)
+    cfg = SimConfig(instances=4)
+    base = summarize(Simulator(trace, make_policy("fcfs-rr"), cost, cfg).run())
+    rows = []
+    for tau in taus:
+        pred = load_predictor(None, trace, tau)
+        s = summarize(Simulator(trace, make_policy("llmfleet"), cost, cfg, predictor=pred).run())
+        rows.append(
+            {
+                "tau": tau,
+                **s,
+                "mean_vs_fcfs_rr": s["mean_latency_s"] / base["mean_latency_s"],
+                "p99_vs_fcfs_rr": s["p99_latency_s"] / base["p99_latency_s"],
+            }
+        )
+        print(
+            f"tau {tau:4.2f}: llmfleet mean {s['mean_latency_s']:.2f} s ({rows[-1]['mean_vs_fcfs_rr']:.2f}x fcfs-rr), "
+            f"p99 {s['p99_latency_s']:.2f} s ({rows[-1]['p99_vs_fcfs_rr']:.2f}x)"
+        )
+    doc = {
+        "trace": trace_name,
+        "rate_scale": scale,
+        "instances": 4,
+        "fcfs_rr": base,
+        "llmfleet_by_tau": rows,
+        "command": ".venv/bin/python bench/sim_sweep.py",
+    }
+    out.with_suffix(".json").write_text(json.dumps(doc, indent=2) + "\n")
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    ax.plot([r["tau"] for r in rows], [r["mean_vs_fcfs_rr"] for r in rows], marker="o", label="mean latency")
+    ax.plot([r["tau"] for r in rows], [r["p99_vs_fcfs_rr"] for r in rows], marker="s", label="p99 latency")
+    ax.axhline(1.0, color="grey", lw=0.8)
+    ax.set_xlabel("Kendall's tau of the length predictor")
+    ax.set_ylabel("llmfleet / fcfs-rr")
+    ax.set_title(f"{trace_name} x{scale:g}: value of better length predictions")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=110)
+    plt.close(fig)
+
+
+def guard_tradeoff(trace_name: str, scale: float, out: Path) -> None:
+    """Mean versus p99 for the default policy as the starvation/deadline guard moves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cost = fit_splitwise()
+    trace = load_trace(trace_name, rate_scale=scale)
+    pred = load_predictor(None, trace, 0.6)
+    base = summarize(Simulator(trace, make_policy("fcfs-rr"), cost, SimConfig(instances=4)).run())
+    rows = []
+    for kind, values in (("starvation_bound_s", [15, 30, 60, 120, 1e9]), ("deadline_s", [60, 75, 90, 120])):
+        for v in values:
+            if kind == "starvation_bound_s":
+                cfg, policy = SimConfig(instances=4, starvation_bound_s=v), make_policy("llmfleet")
+            else:
+                cfg, policy = SimConfig(instances=4), make_policy("llmfleet", deadline_s=v)
+            s = summarize(Simulator(trace, policy, cost, cfg, predictor=pred).run())
+            rows.append(
+                {
+                    "guard": kind,
+                    "value": v,
+                    "mean_vs_fcfs_rr": s["mean_latency_s"] / base["mean_latency_s"],
+                    "p99_vs_fcfs_rr": s["p99_latency_s"] / base["p99_latency_s"],
+                    **s,
+                }
+            )
+            print(
+                f"{kind}={v:g}: mean {rows[-1]['mean_vs_fcfs_rr']:.2f}x, p99 {rows[-1]['p99_vs_fcfs_rr']:.2f}x fcfs-rr"
+            )
+    out.with_suffix(".json").write_text(
+        json.dumps(
+            {
+                "trace": trace_name,
+                "rate_scale": scale,
+                "fcfs_rr": base,
+                "rows": rows,
+                "command": ".venv/bin/python bench/sim_sweep.py",
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for kind, marker in (("starvation_bound_s", "o"), ("deadline_s", "s")):
+        pts = [r for r in rows if r["guard"] == kind]
+        ax.plot(
+            [r["mean_vs_fcfs_rr"] for r in pts], [r["p99_vs_fcfs_rr"] for r in pts], marker=marker, label=kind
+        )
+        for r in pts:
+            ax.annotate(
+                f"{r['value']:g}" if r["value"] < 1e8 else "off",
+                (r["mean_vs_fcfs_rr"], r["p99_vs_fcfs_rr"]),
+                fontsize=7,
+            )
+    ax.axvline(0.35, color="red", lw=0.8, ls="--")
+    ax.axhline(0.7, color="red", lw=0.8, ls="--")
+    ax.set_xlabel("mean latency / fcfs-rr")
+    ax.set_ylabel("p99 latency / fcfs-rr")
+    ax.set_title(f"{trace_name} x{scale:g}: llmfleet guard trade-off (targets dashed)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=110)
+    plt.close(fig)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--trace", default="conv")
+    ap.add_argument("--rate-scales", default="1,2,2.5,2.75,3")
+    ap.add_argument("--tau-scale", type=float, default=2.75)
+    ap.add_argument("--taus", default="0,0.3,0.5,0.6,0.7,0.8,0.9,1.0")
+    args = ap.parse_args()
+    results = ROOT / "bench" / "results"
+    rc = llmfleet_main(
+        [
+            "sim",
+            "sweep",
+            "--trace",
+            args.trace,
+            "--policies",
+            SWEEP_POLICIES,
+            "--instances",
+            "4",
+            "--rate-scales",
+            args.rate_scales,
+            "--out-dir",
+            str(results / f"sim_sweep_{args.trace}"),
+            "--no-progress",
+        ]
+    )
+    if rc:
+        return rc
+    tau_sensitivity(
+        args.trace,
+        args.tau_scale,
+        [float(t) for t in args.taus.split(",")],
+        results / f"sim_tau_{args.trace}",
+    )
+    guard_tradeoff(args.trace, args.tau_scale, results / f"sim_guard_{args.trace}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

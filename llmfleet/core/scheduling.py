@@ -1,0 +1,229 @@
+"""The scheduling contract: frozen snapshots in, frozen decisions out.
+
+Every llmfleet policy (``llmfleet.policies``) is a pure object with ONE method::
+
+    decisions: tuple[Decision, ...] = policy.decide(view)
+
+``view`` is a :class:`SchedulerView`, an immutable snapshot built by the *mechanism* (the
+trace-driven simulator in ``llmfleet.sim`` today, the live gRPC dispatcher later). A policy
+never awaits, never does I/O and never reads a clock: ``view.now`` is the time. The same
+policy object therefore runs unchanged under the simulator and the dispatcher.
+
+How a mechanism drives a policy (the dispatcher follows exactly this)
+--------------------------------------------------------------------
+The mechanism owns a FIFO *queue* of requests waiting at the dispatcher and a set of *pods*
+(vLLM engines behind sidecars). At every scheduling point -- a request arrives, a slice or a
+request finishes on a pod, a pod sends a load report -- it:
+
+1. Builds a ``SchedulerView``: ``queue`` holds the waiting requests in arrival (enqueue) order,
+   ``running`` the requests currently executing on pods, ``pods`` one :class:`PodState` each.
+   ``RequestState.estimate`` is the ``LengthEstimate`` the mechanism obtained from its
+   ``LengthPredictor`` once, at admission; policies never call a predictor themselves.
+2. Calls ``policy.decide(view)`` and applies the returned decisions **in order**:
+
+   * :class:`Preempt` ``(request_id, pod_id, mode)`` -- stop that running request on that pod
+     and put it back at the end of the dispatcher queue with its generated tokens kept.
+     ``mode="recompute"`` drops its KV (a later resume re-prefills prompt + generated tokens,
+     minus whatever the pod's prefix cache still holds); ``mode="swap"`` asks the pod to keep
+     the KV in host memory so a resume on the *same* pod only pays the swap-in. A mechanism
+     that cannot swap may treat ``swap`` as ``recompute``.
+   * :class:`Assignment` ``(request_id, pod_id, max_tokens)`` -- remove the request from the
+     queue and send it to the pod, asking for at most ``max_tokens`` *more* output tokens
+     (the prompt sent is the original prompt plus every token generated so far). When the
+     pod returns, the request is either finished (EOS or its own output limit) or, if
+     ``max_tokens`` ran out first, re-queued with ``generated_tokens`` updated and
+     ``pod_id`` set to the pod that ran it (its KV is likely still in that pod's prefix
+     cache). Slice-based policies use ``max_tokens = view.slice_tokens``; continuous-batching
+     policies (``fcfs-rr``, ``least-load``, ...) use :data:`ALL_REMAINING`, meaning "run to
+     completion". An Assignment whose ``pod_id`` differs from the request's previous
+     ``pod_id`` is a *migration*: nothing else is needed, the mechanism simply re-prefills
+     on the new pod.
+
+   Decisions about unknown ids, or a second Assignment for the same request in one
+   decision batch, are ignored by the mechanism (and counted as policy errors); a request
+   with no decision simply stays queued. Requests are never dropped by a policy.
+3. Does nothing else: a policy that wants to wait (for a pod to free up, to fill a batch)
+   returns no Assignment for that request and is asked again at the next scheduling point.
+
+Filling the view (what policies read, so a mechanism must provide it)
+--------------------------------------------------------------------
+* ``RequestState.seq`` (admission order; round-robin uses it), ``arrival_s`` (starvation guard
+  and aging), ``enqueued_s``, ``generated_tokens`` as of the last slice boundary, ``estimate``,
+  ``hash_ids`` when known, ``pod_id`` of the pod that last ran it (affinity, stickiness).
+  ``true_output_tokens`` is None outside simulators (only ``oracle-srpt`` needs it).
+* ``PodState``: ``max_running`` (the engine's max_num_seqs), ``running``/``waiting`` counts
+  including requests the dispatcher has sent but the engine has not yet reported,
+  ``kv_capacity_tokens``/``kv_used_tokens``, ``est_remaining_s``/``est_remaining_tokens``
+  (work the pod holds, from the requests' estimates), ``cached_prefixes`` (hash ids the
+  dispatcher believes the pod caches, e.g. those it routed there recently, as llm-d does),
+  the per-token cost hints used by ``alise``, and ``healthy``.
+* ``SchedulerView.slice_tokens`` and ``starvation_bound_s`` from ``SchedulingConfig``;
+  ``recent_output_tokens`` (output lengths of the last ~1,000 finished requests) and
+  ``completed`` (their running count), which ``l4`` partitions by.
+
+Build policies by name with ``llmfleet.policies.registry.make_policy(name, **options)``;
+``llmfleet.policies.registry.POLICIES`` lists them with one-line descriptions.
+
+Everything in these types is ids, counts, token numbers and seconds, so decisions can be
+logged, replayed, sent over gRPC and compared across mechanisms.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from llmfleet.core.prediction import LengthEstimate
+
+# Assignment.max_tokens value meaning "generate until the request finishes".
+ALL_REMAINING = 1 << 30
+
+
+@dataclass(frozen=True, slots=True)
+class RequestState:
+    """One request as the dispatcher knows it."""
+
+    request_id: str
+    seq: int  # admission order, 0, 1, 2, ... (stable across slices; round-robin uses it)
+    arrival_s: float
+    prompt_tokens: int
+    generated_tokens: int = 0  # output tokens produced so far (as of the last slice boundary)
+    max_output_tokens: int | None = None  # the client's max_tokens, if any
+    true_output_tokens: int | None = None  # known only to simulators; only oracle policies read it
+    estimate: LengthEstimate | None = None  # from the LengthPredictor, at admission
+    priority: int = 0  # client priority; larger is more important
+    hash_ids: tuple[int, ...] = ()  # prefix block hashes of the prompt (e.g. Mooncake's 512-token blocks)
+    pod_id: str | None = None  # pod that holds (or last held) its KV; None before its first slice
+    enqueued_s: float = 0.0  # when it (re-)entered the dispatcher queue; aging and starvation use it
+    assigned_s: float | None = None  # when the running slice was assigned (running requests only)
+    slice_max_tokens: int | None = None  # max_tokens of the running slice (running requests only)
+    slices: int = 0  # slices completed so far
+    swapped: bool = False  # its KV sits swapped out on `pod_id` (after a swap preemption)
+
+    @property
+    def context_tokens(self) -> int:
+        """Tokens whose KV a pod must hold to continue this request."""
+        return self.prompt_tokens + self.generated_tokens
+
+    def output_cap(self) -> int | None:
+        """Hard upper bound on output tokens, when one is known."""
+        caps = [c for c in (self.max_output_tokens, self.true_output_tokens) if c is not None]
+        return min(caps) if caps else None
+
+    def expected_output_tokens(self) -> float:
+        """Best available point estimate of the total output length."""
+        if self.estimate is not None:
+            guess = max(self.estimate.expected_tokens, self.generated_tokens + 1.0)
+        else:
+            guess = float(self.generated_tokens + 128)
+        if self.max_output_tokens is not None:
+            guess = min(guess, float(self.max_output_tokens))
+        return guess
+
+    def expected_remaining_tokens(self) -> float:
+        return max(1.0, self.expected_output_tokens() - self.generated_tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class PodState:
+    """One engine pod (vLLM behind a sidecar), as of its last load report."""
+
+    pod_id: str
+    group: str | None = None  # length group (L4) this pod is configured into, if any
+    kv_capacity_tokens: int = 0  # KV cache capacity, in tokens (blocks * block_size)
+    kv_used_tokens: int = 0  # KV held by running requests (excludes evictable prefix cache)
+    block_size: int = 16
+    max_running: int = 256  # the engine's max_num_seqs
+    running: int = 0  # requests the engine is decoding or prefilling
+    waiting: int = 0  # requests queued inside the engine
+    est_remaining_s: float = 0.0  # estimated seconds of work left for what it holds
+    est_remaining_tokens: float = 0.0  # estimated output tokens left for what it holds
+    cached_prefixes: frozenset[int] = frozenset()  # hash ids believed to be in its prefix cache
+    prefix_block_tokens: int = 512  # tokens each hash id stands for
+    recompute_s_per_token: float = 0.0  # cost hint: re-prefill seconds per context token
+    swap_s_per_token: float = 0.0  # cost hint: swap-out + swap-in seconds per context token
+    healthy: bool = True
+
+    @property
+    def kv_free_tokens(self) -> int:
+        return max(0, self.kv_capacity_tokens - self.kv_used_tokens)
+
+    @property
+    def kv_utilization(self) -> float:
+        return self.kv_used_tokens / self.kv_capacity_tokens if self.kv_capacity_tokens else 1.0
+
+    @property
+    def free_slots(self) -> int:
+        """How many more requests the engine can run without queueing them internally."""
+        return max(0, self.max_running - self.running - self.waiting)
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerView:
+    """Everything a policy may look at, frozen at one scheduling point."""
+
+    now: float
+    queue: tuple[RequestState, ...]  # waiting at the dispatcher, in enqueue order
+    running: tuple[RequestState, ...]  # executing a slice on some pod
+    pods: tuple[PodState, ...]
+    slice_tokens: int = 128  # configured slice length S
+    starvation_bound_s: float = 30.0  # configured starvation guard
+    recent_output_tokens: tuple[int, ...] = ()  # output lengths of recently finished requests
+    completed: int = 0  # requests finished so far (lets policies memoise derived tables)
+
+    def pod(self, pod_id: str) -> PodState:
+        for p in self.pods:
+            if p.pod_id == pod_id:
+                return p
+        raise KeyError(pod_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Assignment:
+    """Send a queued request to a pod for at most `max_tokens` more output tokens."""
+
+    request_id: str
+    pod_id: str
+    max_tokens: int = ALL_REMAINING
+
+    def __post_init__(self) -> None:
+        if self.max_tokens < 1:
+            raise ValueError(f"Assignment.max_tokens must be >= 1, got {self.max_tokens}")
+
+
+PreemptMode = Literal["recompute", "swap"]
+
+
+@dataclass(frozen=True, slots=True)
+class Preempt:
+    """Stop a running request on its pod and put it back in the dispatcher queue."""
+
+    request_id: str
+    pod_id: str
+    mode: PreemptMode = "recompute"
+
+
+Decision = Assignment | Preempt
+
+
+class Policy(Protocol):
+    """A scheduling policy: pure, deterministic, one decision method."""
+
+    name: str
+
+    def decide(self, view: SchedulerView) -> tuple[Decision, ...]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DecisionBatch:
+    """Decisions split by kind, in application order (preemptions first)."""
+
+    preempts: tuple[Preempt, ...] = field(default_factory=tuple)
+    assignments: tuple[Assignment, ...] = field(default_factory=tuple)
+
+    @classmethod
+    def of(cls, decisions: tuple[Decision, ...] | list[Decision]) -> DecisionBatch:
+        return cls(
+            preempts=tuple(d for d in decisions if isinstance(d, Preempt)),
+            assignments=tuple(d for d in decisions if isinstance(d, Assignment)),
+        )

@@ -1,0 +1,196 @@
+"""Endpoint picking in the style of the Gateway API Inference Extension: filters, then
+weighted scorers in [0, 1], then a picker. Each plugin is a small function registered here,
+by name, in one place; a `RoutingProfile` names the plugins and the scorer weights.
+
+* Filter: ``(view, request, pods) -> pods`` (a subset; an empty result means "nowhere fits").
+* Scorer: ``(view, request, pods) -> list[float]``, one score in [0, 1] per pod; higher is better.
+* Picker: ``(request, pods, total_scores) -> pod``.
+
+Policies that place several requests in one decision call keep their own running tally
+with `Tentative`, so the second request sees the first one's load.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from llmfleet.core.scheduling import PodState, RequestState, SchedulerView
+
+Filter = Callable[[SchedulerView, RequestState, Sequence[PodState]], list[PodState]]
+Scorer = Callable[[SchedulerView, RequestState, Sequence[PodState]], list[float]]
+Picker = Callable[[RequestState, Sequence[PodState], Sequence[float]], PodState]
+
+
+def _kv_need(req: RequestState) -> int:
+    return req.context_tokens + 1
+
+
+# ----------------------------------------------------------------------------- filters
+def filter_healthy(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[PodState]:
+    return [p for p in pods if p.healthy]
+
+
+def filter_free_slot(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[PodState]:
+    """Pods that can start the request now, without queueing it inside the engine."""
+    return [p for p in pods if p.free_slots > 0]
+
+
+def filter_kv_room(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[PodState]:
+    """Pods whose free KV holds the request's context (memory-aware admission)."""
+    need = _kv_need(req)
+    return [p for p in pods if p.kv_free_tokens >= need]
+
+
+def filter_idle(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[PodState]:
+    """Pods with nothing running or queued (static batching only feeds empty engines)."""
+    return [p for p in pods if p.running == 0 and p.waiting == 0]
+
+
+def filter_sticky(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[PodState]:
+    """A request that already ran somewhere resumes only on that pod (its KV is cached there)."""
+    if req.pod_id is None:
+        return list(pods)
+    return [p for p in pods if p.pod_id == req.pod_id]
+
+
+FILTERS: dict[str, Filter] = {
+    "sticky": filter_sticky,
+    "healthy": filter_healthy,
+    "free-slot": filter_free_slot,
+    "kv-room": filter_kv_room,
+    "idle": filter_idle,
+}
+
+
+# ----------------------------------------------------------------------------- scorers
+def _inverse_minmax(values: Sequence[float]) -> list[float]:
+    lo, hi = min(values), max(values)
+    if hi - lo <= 1e-12:
+        return [1.0] * len(values)
+    return [(hi - v) / (hi - lo) for v in values]
+
+
+def score_queue(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[float]:
+    """Fewer requests running plus waiting is better (llm-d's queue scorer)."""
+    return _inverse_minmax([float(p.running + p.waiting) for p in pods])
+
+
+def score_kv_cache(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[float]:
+    """Lower KV utilisation is better (llm-d's kv-cache-utilization scorer)."""
+    return [max(0.0, 1.0 - p.kv_utilization) for p in pods]
+
+
+def score_remaining_work(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[float]:
+    """Less estimated remaining work is better (SCLS's max-min offloading signal)."""
+    return _inverse_minmax([p.est_remaining_s for p in pods])
+
+
+def score_prefix(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[float]:
+    """Fraction of the prompt's leading hash blocks the pod already caches."""
+    if not req.hash_ids:
+        return [0.0] * len(pods)
+    out = []
+    for p in pods:
+        n = 0
+        for h in req.hash_ids:
+            if h not in p.cached_prefixes:
+                break
+            n += 1
+        out.append(n / len(req.hash_ids))
+    return out
+
+
+def score_affinity(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[float]:
+    """1 for the pod that last ran the request (its KV is probably still cached there)."""
+    return [1.0 if p.pod_id == req.pod_id else 0.0 for p in pods]
+
+
+SCORERS: dict[str, Scorer] = {
+    "queue": score_queue,
+    "kv-cache": score_kv_cache,
+    "remaining-work": score_remaining_work,
+    "prefix": score_prefix,
+    "affinity": score_affinity,
+}
+
+
+# ----------------------------------------------------------------------------- pickers
+def pick_max_score(req: RequestState, pods: Sequence[PodState], scores: Sequence[float]) -> PodState:
+    """Highest total score; ties rotate with the request's sequence number so they spread out."""
+    best = max(scores)
+    tied = [p for p, s in zip(pods, scores, strict=True) if s >= best - 1e-9]
+    return tied[req.seq % len(tied)]
+
+
+def pick_first(req: RequestState, pods: Sequence[PodState], scores: Sequence[float]) -> PodState:
+    best = max(scores)
+    return next(p for p, s in zip(pods, scores, strict=True) if s >= best - 1e-9)
+
+
+PICKERS: dict[str, Picker] = {"max-score": pick_max_score, "first": pick_first}
+
+
+@dataclass(frozen=True)
+class RoutingProfile:
+    """Which plugins to run, and how much each scorer weighs."""
+
+    filters: tuple[str, ...] = ("healthy",)
+    scorers: tuple[tuple[str, float], ...] = (("queue", 1.0), ("kv-cache", 1.0))
+    picker: str = "max-score"
+
+    def __post_init__(self) -> None:
+        unknown = [f for f in self.filters if f not in FILTERS]
+        unknown += [s for s, _ in self.scorers if s not in SCORERS]
+        unknown += [self.picker] if self.picker not in PICKERS else []
+        if unknown:
+            raise ValueError(f"unknown routing plugins: {unknown}")
+        if any(w < 0 for _, w in self.scorers):
+            raise ValueError("scorer weights must be non-negative")
+
+    def candidates(self, view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[PodState]:
+        out = list(pods)
+        for name in self.filters:
+            out = FILTERS[name](view, req, out)
+            if not out:
+                break
+        return out
+
+    def pick(self, view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> PodState | None:
+        cands = self.candidates(view, req, pods)
+        if not cands:
+            return None
+        totals = [0.0] * len(cands)
+        for name, weight in self.scorers:
+            if weight == 0:
+                continue
+            for i, s in enumerate(SCORERS[name](view, req, cands)):
+                totals[i] += weight * s
+        return PICKERS[self.picker](req, cands, totals)
+
+
+class Tentative:
+    """Pod states updated as a policy places requests within one decision call."""
+
+    def __init__(self, pods: Sequence[PodState]) -> None:
+        self.pods = list(pods)
+        self._index = {p.pod_id: i for i, p in enumerate(self.pods)}
+
+    def place(self, req: RequestState, pod: PodState, expected_tokens: float | None = None) -> None:
+        i = self._index[pod.pod_id]
+        cur = self.pods[i]
+        tokens = expected_tokens if expected_tokens is not None else req.expected_remaining_tokens()
+        per_token = cur.est_remaining_s / cur.est_remaining_tokens if cur.est_remaining_tokens > 0 else 0.03
+        self.pods[i] = replace(
+            cur,
+            running=cur.running + 1 if cur.free_slots > 0 else cur.running,
+            waiting=cur.waiting if cur.free_slots > 0 else cur.waiting + 1,
+            kv_used_tokens=cur.kv_used_tokens + _kv_need(req),
+            est_remaining_tokens=cur.est_remaining_tokens + tokens,
+            est_remaining_s=cur.est_remaining_s
+            + tokens * per_token
+            + req.context_tokens * cur.recompute_s_per_token,
+        )
+
+    def free_slots(self) -> int:
+        return sum(p.free_slots for p in self.pods if p.healthy)

@@ -1,0 +1,351 @@
+"""`llmfleet sim ...`: list policies, run them side by side on a trace, sweep loads, calibrate.
+
+Heavy imports (numpy, rich, matplotlib, the simulator) happen inside the handlers so that
+`llmfleet --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+TRACE_HELP = "trace file (Azure CSV or Mooncake JSONL) or a known name: conv, code, mooncake"
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(t) for t in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(t) for t in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    v = int(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return v
+
+
+def _positive_float(text: str) -> float:
+    v = float(text)
+    if v <= 0:
+        raise argparse.ArgumentTypeError("must be positive")
+    return v
+
+
+def _add_sim_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trace", required=True, help=TRACE_HELP)
+    p.add_argument(
+        "--policies",
+        default="all",
+        help="comma-separated policy names, or 'all' (see `llmfleet sim policies`)",
+    )
+    p.add_argument("--instances", type=_positive_int, default=4, help="engine instances (default 4)")
+    p.add_argument("--limit", type=_positive_int, default=None, help="replay only the first N requests")
+    p.add_argument(
+        "--config", default=None, help="scheduling config YAML (sliceTokens, starvationBoundSeconds, ranker)"
+    )
+    p.add_argument("--slice-tokens", type=_positive_int, default=None, help="slice length S (default 128)")
+    p.add_argument(
+        "--starvation-bound",
+        type=_positive_float,
+        default=None,
+        help="starvation guard in seconds (default 30)",
+    )
+    p.add_argument(
+        "--cost-model",
+        default=None,
+        help="cost model JSON from `llmfleet sim calibrate` (default: llama2-70b TP8 H100)",
+    )
+    p.add_argument("--max-running", type=_positive_int, default=64, help="engine max_num_seqs (default 64)")
+    p.add_argument(
+        "--token-budget",
+        type=_positive_int,
+        default=8192,
+        help="engine max_num_batched_tokens (default 8192)",
+    )
+    p.add_argument(
+        "--kv-tokens",
+        type=_positive_int,
+        default=None,
+        help="KV capacity per engine in tokens (default: cost model's)",
+    )
+    p.add_argument(
+        "--tau", type=float, default=0.6, help="Kendall's tau of the stand-in length predictor (default 0.6)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the stand-in predictor's noise")
+    p.add_argument(
+        "--ranker", default=None, help="learned ranker artifact directory (replaces the noise stand-in)"
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="sim_command", metavar="SUBCOMMAND", title="subcommands")
+
+    p = sub.add_parser(
+        "policies", help="list the scheduling policies", description="List every registered policy."
+    )
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    p.set_defaults(func=cmd_policies)
+
+    p = sub.add_parser(
+        "run",
+        help="replay a trace under several policies side by side",
+        description="Replay a trace under each policy with identical engines and predictions; print a table "
+        "and optionally write JSON.",
+    )
+    _add_sim_args(p)
+    p.add_argument(
+        "--rate-scale", type=_positive_float, default=1.0, help="replay speed-up (2 = twice the arrival rate)"
+    )
+    p.add_argument("--out", default=None, help="write results JSON here")
+    p.add_argument("--cdf", default=None, help="also draw the latency CDF of each policy to this PNG")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "sweep",
+        help="run policies over a range of loads; plot latency vs load and CDFs",
+        description="Run each policy at each rate scale; write sweep.json, latency_vs_load.png and latency_cdf.png.",
+    )
+    _add_sim_args(p)
+    p.add_argument("--rate-scales", type=_floats, default=[1.0, 2.0, 3.0, 4.0], help="comma-separated loads")
+    p.add_argument("--out-dir", required=True, help="folder for sweep.json and the PNG plots")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="measure a live vLLM server and write a cost model JSON",
+        description="Time prefill (max_tokens=1 at several prompt lengths) and decode (concurrent requests) "
+        "against a vLLM OpenAI-compatible server and fit the simulator's cost model.",
+    )
+    p.add_argument("--engine", required=True, help="base URL of the vLLM server, e.g. http://127.0.0.1:8000")
+    p.add_argument("--out", required=True, help="cost model JSON to write")
+    p.add_argument("--prompt-lengths", type=_ints, default=[16, 64, 256, 1024], help="prefill probe lengths")
+    p.add_argument("--concurrency", type=_ints, default=[1, 4, 16], help="decode probe batch sizes")
+    p.add_argument("--decode-tokens", type=_positive_int, default=32, help="tokens per decode probe")
+    p.add_argument("--repeats", type=_positive_int, default=3, help="repeats per probe (median taken)")
+    p.add_argument("--kv-tokens", type=_positive_int, default=None, help="KV capacity to record (tokens)")
+    p.set_defaults(func=cmd_calibrate)
+
+
+# ------------------------------------------------------------------------------------ helpers
+def _policies(text: str) -> list[str]:
+    from llmfleet.policies.registry import POLICIES
+
+    names = list(POLICIES) if text == "all" else _csv(text)
+    unknown = [n for n in names if n not in POLICIES]
+    if unknown:
+        raise SystemExit(f"error: unknown policies {unknown}; known: {', '.join(POLICIES)}")
+    if not names:
+        raise SystemExit("error: no policies given")
+    return names
+
+
+def _setup(args: argparse.Namespace, rate_scale: float) -> dict[str, Any]:
+    from llmfleet.core.config import SchedulingConfig
+    from llmfleet.sim.costmodel import load_cost_model
+    from llmfleet.sim.engine import EngineConfig
+    from llmfleet.sim.runner import load_predictor
+    from llmfleet.sim.simulator import SimConfig
+    from llmfleet.sim.traces import load_trace
+
+    sched = SchedulingConfig.load(args.config) if args.config else SchedulingConfig()
+    trace = load_trace(args.trace, rate_scale=rate_scale, limit=args.limit)
+    cost = load_cost_model(args.cost_model)
+    cfg = SimConfig(
+        instances=args.instances,
+        engine=EngineConfig(
+            max_running=args.max_running, token_budget=args.token_budget, kv_capacity_tokens=args.kv_tokens
+        ),
+        slice_tokens=args.slice_tokens or sched.slice_tokens,
+        starvation_bound_s=args.starvation_bound or sched.starvation_bound_seconds,
+    )
+    predictor = load_predictor(args.ranker or sched.ranker, trace, args.tau, args.seed)
+    return {"trace": trace, "cost": cost, "cfg": cfg, "predictor": predictor}
+
+
+def _console():  # type: ignore[no-untyped-def]
+    from rich.console import Console
+
+    console = Console()
+    if not console.is_terminal:
+        console.width = 160  # piped output: keep the table whole rather than wrapped at 80
+    return console
+
+
+def _progress(disabled: bool):  # type: ignore[no-untyped-def]
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        disable=disabled,
+        transient=True,
+    )
+
+
+def _run_all(args: argparse.Namespace, names: list[str], rate_scale: float, progress, label: str = ""):  # type: ignore[no-untyped-def]
+    from llmfleet.sim.runner import run_policies
+
+    env = _setup(args, rate_scale)
+    tasks = {n: progress.add_task(f"{label}{n}", total=len(env["trace"])) for n in names}
+
+    def on_progress(name: str, done: int, total: int) -> None:
+        progress.update(tasks[name], completed=done)
+
+    return env, run_policies(env["trace"], names, env["cost"], env["cfg"], env["predictor"], on_progress)
+
+
+def _table(runs, title: str):  # type: ignore[no-untyped-def]
+    from rich.table import Table
+
+    base = next((r.summary for r in runs if r.summary["policy"] == "fcfs-rr"), None)
+    table = Table(title=title)
+    for col in ("policy", "done", "mean s", "p50 s", "p99 s", "TTFT s", "p99 TTFT s", "tok/s", "imbalance"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    if base:
+        table.add_column("mean / fcfs-rr", justify="right")
+        table.add_column("p99 / fcfs-rr", justify="right")
+    for r in runs:
+        s = r.summary
+        row = [
+            s["policy"],
+            str(s["completed"]),
+            f"{s['mean_latency_s']:.2f}",
+            f"{s['p50_latency_s']:.2f}",
+            f"{s['p99_latency_s']:.2f}",
+            f"{s['mean_ttft_s']:.2f}",
+            f"{s['p99_ttft_s']:.2f}",
+            f"{s['throughput_tok_s']:.0f}",
+            f"{s['load_imbalance']:.3f}",
+        ]
+        if base:
+            row += [
+                f"{s['mean_latency_s'] / base['mean_latency_s']:.2f}",
+                f"{s['p99_latency_s'] / base['p99_latency_s']:.2f}",
+            ]
+        table.add_row(*row)
+    return table
+
+
+# ------------------------------------------------------------------------------------ commands
+def cmd_policies(args: argparse.Namespace) -> int:
+    from llmfleet.policies.registry import POLICIES
+
+    if args.json:
+        print(
+            json.dumps([{"name": s.name, "description": s.description} for s in POLICIES.values()], indent=2)
+        )
+        return 0
+    from rich.table import Table
+
+    table = Table(title="llmfleet scheduling policies")
+    table.add_column("name", style="bold")
+    table.add_column("what it does")
+    for spec in POLICIES.values():
+        table.add_row(spec.name, spec.description)
+    _console().print(table)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from llmfleet.sim.metrics import run_json
+
+    names = _policies(args.policies)
+    console = _console()
+    try:
+        with _progress(args.no_progress) as progress:
+            env, runs = _run_all(args, names, args.rate_scale, progress)
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    title = f"{args.trace} x{args.rate_scale:g}, {args.instances} instances, {len(env['trace'])} requests"
+    console.print(_table(runs, title))
+    if args.out:
+        doc = run_json(str(args.trace), args.instances, args.rate_scale, [r.summary for r in runs])
+        Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+        console.print(f"wrote {args.out}")
+    if args.cdf:
+        from llmfleet.sim.plots import latency_cdf
+
+        latency_cdf(
+            {r.summary["policy"]: [x.latency_s for x in r.result.records] for r in runs}, args.cdf, title
+        )
+        console.print(f"wrote {args.cdf}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from llmfleet.sim.metrics import run_json
+    from llmfleet.sim.plots import latency_cdf, latency_vs_load
+
+    names = _policies(args.policies)
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    console = _console()
+    points: dict[str, list[tuple[float, float, float]]] = {n: [] for n in names}
+    docs = []
+    cdf: dict[str, list[float]] = {}
+    try:
+        with _progress(args.no_progress) as progress:
+            for scale in sorted(args.rate_scales):
+                _, runs = _run_all(args, names, scale, progress, label=f"x{scale:g} ")
+                for r in runs:
+                    s = r.summary
+                    points[s["policy"]].append((scale, s["mean_latency_s"], s["p99_latency_s"]))
+                    cdf[s["policy"]] = [x.latency_s for x in r.result.records]
+                docs.append(run_json(str(args.trace), args.instances, scale, [r.summary for r in runs]))
+                console.print(_table(runs, f"{args.trace} x{scale:g}, {args.instances} instances"))
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    (out_dir / "sweep.json").write_text(json.dumps({"trace": str(args.trace), "runs": docs}, indent=2) + "\n")
+    title = f"{Path(str(args.trace)).stem}, {args.instances} instances"
+    latency_vs_load(points, out_dir / "latency_vs_load.png", title)
+    latency_cdf(cdf, out_dir / "latency_cdf.png", f"{title}, load x{max(args.rate_scales):g}")
+    console.print(f"wrote {out_dir / 'sweep.json'}, latency_vs_load.png, latency_cdf.png")
+    return 0
+
+
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from llmfleet.sim.calibrate import calibrate_engine
+
+    try:
+        model = asyncio.run(
+            calibrate_engine(
+                args.engine,
+                args.prompt_lengths,
+                args.concurrency,
+                args.decode_tokens,
+                args.repeats,
+                args.kv_tokens,
+            )
+        )
+    except Exception as exc:  # every engine failure becomes one readable line
+        print(f"error: calibration against {args.engine} failed: {exc}", file=sys.stderr)
+        return 2
+    model.save(args.out)
+    print(
+        f"wrote {args.out}: decode {model.decode_base_s * 1000:.2f} ms + {model.decode_per_seq_s * 1000:.3f} ms/seq, "
+        f"prefill knots {list(zip(model.prefill_knots_tokens, [round(t, 4) for t in model.prefill_knots_s], strict=True))}"
+    )
+    return 0

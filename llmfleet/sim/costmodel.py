@@ -1,0 +1,237 @@
+"""Engine cost models: how long one vLLM iteration takes, fitted from GPU profiles or a live engine.
+
+An iteration runs ``p`` prefill tokens (chunked prefill) and one decode step for ``b`` running
+sequences holding ``ctx`` KV tokens in total. Its duration is::
+
+    prefill_s(p) + decode_step_s(b, ctx) - overlap   (overlap only when both are present)
+
+* ``prefill_s`` is piecewise-linear in the batched prefill tokens through measured knots
+  (linear extrapolation past the last knot).
+* ``decode_step_s(b, ctx) = base + per_seq * b + per_ctx_token * ctx``. It must stay linear in
+  ``ctx``: the simulator advances many decode steps at once with the closed-form sum.
+* ``overlap`` is the fixed per-forward-pass cost counted once when a chunk of prefill rides
+  along with the decode batch.
+
+Models are saved as JSON (``llmfleet sim calibrate`` writes the same schema).
+"""
+
+from __future__ import annotations
+
+import bisect
+import csv
+import json
+import math
+import os
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+# The shared data folder sits beside the checkout (../shared/data); LLMFLEET_SHARED_DATA overrides it.
+DATA_DIR = Path(
+    os.environ.get("LLMFLEET_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data")
+)
+SPLITWISE_CSV = DATA_DIR / "perf_profiles" / "splitwise_perf_model.csv"
+
+# llama2-70b: 80 layers x 8 KV heads x 128 head dim x (K and V) x 2 bytes (fp16).
+LLAMA2_70B_KV_BYTES_PER_TOKEN = 80 * 8 * 128 * 2 * 2
+# Default KV pool of 8 x H100-80GB at gpu_memory_utilization 0.9, minus ~140 GB of fp16 weights.
+H100_TP8_KV_BYTES = int(8 * 80e9 * 0.9 - 140e9)
+H100_TP8_HBM_BYTES_S = 8 * 3.35e12
+PCIE5_BYTES_S = 8 * 50e9  # one PCIe 5.0 x16 link per GPU, about 50 GB/s each way
+
+
+@dataclass(frozen=True)
+class CostModel:
+    name: str
+    prefill_knots_tokens: tuple[float, ...]
+    prefill_knots_s: tuple[float, ...]
+    decode_base_s: float
+    decode_per_seq_s: float
+    decode_per_ctx_token_s: float
+    overlap_s: float = 0.0
+    swap_s_per_token: float = 0.0  # swap out + swap in, per KV token
+    kv_capacity_tokens: int = 1 << 20  # suggested KV pool size for this engine
+    source: str = ""
+
+    def __post_init__(self) -> None:
+        xs, ys = self.prefill_knots_tokens, self.prefill_knots_s
+        if len(xs) != len(ys) or len(xs) < 2:
+            raise ValueError("a cost model needs at least two prefill knots with matching times")
+        if any(b <= a for a, b in zip(xs, xs[1:], strict=False)):
+            raise ValueError("prefill knots must be strictly increasing in tokens")
+        if (
+            min(ys) < 0
+            or self.decode_base_s < 0
+            or self.decode_per_seq_s < 0
+            or self.decode_per_ctx_token_s < 0
+        ):
+            raise ValueError("cost model times must be non-negative")
+
+    def prefill_s(self, tokens: float) -> float:
+        if tokens <= 0:
+            return 0.0
+        xs, ys = self.prefill_knots_tokens, self.prefill_knots_s
+        i = bisect.bisect_left(xs, tokens)
+        if i == 0:
+            i = 1
+        elif i == len(xs):
+            i = len(xs) - 1
+        x0, x1, y0, y1 = xs[i - 1], xs[i], ys[i - 1], ys[i]
+        return max(0.0, y0 + (y1 - y0) * (tokens - x0) / (x1 - x0))
+
+    def decode_step_s(self, batch: int, ctx_tokens: float) -> float:
+        if batch <= 0:
+            return 0.0
+        return self.decode_base_s + self.decode_per_seq_s * batch + self.decode_per_ctx_token_s * ctx_tokens
+
+    def iteration_s(self, prefill_tokens: int, batch: int, ctx_tokens: float) -> float:
+        p = self.prefill_s(prefill_tokens)
+        d = self.decode_step_s(batch, ctx_tokens)
+        if p > 0 and d > 0:
+            return p + d - min(self.overlap_s, p, d)
+        return p + d
+
+    def decode_steps_s(self, k: int, batch: int, ctx_tokens: float) -> float:
+        """Exact time of `k` consecutive decode steps; the context grows by `batch` each step."""
+        if k <= 0 or batch <= 0:
+            return 0.0
+        per = self.decode_step_s(batch, ctx_tokens)
+        return k * per + self.decode_per_ctx_token_s * batch * k * (k - 1) / 2.0
+
+    def steps_within(self, elapsed_s: float, batch: int, ctx_tokens: float) -> int:
+        """The smallest step count whose cumulative time reaches `elapsed_s` (at least 1)."""
+        per = self.decode_step_s(batch, ctx_tokens)
+        c2 = self.decode_per_ctx_token_s * batch / 2.0
+        if elapsed_s <= 0:
+            return 1
+        if c2 <= 1e-18:
+            j = math.ceil(elapsed_s / per - 1e-9) if per > 0 else 1
+        else:
+            # k*per + c2*k*(k-1) >= elapsed  ->  c2 k^2 + (per - c2) k - elapsed >= 0
+            bq = per - c2
+            j = math.ceil((-bq + math.sqrt(bq * bq + 4 * c2 * elapsed_s)) / (2 * c2) - 1e-9)
+        j = max(1, j)
+        while j > 1 and self.decode_steps_s(j - 1, batch, ctx_tokens) >= elapsed_s:
+            j -= 1
+        while self.decode_steps_s(j, batch, ctx_tokens) < elapsed_s - 1e-12:
+            j += 1
+        return j
+
+    def recompute_s_per_token(self) -> float:
+        x = self.prefill_knots_tokens[-1]
+        return self.prefill_s(x) / x
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(self.to_json() + "\n")
+
+    @classmethod
+    def from_dict(cls, data: dict) -> CostModel:
+        data = dict(data)
+        data["prefill_knots_tokens"] = tuple(float(x) for x in data["prefill_knots_tokens"])
+        data["prefill_knots_s"] = tuple(float(x) for x in data["prefill_knots_s"])
+        known = set(cls.__dataclass_fields__)
+        unknown = set(data) - known
+        if unknown:
+            raise ValueError(f"unknown cost model fields: {sorted(unknown)}")
+        return cls(**data)
+
+    @classmethod
+    def load(cls, path: str | Path) -> CostModel:
+        try:
+            return cls.from_dict(json.loads(Path(path).read_text()))
+        except (KeyError, TypeError, json.JSONDecodeError) as exc:
+            raise ValueError(f"{path}: not a cost model JSON ({exc})") from exc
+
+
+def linear_cost_model(
+    prefill_s_per_token: float,
+    decode_step_s: float,
+    decode_per_seq_s: float = 0.0,
+    kv_capacity_tokens: int = 1 << 20,
+) -> CostModel:
+    """A hand-computable model for tests: prefill = a*p, decode step = c + d*b, no context term."""
+    return CostModel(
+        name="linear",
+        prefill_knots_tokens=(0.0, 1e6),
+        prefill_knots_s=(0.0, prefill_s_per_token * 1e6),
+        decode_base_s=decode_step_s,
+        decode_per_seq_s=decode_per_seq_s,
+        decode_per_ctx_token_s=0.0,
+        kv_capacity_tokens=kv_capacity_tokens,
+        source="linear",
+    )
+
+
+def _lstsq(rows: list[list[float]], ys: list[float]) -> list[float]:
+    import numpy as np
+
+    coef, *_ = np.linalg.lstsq(np.asarray(rows, dtype=float), np.asarray(ys, dtype=float), rcond=None)
+    return [float(c) for c in coef]
+
+
+def fit_splitwise(
+    path: str | Path = SPLITWISE_CSV,
+    model: str = "llama2-70b",
+    hardware: str = "h100-80gb",
+    tensor_parallel: int = 8,
+    max_decode_batch: int = 32,
+) -> CostModel:
+    """Fit prefill knots and the decode line from splitwise-sim's measured profile.
+
+    Prefill knots are mean ``prompt_time`` against total batched prompt tokens
+    (prompt_size x batch_size). The decode line is a least-squares fit of ``token_time`` on
+    batch size and context, over batches up to `max_decode_batch`: the batch-64 rows sit
+    above the line the others define (see bench/SIM.md), so they are excluded by default.
+    """
+    groups: dict[int, list[float]] = defaultdict(list)
+    rows: list[list[float]] = []
+    ys: list[float] = []
+    with open(path, newline="") as fh:
+        for r in csv.DictReader(fh):
+            if (
+                r["model"] != model
+                or r["hardware"] != hardware
+                or int(r["tensor_parallel"]) != tensor_parallel
+            ):
+                continue
+            prompt, batch, out = int(r["prompt_size"]), int(r["batch_size"]), int(r["token_size"])
+            groups[prompt * batch].append(float(r["prompt_time"]) / 1000.0)
+            if batch <= max_decode_batch:
+                rows.append([1.0, float(batch), float(batch * (prompt + out / 2.0))])
+                ys.append(float(r["token_time"]) / 1000.0)
+    if not groups:
+        raise ValueError(f"{path}: no rows for {model} on {hardware} at TP{tensor_parallel}")
+    base, per_seq, per_ctx = _lstsq(rows, ys)
+    kv_bytes_s = LLAMA2_70B_KV_BYTES_PER_TOKEN / H100_TP8_HBM_BYTES_S  # reading every KV byte once per step
+    per_ctx = max(per_ctx, kv_bytes_s)
+    knots = sorted((float(k), sum(v) / len(v)) for k, v in groups.items())
+    # Below the smallest profiled prompt, a forward pass still costs about one decode step.
+    xs = (0.0, *[k for k, _ in knots])
+    ys_knots = (max(0.0, base), *[t for _, t in knots])
+    return CostModel(
+        name=f"{model}-tp{tensor_parallel}-{hardware}",
+        prefill_knots_tokens=xs,
+        prefill_knots_s=ys_knots,
+        decode_base_s=max(0.0, base),
+        decode_per_seq_s=max(0.0, per_seq),
+        decode_per_ctx_token_s=per_ctx,
+        overlap_s=max(0.0, base),
+        swap_s_per_token=2.0 * LLAMA2_70B_KV_BYTES_PER_TOKEN / PCIE5_BYTES_S,
+        kv_capacity_tokens=H100_TP8_KV_BYTES // LLAMA2_70B_KV_BYTES_PER_TOKEN,
+        source=f"{Path(path).name} (splitwise-sim), decode fit on batch <= {max_decode_batch}",
+    )
+
+
+def load_cost_model(spec: str | None) -> CostModel:
+    """`None` or "default" -> llama2-70b TP8 H100 from splitwise; otherwise a JSON file path."""
+    if spec in (None, "", "default"):
+        return fit_splitwise()
+    p = Path(spec)
+    if not p.exists():
+        raise FileNotFoundError(
+            f"cost model file {spec!r} does not exist (write one with `llmfleet sim calibrate`)"
+        )
+    return CostModel.load(p)

@@ -1,0 +1,58 @@
+"""PNG plots for sweeps and runs: latency versus load, and latency CDFs (matplotlib, Agg)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+
+def _plt():  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def latency_vs_load(
+    points: Mapping[str, Sequence[tuple[float, float, float]]], out: str | Path, title: str
+) -> None:
+    """points[policy] = [(rate_scale, mean_latency_s, p99_latency_s), ...]."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for policy, pts in points.items():
+        pts = sorted(pts)
+        xs = [p[0] for p in pts]
+        axes[0].plot(xs, [p[1] for p in pts], marker="o", label=policy)
+        axes[1].plot(xs, [p[2] for p in pts], marker="o", label=policy)
+    for ax, what in zip(axes, ("mean", "p99"), strict=True):
+        ax.set_xlabel("load (trace rate scale)")
+        ax.set_ylabel(f"{what} latency (s)")
+        ax.set_yscale("log")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def latency_cdf(latencies: Mapping[str, Sequence[float]], out: str | Path, title: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for policy, lat in latencies.items():
+        xs = sorted(lat)
+        if not xs:
+            continue
+        n = len(xs)
+        ax.plot(xs, [(i + 1) / n for i in range(n)], label=policy)
+    ax.set_xscale("log")
+    ax.set_xlabel("request latency (s)")
+    ax.set_ylabel("fraction of requests")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,327 @@
+"""The discrete-event simulator: a dispatcher queue, N engines, a policy, and a trace.
+
+It is the *mechanism* half of the scheduling contract in ``llmfleet.core.scheduling``: at
+every scheduling point (arrivals, slice ends, finished or preempted requests) it builds a
+``SchedulerView``, asks the policy for decisions and applies them, exactly as the live
+dispatcher does. Output-length predictions come from any ``LengthPredictor``, consulted
+once per request at admission.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from llmfleet.core.prediction import LengthPredictor, PredictionInput
+from llmfleet.core.scheduling import Assignment, PodState, Policy, Preempt, RequestState, SchedulerView
+from llmfleet.sim.costmodel import CostModel
+from llmfleet.sim.engine import EngineConfig, Instance
+from llmfleet.sim.request import SimRequest
+from llmfleet.sim.traces import TraceRequest
+
+_PREDICT_CHUNK = 2048
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    instances: int = 4
+    engine: EngineConfig = field(default_factory=EngineConfig)
+    slice_tokens: int = 128
+    starvation_bound_s: float = 30.0
+    recent_window: int = 1024
+    pod_groups: tuple[str | None, ...] | None = None
+    check_invariants: bool = False  # assert engine invariants after every event (tests)
+
+    def __post_init__(self) -> None:
+        if self.instances < 1:
+            raise ValueError("instances must be at least 1")
+        if self.slice_tokens < 1:
+            raise ValueError("slice_tokens must be at least 1")
+        if self.pod_groups is not None and len(self.pod_groups) != self.instances:
+            raise ValueError("pod_groups needs one entry per instance")
+
+
+@dataclass
+class RequestRecord:
+    request_id: str
+    arrival_s: float
+    prompt_tokens: int
+    output_tokens: int
+    generated_tokens: int
+    first_token_s: float
+    finish_s: float
+    slices: int
+    migrations: int
+    preemptions: int
+
+    @property
+    def latency_s(self) -> float:
+        return self.finish_s - self.arrival_s
+
+    @property
+    def ttft_s(self) -> float:
+        return self.first_token_s - self.arrival_s
+
+
+@dataclass
+class SimResult:
+    policy: str
+    records: list[RequestRecord]
+    busy_s: list[float]
+    wall_s: float
+    decide_calls: int
+    policy_errors: int
+    engine_preemptions: int
+    prefix_hit_tokens: int
+    prefill_tokens: int
+    completion_times: list[float] = field(default_factory=list)
+
+
+class Simulator:
+    """Replays one trace under one policy. Create a new one per run."""
+
+    def __init__(
+        self,
+        trace: Sequence[TraceRequest],
+        policy: Policy,
+        cost: CostModel,
+        cfg: SimConfig | None = None,
+        predictor: LengthPredictor | None = None,
+        progress: Callable[[int, int], None] | None = None,
+        observer: Callable[[float, SimRequest, str], None] | None = None,
+    ) -> None:
+        self.trace = list(trace)
+        if not self.trace:
+            raise ValueError("the trace is empty")
+        self.policy = policy
+        self.cost = cost
+        self.cfg = cfg or SimConfig()
+        self.predictor = predictor
+        self.progress = progress
+        self.observer = observer
+        self.pod_ids = [f"pod-{i}" for i in range(self.cfg.instances)]
+        self.pod_index = {p: i for i, p in enumerate(self.pod_ids)}
+        self.instances = [Instance(i, p, self.cfg.engine, cost, self) for i, p in enumerate(self.pod_ids)]
+        self.heap: list[tuple[float, int, int, int]] = []
+        self._seq = 0
+        self.queue: dict[str, SimRequest] = {}
+        self.running: dict[str, SimRequest] = {}
+        # Frozen snapshots kept alongside, so building a view is one C-level copy per field.
+        self.queue_states: dict[str, RequestState] = {}
+        self.running_states: dict[str, RequestState] = {}
+        self.done: list[SimRequest] = []
+        self.recent: deque[int] = deque(maxlen=self.cfg.recent_window)
+        self.changed = False
+        self.decide_calls = 0
+        self.policy_errors = 0
+        self.now = 0.0
+        self._estimates: list = []
+        self._has_hashes = any(tr.hash_ids for tr in self.trace[:1000])
+        self._prefix_sets: list[frozenset[int]] = [frozenset()] * self.cfg.instances
+        self._recompute = cost.recompute_s_per_token()
+        self._kicks: list[Instance] = []
+
+    # ------------------------------------------------------------------ EngineSink
+    def kick(self, inst: Instance) -> None:
+        self._kicks.append(inst)
+
+    def schedule(self, inst: Instance, t_end: float, version: int) -> None:
+        self._seq += 1
+        heapq.heappush(self.heap, (t_end, self._seq, inst.idx, version))
+
+    def on_leave(self, inst: Instance, req: SimRequest, t: float, reason: str) -> None:
+        del self.running[req.rid]
+        del self.running_states[req.rid]
+        self.changed = True
+        if reason == "finished":
+            req.finish_s = t
+            self.done.append(req)
+            self.recent.append(req.output)
+            if self.progress is not None and len(self.done) % 500 == 0:
+                self.progress(len(self.done), len(self.trace))
+        else:
+            if reason == "slice":
+                req.slices += 1
+            else:
+                req.policy_preemptions += 1
+            req.requeue(t)
+            self.queue[req.rid] = req
+            self.queue_states[req.rid] = req.state(self.pod_ids)
+        if self.observer is not None:
+            self.observer(t, req, reason)
+
+    # ------------------------------------------------------------------ predictions
+    def _estimate(self, i: int):
+        if self.predictor is None:
+            return None
+        while i >= len(self._estimates):
+            lo = len(self._estimates)
+            batch = self.trace[lo : lo + _PREDICT_CHUNK]
+            items = [
+                PredictionInput(
+                    request_id=tr.request_id,
+                    prompt_tokens=tr.prompt_tokens,
+                    true_output_tokens=tr.output_tokens,
+                )
+                for tr in batch
+            ]
+            got = self.predictor.predict(items)
+            if len(got) != len(items):
+                raise RuntimeError(
+                    f"predictor {self.predictor.name!r} returned {len(got)} estimates for {len(items)}"
+                )
+            self._estimates.extend(got)
+        return self._estimates[i]
+
+    # ------------------------------------------------------------------ views
+    def _pod_state(self, inst: Instance) -> PodState:
+        n_run = len(inst.running)
+        tokens = inst.est_running_tokens() + inst.wait_est_tokens
+        pending_prefill = inst.run_prefill + inst.wait_prefill
+        n_eff = max(1, min(inst.cfg.max_running, n_run + len(inst.waiting)))
+        est_s = self.cost.prefill_s(pending_prefill) + tokens / n_eff * self.cost.decode_step_s(n_eff, 0.0)
+        if self._has_hashes and inst.cache_dirty:
+            self._prefix_sets[inst.idx] = frozenset(
+                k for k in (*inst.lru.keys(), *inst.pinned.keys()) if isinstance(k, int)
+            )
+            inst.cache_dirty = False
+        return PodState(
+            pod_id=inst.pod_id,
+            group=self.cfg.pod_groups[inst.idx] if self.cfg.pod_groups else None,
+            kv_capacity_tokens=inst.capacity * inst.B,
+            kv_used_tokens=inst.kv_used_tokens(),
+            block_size=inst.B,
+            max_running=inst.cfg.max_running,
+            running=n_run,
+            waiting=len(inst.waiting),
+            est_remaining_s=est_s,
+            est_remaining_tokens=tokens,
+            cached_prefixes=self._prefix_sets[inst.idx],
+            prefix_block_tokens=inst.C,
+            recompute_s_per_token=self._recompute,
+            swap_s_per_token=self.cost.swap_s_per_token,
+        )
+
+    def view(self) -> SchedulerView:
+        return SchedulerView(
+            now=self.now,
+            queue=tuple(self.queue_states.values()),
+            running=tuple(self.running_states.values()),
+            pods=tuple(self._pod_state(inst) for inst in self.instances),
+            slice_tokens=self.cfg.slice_tokens,
+            starvation_bound_s=self.cfg.starvation_bound_s,
+            recent_output_tokens=tuple(self.recent),
+            completed=len(self.done),
+        )
+
+    def _apply(self, decisions: Sequence[object]) -> None:
+        assigned: set[str] = set()
+        for d in decisions:
+            if isinstance(d, Preempt):
+                req = self.running.get(d.request_id)
+                idx = self.pod_index.get(d.pod_id)
+                if (
+                    req is None
+                    or idx is None
+                    or req.pod != idx
+                    or not self.instances[idx].preempt(req, d.mode, self.now)
+                ):
+                    self.policy_errors += 1
+            elif isinstance(d, Assignment):
+                req = self.queue.get(d.request_id)
+                idx = self.pod_index.get(d.pod_id)
+                if req is None or idx is None or d.request_id in assigned:
+                    self.policy_errors += 1
+                    continue
+                assigned.add(d.request_id)
+                del self.queue[d.request_id]
+                del self.queue_states[d.request_id]
+                req.assign(idx, d.max_tokens, self.now)
+                self.running[req.rid] = req
+                self.running_states[req.rid] = req.state(self.pod_ids)
+                self.instances[idx].submit(req, self.now)
+            else:
+                self.policy_errors += 1
+
+    # ------------------------------------------------------------------ main loop
+    def run(self) -> SimResult:
+        wall0 = time.perf_counter()
+        trace, heap, instances = self.trace, self.heap, self.instances
+        n = len(trace)
+        i = 0
+        inf = math.inf
+        while len(self.done) < n:
+            t_arr = trace[i].arrival_s if i < n else inf
+            t_ev = heap[0][0] if heap else inf
+            if t_arr == inf and t_ev == inf:
+                raise RuntimeError(
+                    f"policy {self.policy.name!r} left {len(self.queue)} requests queued while every pod "
+                    f"is idle and no arrivals remain (it must eventually assign every request)"
+                )
+            now = t_arr if t_arr < t_ev else t_ev
+            if now < self.now - 1e-9:
+                raise RuntimeError(f"time ran backwards: {now} < {self.now}")
+            self.now = now
+            while heap and heap[0][0] <= now:
+                _, _, idx, version = heapq.heappop(heap)
+                inst = instances[idx]
+                if version == inst.version and inst.busy:
+                    inst.on_iteration_end(now)
+                    if self.cfg.check_invariants:
+                        inst.check_invariants()
+            while i < n and trace[i].arrival_s <= now:
+                tr = trace[i]
+                req = SimRequest(tr, i, self._estimate(i))
+                self.queue[req.rid] = req
+                self.queue_states[req.rid] = req.state(self.pod_ids)
+                if self.observer is not None:
+                    self.observer(now, req, "arrived")
+                i += 1
+                self.changed = True
+            rounds = 0
+            # Applying decisions can itself create a scheduling point (a request preempted
+            # from an engine queue returns at once); settle those at the same instant.
+            while self.changed and rounds < 4:
+                rounds += 1
+                self.changed = False
+                self.decide_calls += 1
+                self._apply(self.policy.decide(self.view()))
+                if self.cfg.check_invariants:
+                    for inst in instances:
+                        inst.check_invariants()
+            if self._kicks:
+                kicks, self._kicks = self._kicks, []
+                for inst in kicks:
+                    inst.start_if_idle(now)
+        if self.progress is not None:
+            self.progress(n, n)
+        records = [
+            RequestRecord(
+                request_id=r.rid,
+                arrival_s=r.arrival,
+                prompt_tokens=r.prompt,
+                output_tokens=r.output,
+                generated_tokens=r.generated,
+                first_token_s=r.first_token_s if r.first_token_s is not None else math.nan,
+                finish_s=r.finish_s if r.finish_s is not None else math.nan,
+                slices=r.slices,
+                migrations=r.migrations,
+                preemptions=r.engine_preemptions + r.policy_preemptions,
+            )
+            for r in self.done
+        ]
+        return SimResult(
+            policy=self.policy.name,
+            records=records,
+            busy_s=[inst.busy_s for inst in instances],
+            wall_s=time.perf_counter() - wall0,
+            decide_calls=self.decide_calls,
+            policy_errors=self.policy_errors,
+            engine_preemptions=sum(inst.preemptions for inst in instances),
+            prefix_hit_tokens=sum(inst.prefix_hits_tokens for inst in instances),
+            prefill_tokens=sum(inst.prefill_tokens for inst in instances),
+        )

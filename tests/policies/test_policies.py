@@ -1,0 +1,281 @@
+"""Every policy, table-driven, on hand-built views."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmfleet.core.scheduling import ALL_REMAINING, Assignment, Preempt
+from llmfleet.policies.registry import POLICIES, make_policy
+
+from .views import placed, pod, req, view
+
+ALL = ALL_REMAINING
+
+
+# ------------------------------------------------------------------------------ fcfs-rr
+@pytest.mark.parametrize(
+    ("pods", "expected"),
+    [
+        ([pod("a"), pod("b")], ["a", "b", "a", "b", "a"]),
+        ([pod("a"), pod("b", healthy=False), pod("c")], ["a", "c", "a", "c", "a"]),
+        ([pod("a", running=4, waiting=9)], ["a"] * 5),  # never holds back: the engine queues
+        ([pod("a", healthy=False)], []),
+    ],
+)
+def test_fcfs_rr(pods, expected) -> None:
+    queue = [req(f"r{i}", i) for i in range(5)]
+    got = placed(make_policy("fcfs-rr").decide(view(queue, pods)))
+    assert [p for _, p, _ in got] == expected
+    assert all(m == ALL for _, _, m in got)
+    assert [r for r, _, _ in got] == [f"r{i}" for i in range(len(expected))]
+
+
+# ------------------------------------------------------------------------------ least-load
+@pytest.mark.parametrize(
+    ("pods", "expected"),
+    [
+        # r0 -> b (empty); then b has 1 vs a 2: r1 -> b; tie at 2 each: r2 rotates by seq (2 % 2 -> a).
+        ([pod("a", running=2), pod("b")], ["b", "b", "a"]),
+        ([pod("a", running=1, kv_used=90_000), pod("b", running=1)], ["b", "a", "b"]),
+        ([pod("a", healthy=False), pod("b", running=9)], ["b", "b", "b"]),
+    ],
+)
+def test_least_load(pods, expected) -> None:
+    queue = [req(f"r{i}", i) for i in range(3)]
+    got = placed(make_policy("least-load").decide(view(queue, pods)))
+    assert [p for _, p, _ in got] == expected
+
+
+# ------------------------------------------------------------------------------ prefix
+@pytest.mark.parametrize(
+    ("pods", "expected"),
+    [
+        ([pod("a"), pod("b", cached=frozenset({1, 2, 3}))], "b"),
+        ([pod("a", cached=frozenset({1})), pod("b", cached=frozenset({1, 2}))], "b"),
+        # b holds the whole prefix but is far busier: 2*1 + 0 + kv < 2*(2/3) + 1 + kv on a
+        ([pod("a", cached=frozenset({1, 2})), pod("b", running=10, cached=frozenset({1, 2, 3}))], "a"),
+        ([pod("a", cached=frozenset({2, 3})), pod("b", running=1)], "a"),  # no leading match: load decides
+    ],
+)
+def test_prefix(pods, expected) -> None:
+    got = placed(make_policy("prefix").decide(view([req("r", 0, hash_ids=(1, 2, 3))], pods)))
+    assert got == [("r", expected, ALL)]
+
+
+# ------------------------------------------------------------------------------ sls / scls
+@pytest.mark.parametrize(
+    ("name", "pods", "prompts", "expected"),
+    [
+        # sls: only idle pods, up to max_running each, run to completion
+        (
+            "sls",
+            [pod("a", max_running=2), pod("b", running=1)],
+            [10, 10, 10],
+            [("r0", "a", ALL), ("r1", "a", ALL)],
+        ),
+        (
+            "sls",
+            [pod("a", max_running=2), pod("b", max_running=2)],
+            [10, 10, 10],
+            [("r0", "a", ALL), ("r1", "a", ALL), ("r2", "b", ALL)],
+        ),
+        ("sls", [pod("a", waiting=1)], [10], []),
+        # scls: context + S must fit: (300 + 128) * 2 = 856 <= 1000 < 3 * 428
+        (
+            "scls",
+            [pod("a", kv_cap=1000), pod("b", kv_cap=1000)],
+            [300, 300, 300],
+            [("r0", "a", 128), ("r1", "a", 128), ("r2", "b", 128)],
+        ),
+        # max-min: the idle pod with the least remaining work gets the first batch
+        (
+            "scls",
+            [pod("a", est_s=5.0, max_running=1), pod("b", est_s=1.0, max_running=1)],
+            [10, 10],
+            [("r0", "b", 128), ("r1", "a", 128)],
+        ),
+    ],
+)
+def test_static_batching(name, pods, prompts, expected) -> None:
+    queue = [req(f"r{i}", i, prompt=p) for i, p in enumerate(prompts)]
+    got = placed(make_policy(name).decide(view(queue, pods)))
+    assert sorted(got) == sorted(expected)
+
+
+def test_scls_uses_the_configured_slice_length() -> None:
+    got = placed(make_policy("scls").decide(view([req("r", 0)], [pod("a")], slice_tokens=32)))
+    assert got == [("r", "a", 32)]
+    assert placed(make_policy("scls", slice_tokens=7).decide(view([req("r", 0)], [pod("a")]))) == [
+        ("r", "a", 7)
+    ]
+
+
+# ------------------------------------------------------------------------------ ltr
+LTR_QUEUE = [
+    req("long", 0, score=3.0, arrival=0.0),
+    req("short", 1, score=-1.0, arrival=1.0),
+    req("mid", 2, score=0.5, arrival=2.0),
+]
+
+
+@pytest.mark.parametrize(
+    ("now", "pods", "expected"),
+    [
+        (10.0, [pod("a", running=3)], ["short"]),  # one free slot: best predicted rank
+        (10.0, [pod("a", running=2)], ["short", "mid"]),
+        (10.0, [pod("a", running=4)], []),  # holds the queue while no pod can start anything
+        (31.0, [pod("a", running=3)], ["long"]),  # waited > 30 s: promoted by the starvation guard
+        (32.0, [pod("a", running=2)], ["long", "short"]),  # arrival 1.0 is exactly 31 s ago... also starved
+    ],
+)
+def test_ltr(now, pods, expected) -> None:
+    got = placed(make_policy("ltr").decide(view(LTR_QUEUE, pods, now=now)))
+    assert [r for r, _, _ in got] == expected
+    assert all(m == ALL for _, _, m in got)
+
+
+# ------------------------------------------------------------------------------ oracle-srpt
+def test_oracle_srpt_orders_by_true_remaining_and_slices() -> None:
+    queue = [req("a", 0, true_out=500), req("b", 1, true_out=300, generated=250), req("c", 2, true_out=100)]
+    got = placed(make_policy("oracle-srpt").decide(view(queue, [pod("p", running=2)], slice_tokens=64)))
+    assert got == [("b", "p", 64), ("c", "p", 64)]
+    with pytest.raises(ValueError, match="true output"):
+        make_policy("oracle-srpt").decide(view([req("x", 0)], [pod("p")]))
+
+
+def test_oracle_srpt_prefers_the_pod_holding_the_kv() -> None:
+    queue = [req("a", 0, true_out=500, generated=128, pod="q")]
+    got = placed(make_policy("oracle-srpt").decide(view(queue, [pod("p"), pod("q", running=1)])))
+    assert got == [("a", "q", 128)]
+
+
+# ------------------------------------------------------------------------------ alise
+def test_alise_orders_by_estimated_remaining_time_with_aging() -> None:
+    queue = [req("old-long", 0, expected=400, arrival=0.0), req("new-short", 1, expected=20, arrival=99.0)]
+    young = placed(make_policy("alise").decide(view(queue, [pod("p", running=3)], now=100.0)))
+    assert [r for r, _, _ in young] == ["new-short"]
+    # with strong aging the old request wins
+    aged = placed(make_policy("alise", aging=1.0).decide(view(queue, [pod("p", running=3)], now=100.0)))
+    assert [r for r, _, _ in aged] == ["old-long"]
+
+
+@pytest.mark.parametrize(
+    ("swap", "recompute", "victim_expected", "mode"),
+    [
+        (1e-6, 1e-4, 5000, "swap"),  # swapping its KV is cheaper than recomputing it
+        (1e-3, 1e-4, 5000, "recompute"),
+        (1e-6, 1e-4, 30, None),  # the running request is not much worse: no preemption
+    ],
+)
+def test_alise_preempts_the_worst_running_request_when_full(swap, recompute, victim_expected, mode) -> None:
+    running = [
+        req("fine", 0, expected=20, pod="p", arrival=0.0),
+        req("victim", 1, expected=victim_expected, pod="p", arrival=0.0),
+    ]
+    queue = [req("short", 2, expected=10, arrival=0.0)]
+    pods = [pod("p", running=2, max_running=2, swap=swap, recompute=recompute)]
+    got = make_policy("alise").decide(view(queue, pods, running=running, now=0.0))
+    preempts = [d for d in got if isinstance(d, Preempt)]
+    assert not [d for d in got if isinstance(d, Assignment)]
+    if mode is None:
+        assert preempts == []
+    else:
+        assert preempts == [Preempt("victim", "p", mode)]
+
+
+# ------------------------------------------------------------------------------ l4
+def test_l4_routes_by_generated_length_and_cuts_slices_at_group_bounds() -> None:
+    pods = [pod("a"), pod("b"), pod("c")]
+    # fewer than 64 observations: default bounds 0 / S / 4S with one pod per group
+    queue = [req("new", 0), req("grown", 1, generated=200), req("huge", 2, generated=600)]
+    got = placed(make_policy("l4", max_groups=3).decide(view(queue, pods, slice_tokens=128)))
+    assert got == [("new", "a", 128), ("grown", "b", 512 - 200), ("huge", "c", ALL)]
+
+
+def test_l4_partition_balances_observed_load() -> None:
+    from llmfleet.policies.l4 import partition
+
+    lengths = [50] * 800 + [400] * 150 + [2000] * 50
+    part = partition(lengths, 6)
+    assert part.bounds[0] == 0 and list(part.bounds) == sorted(set(part.bounds))
+    assert sum(part.pods_per_group) == 6 and all(n >= 1 for n in part.pods_per_group)
+    assert part.group_of(0) == 0 and part.group_of(10**6) == len(part.bounds) - 1
+    # per-pod load of the heaviest group is at most that of a naive equal split
+    from llmfleet.policies.l4 import _load
+
+    bounds = [*part.bounds, float("inf")]
+    loads = [
+        _load(lengths, bounds[g], bounds[g + 1]) / part.pods_per_group[g] for g in range(len(part.bounds))
+    ]
+    assert max(loads) <= _load(lengths, 0, float("inf")) / 6 * 1.6
+    assert partition(lengths, 1).pods_per_group == (1,)
+
+
+# ------------------------------------------------------------------------------ llmfleet
+@pytest.mark.parametrize(
+    ("now", "pods", "expected"),
+    [
+        (1.0, [pod("a", running=3), pod("b", running=4)], [("short", "a")]),
+        (1.0, [pod("a", running=4), pod("b", running=4)], []),
+        (100.0, [pod("a", running=3), pod("b", running=4)], [("old", "a")]),  # starvation guard
+        # the prefix scorer pulls the request with cached blocks to b
+        (
+            1.0,
+            [pod("a", running=3), pod("b", running=3, cached=frozenset({7}))],
+            [("short", "b"), ("mid", "a")],
+        ),
+    ],
+)
+def test_llmfleet_default(now, pods, expected) -> None:
+    queue = [
+        req("old", 0, expected=900, arrival=0.0),
+        req("short", 1, expected=10, arrival=0.5, hash_ids=(7,)),
+        req("mid", 2, expected=100, arrival=0.6),
+    ]
+    got = placed(make_policy("llmfleet").decide(view(queue, pods, now=now, bound=60.0)))
+    assert [(r, p) for r, p, _ in got] == expected
+
+
+@pytest.mark.parametrize(
+    ("now", "expected"),
+    [
+        (1.0, ["short", "mid"]),  # nobody is at risk yet: shortest predicted first
+        # "long" (p90 900 tokens * 0.07 s = 63 s of work) must start by 0 + 90 - 63 = 27 s
+        (27.0, ["long", "short"]),
+        (26.9, ["short", "mid"]),
+    ],
+)
+def test_llmfleet_deadline_guard_starts_long_requests_in_time(now, expected) -> None:
+    queue = [
+        req("long", 0, expected=450, arrival=0.0),
+        req("short", 1, expected=10, arrival=0.5),
+        req("mid", 2, expected=100, arrival=0.6),
+    ]
+    policy = make_policy("llmfleet", deadline_s=90.0)
+    got = placed(policy.decide(view(queue, [pod("a", running=2)], now=now, bound=1e9)))
+    assert [r for r, _, _ in got] == expected
+
+
+def test_llmfleet_ranks_grown_requests_as_longer() -> None:
+    # "grown" was predicted short but has already produced 300 tokens: it now ranks behind "fresh".
+    queue = [req("grown", 0, expected=20, generated=300), req("fresh", 1, expected=200)]
+    got = placed(make_policy("llmfleet").decide(view(queue, [pod("a", running=3)])))
+    assert [r for r, _, _ in got] == ["fresh"]
+
+
+# ------------------------------------------------------------------------------ all policies
+@pytest.mark.parametrize("name", list(POLICIES))
+def test_every_policy_is_pure_and_only_names_known_ids(name: str) -> None:
+    queue = [
+        req(f"q{i}", i, true_out=50 + i, expected=40.0 + i, generated=i % 2, hash_ids=(i,)) for i in range(6)
+    ]
+    running = [req("run", 9, true_out=400, expected=300.0, pod="a")]
+    v = view(queue, [pod("a", running=1), pod("b")], running=running, now=5.0)
+    policy = make_policy(name)
+    first = policy.decide(v)
+    assert first == policy.decide(v)  # deterministic, no hidden state between calls
+    ids = {r.request_id for r in queue}
+    assigned = [d.request_id for d in first if isinstance(d, Assignment)]
+    assert len(assigned) == len(set(assigned)) and set(assigned) <= ids
+    assert {d.pod_id for d in first} <= {"a", "b"}
+    assert all(d.request_id == "run" for d in first if isinstance(d, Preempt))

@@ -1,0 +1,36 @@
+"""One registry names every policy, with a one-line description."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmfleet.policies.registry import POLICIES, make_policy, policy_names
+
+ISSUE_POLICIES = [
+    "fcfs-rr",
+    "least-load",
+    "sls",
+    "scls",
+    "ltr",
+    "alise",
+    "l4",
+    "prefix",
+    "oracle-srpt",
+    "llmfleet",
+]
+
+
+def test_every_policy_from_the_issue_is_registered_in_order() -> None:
+    assert policy_names() == ISSUE_POLICIES
+
+
+@pytest.mark.parametrize("name", ISSUE_POLICIES)
+def test_descriptions_are_one_line_and_policies_carry_their_name(name: str) -> None:
+    spec = POLICIES[name]
+    assert spec.description and "\n" not in spec.description and len(spec.description) < 100
+    assert make_policy(name).name == name
+
+
+def test_unknown_policy_lists_the_known_ones() -> None:
+    with pytest.raises(ValueError, match="fcfs-rr"):
+        make_policy("nope")

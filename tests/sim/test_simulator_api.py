@@ -1,0 +1,125 @@
+"""The mechanism side of the contract: bad decisions are counted, stalls are reported,
+predictors are consulted once per request, and any LengthPredictor plugs in."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+
+from llmfleet.core.prediction import LengthEstimate
+from llmfleet.core.scheduling import Assignment, Preempt, SchedulerView
+from llmfleet.policies.registry import make_policy
+from llmfleet.sim.costmodel import linear_cost_model
+from llmfleet.sim.runner import load_predictor
+from llmfleet.sim.simulator import SimConfig, Simulator
+from llmfleet.sim.traces import TraceRequest
+
+COST = linear_cost_model(0.001, 0.01)
+TRACE = [TraceRequest(f"r{i}", i * 0.5, 100, 5 + i) for i in range(6)]
+
+
+class Sloppy:
+    """Assigns everything twice, to unknown pods, and preempts strangers."""
+
+    name = "sloppy"
+
+    def decide(self, view: SchedulerView):
+        out = []
+        for r in view.queue:
+            out += [
+                Assignment(r.request_id, "pod-0"),
+                Assignment(r.request_id, "pod-0"),
+                Assignment("ghost", "pod-0"),
+            ]
+            out += [Assignment(r.request_id, "nowhere"), Preempt("ghost", "pod-0")]
+        return tuple(out)
+
+
+class Lazy:
+    name = "lazy"
+
+    def decide(self, view: SchedulerView):
+        return ()
+
+
+class CountingPredictor:
+    name = "counting"
+
+    def __init__(self) -> None:
+        self.seen: list[str] = []
+
+    def predict(self, items):
+        self.seen += [i.request_id for i in items]
+        assert all(i.prompt_text is None for i in items)  # traces carry no text
+        return [
+            LengthEstimate(
+                float(i.true_output_tokens), float(i.true_output_tokens), 2.0 * i.true_output_tokens
+            )
+            for i in items
+        ]
+
+
+def test_invalid_decisions_are_counted_not_applied() -> None:
+    result = Simulator(TRACE, Sloppy(), COST, SimConfig(instances=1)).run()
+    assert len(result.records) == len(TRACE)
+    assert result.policy_errors == 4 * len(TRACE)
+
+
+def test_a_policy_that_never_assigns_is_reported() -> None:
+    with pytest.raises(RuntimeError, match="left 6 requests queued"):
+        Simulator(TRACE, Lazy(), COST, SimConfig(instances=1)).run()
+
+
+def test_predictor_is_consulted_once_per_request_and_estimates_reach_policies() -> None:
+    pred = CountingPredictor()
+    seen_estimates = []
+
+    class Spy:
+        name = "spy"
+
+        def decide(self, view):
+            seen_estimates.extend(r.estimate.expected_tokens for r in view.queue)
+            return make_policy("fcfs-rr").decide(view)
+
+    Simulator(TRACE, Spy(), COST, SimConfig(instances=2), predictor=pred).run()
+    assert sorted(pred.seen) == sorted(t.request_id for t in TRACE)
+    assert sorted(set(seen_estimates)) == sorted(float(t.output_tokens) for t in TRACE)
+
+
+def test_ranker_directory_loads_through_llmfleet_ranker(monkeypatch, tmp_path) -> None:
+    fake = types.ModuleType("llmfleet.ranker")
+    loaded = []
+
+    def load(path):
+        loaded.append(path)
+        return CountingPredictor()
+
+    fake.load_predictor = load  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "llmfleet.ranker", fake)
+    pred = load_predictor(str(tmp_path), TRACE, tau=0.5)
+    assert isinstance(pred, CountingPredictor) and loaded == [str(tmp_path)]
+
+
+def test_missing_ranker_package_is_a_clear_error(monkeypatch, tmp_path) -> None:
+    monkeypatch.setitem(sys.modules, "llmfleet.ranker", None)
+    with pytest.raises(RuntimeError, match="load_predictor"):
+        load_predictor(str(tmp_path), TRACE, tau=0.5)
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError):
+        SimConfig(instances=0)
+    with pytest.raises(ValueError):
+        SimConfig(instances=2, pod_groups=("a",))
+    with pytest.raises(ValueError, match="empty"):
+        Simulator([], make_policy("fcfs-rr"), COST)
+
+
+def test_kv_too_small_for_one_request_is_explained() -> None:
+    from llmfleet.sim.engine import EngineConfig
+
+    cfg = SimConfig(instances=1, engine=EngineConfig(kv_capacity_tokens=64))
+    with pytest.raises(RuntimeError, match="KV"):
+        Simulator([TraceRequest("big", 0.0, 50, 100)], make_policy("fcfs-rr"), COST, cfg).run()
