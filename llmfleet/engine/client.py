@@ -136,6 +136,23 @@ class EngineClient:
                 raise EngineProtocolError("/v1/models listed no model", url=self.base_url) from exc
         return self._model
 
+    async def max_model_len(self) -> int:
+        """The engine's context length, from /v1/models (0 if it does not say)."""
+        data = (await self._request("GET", "/v1/models")).json()
+        try:
+            return int(data["data"][0].get("max_model_len") or 0)
+        except (KeyError, IndexError, TypeError, ValueError) as exc:
+            raise EngineProtocolError(f"/v1/models is malformed: {exc!r}", url=self.base_url) from exc
+
+    async def tokenize(self, text: str) -> list[int]:
+        """Token ids of `text` under the served model's tokenizer (vLLM's /tokenize)."""
+        body = {"model": await self.model(), "prompt": text, "add_special_tokens": True}
+        data = (await self._request("POST", "/tokenize", json=body)).json()
+        try:
+            return [int(t) for t in data["tokens"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EngineProtocolError(f"/tokenize answer is malformed: {exc!r}", url=self.base_url) from exc
+
     async def load(self) -> EngineLoad:
         """Scrape /metrics into typed load."""
         resp = await self._request("GET", "/metrics")

@@ -33,6 +33,9 @@ class EngineLoad:
     preemptions: float = 0.0
     prompt_tokens: float = 0.0
     generation_tokens: float = 0.0
+    # From `vllm:cache_config_info`: the KV pool's size, 0 when the engine does not say.
+    kv_capacity_tokens: int = 0
+    block_size: int = 0
 
     @property
     def prefix_cache_hit_rate(self) -> float:
@@ -45,11 +48,15 @@ def parse_metrics(text: str) -> EngineLoad:
     Raises ValueError if the text is not Prometheus exposition format.
     """
     values: dict[str, float] = {}
+    capacity, block = 0, 0
     try:
         families = list(text_string_to_metric_families(text))
     except Exception as exc:  # the parser raises bare ValueError/TypeError on junk
         raise ValueError(f"not Prometheus exposition text: {exc}") from exc
     for family in families:
+        if family.name == "vllm:cache_config_info" and family.samples:
+            capacity, block = _cache_config(family.samples[0].labels)
+            continue
         field = _GAUGES.get(family.name) or _COUNTERS.get(family.name)
         if field is None:
             continue
@@ -69,4 +76,21 @@ def parse_metrics(text: str) -> EngineLoad:
         preemptions=values.get("preemptions", 0.0),
         prompt_tokens=values.get("prompt_tokens", 0.0),
         generation_tokens=values.get("generation_tokens", 0.0),
+        kv_capacity_tokens=capacity,
+        block_size=block,
     )
+
+
+def _cache_config(labels: dict[str, str]) -> tuple[int, int]:
+    """(KV capacity in tokens, block size); vLLM's info metric carries them as labels."""
+    try:
+        block = int(labels.get("block_size") or 0)
+        size = labels.get("kv_cache_size_tokens")
+        if size and size != "None":
+            return int(size), block
+        blocks = labels.get("num_gpu_blocks")
+        if blocks and blocks != "None" and block:
+            return int(blocks) * block, block
+    except ValueError:
+        pass
+    return 0, 0

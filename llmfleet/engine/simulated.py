@@ -98,10 +98,20 @@ class SimulatedEngineClient:
     async def model(self) -> str:
         return self.config.name
 
+    async def max_model_len(self) -> int:
+        self._check_up()
+        return self.config.max_model_len
+
+    async def tokenize(self, text: str) -> list[int]:
+        self._check_up()
+        return _encode(text)
+
     async def load(self) -> EngineLoad:
         self._check_up()
         used = sum(len(s.history) for s in self._running)
         return EngineLoad(
+            kv_capacity_tokens=self.config.kv_tokens,
+            block_size=16,
             running=len(self._running),
             waiting=len(self._waiting),
             kv_cache_usage=min(1.0, used / self.config.kv_tokens),

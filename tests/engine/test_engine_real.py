@@ -109,3 +109,14 @@ async def test_model_name_and_health(engine: EngineProcess) -> None:
     async with EngineClient(engine.url) as client:
         assert await client.health()
         assert await client.model()
+
+
+async def test_tokenize_context_length_and_kv_capacity(engine: EngineProcess) -> None:
+    async with EngineClient(engine.url) as client:
+        ids = await client.tokenize("Slice-level scheduling")
+        assert ids and all(isinstance(t, int) for t in ids)
+        from_text = await client.complete("Slice-level scheduling", 4, ignore_eos=True)
+        assert from_text.prompt_token_ids is not None and list(from_text.prompt_token_ids) == ids
+        assert await client.max_model_len() == 2048
+        load = await client.load()
+        assert load.kv_capacity_tokens > 0 and load.block_size > 0

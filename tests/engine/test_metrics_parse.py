@@ -49,3 +49,13 @@ def test_missing_metrics_read_as_zero() -> None:
 def test_garbage_is_a_clear_error() -> None:
     with pytest.raises(ValueError, match="Prometheus"):
         parse_metrics("this is { not prometheus")
+
+
+def test_kv_capacity_comes_from_cache_config_info() -> None:
+    info = (
+        "# TYPE vllm:cache_config_info gauge\n"
+        'vllm:cache_config_info{block_size="128",num_gpu_blocks="4096",kv_cache_size_tokens="None"} 1.0\n'
+    )
+    load = parse_metrics(SAMPLE + info)
+    assert (load.kv_capacity_tokens, load.block_size) == (4096 * 128, 128)
+    assert parse_metrics(SAMPLE).kv_capacity_tokens == 0
