@@ -35,6 +35,11 @@ def load_predictor(
                 f"which is not available in this build: {exc}"
             ) from exc
         predictor: LengthPredictor = load_ranker(ranker_dir)
+        # Trace requests carry no text: the ranker maps each to a held-out prompt at the same
+        # output-length quantile, so it needs the trace's length distribution up front.
+        fit_reference = getattr(predictor, "fit_reference", None)
+        if fit_reference is not None:
+            fit_reference([t.output_tokens for t in trace])
         return predictor
     return NoisyOraclePredictor.fitted((t.output_tokens for t in trace), tau=tau, seed=seed)
 
