@@ -20,7 +20,18 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trace", default="conv", help="trace for arrival times: conv, code, mooncake or a path")
     parser.add_argument("--start-index", type=int, default=2000, help="first trace request of the window")
     parser.add_argument("--slice-tokens", type=int, default=32, help="slice length S (default: %(default)s)")
-    parser.add_argument("--ranker", default=None, help="ranker artifact directory for the length predictor")
+    parser.add_argument(
+        "--ranker",
+        default=None,
+        help="ranker artifact directory (default: .cache/ranker, trained on first use from alpaca_eval)",
+    )
+    parser.add_argument(
+        "--prompts",
+        choices=("alpaca", "trace"),
+        default="alpaca",
+        help="alpaca: real held-out prompts with real answer lengths, arrivals from the trace (default); "
+        "trace: random token ids with the trace's own lengths (no text for the ranker)",
+    )
     parser.add_argument(
         "--exact-lengths",
         action="store_true",
@@ -45,12 +56,20 @@ def _run(args: argparse.Namespace) -> int:
     unknown = [p for p in policies if p not in POLICIES]
     if unknown:
         raise SystemExit(f"error: unknown policies {unknown}; known: {', '.join(POLICIES)}")
+    from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker
+
+    ranker = Path(args.ranker) if args.ranker else DEFAULT_RANKER_DIR
+    if args.prompts == "alpaca" or not args.ranker:
+        ranker = ensure_ranker(ranker)
+    pool = str(ranker / "holdout_pool.jsonl") if args.prompts == "alpaca" else None
     options = DemoOptions(
         policies=policies,
         fleet=FleetSpec(engines=args.engines, max_num_seqs=args.max_num_seqs),
-        workload=WorkloadSpec(trace=args.trace, start_index=args.start_index, count=args.requests, rate=args.rate),
+        workload=WorkloadSpec(
+            trace=args.trace, start_index=args.start_index, count=args.requests, rate=args.rate, prompt_pool=pool
+        ),
         slice_tokens=args.slice_tokens,
-        ranker=args.ranker,
+        ranker=str(ranker),
         hidden_length=not args.exact_lengths,
         out_dir=args.out,
         log_dir=args.log_dir,

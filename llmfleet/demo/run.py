@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +34,29 @@ class DemoOptions:
     hidden_length: bool = True
     out_dir: Path | None = None
     log_dir: Path | None = None
+
+
+DEFAULT_RANKER_DIR = Path(__file__).resolve().parents[2] / ".cache" / "ranker"
+RANKER_TRAINING_MODEL = "Meta-Llama-3-8B-Instruct"
+
+
+def ensure_ranker(path: Path) -> Path:
+    """Train the demo's ranker once (about half a minute) on 80% of one model's alpaca_eval answers.
+
+    The other 20% (the artifact's `holdout_pool.jsonl`) are the demo's prompts, so the ranker is
+    always judged on prompts it never saw.
+    """
+    if (path / "manifest.json").exists():
+        return path
+    from llmfleet.sim.costmodel import DATA_DIR
+
+    data = DATA_DIR / "alpaca_eval" / RANKER_TRAINING_MODEL / "model_outputs.json"
+    if not data.exists():
+        raise FileNotFoundError(f"alpaca_eval data not found at {data}; set LLMFLEET_DATA to the shared data folder")
+    subprocess.run(
+        [sys.executable, "-m", "llmfleet.cli", "ranker", "train", "--data", str(data), "--out", str(path)], check=True
+    )
+    return path
 
 
 async def busy_sampler(address: str, stop: asyncio.Event, interval_s: float = 0.25) -> dict[str, float]:

@@ -10,8 +10,10 @@ either way; the replayer makes each output exactly the planned length.
 
 from __future__ import annotations
 
+import json
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 from llmfleet.sim.traces import TraceRequest, load_trace
 
@@ -40,6 +42,10 @@ class WorkloadSpec:
     min_output_tokens: int = 4
     seed: int = 0
     vocab_size: int = 4096
+    # JSONL of {"prompt", "output_tokens"} (e.g. a ranker artifact's held-out prompts): real prompt
+    # text and real answer lengths; arrival times still come from the trace.
+    prompt_pool: str | None = None
+    max_prompt_chars: int = 2000
 
 
 def build_workload(spec: WorkloadSpec) -> list[WorkloadRequest]:
@@ -55,12 +61,25 @@ def build_workload(spec: WorkloadSpec) -> list[WorkloadRequest]:
     # Keep the trace's burstiness but set the mean rate to what the fleet can take.
     stretch = (len(window) / spec.rate) / span
     rng = random.Random(spec.seed)
+    pool = load_prompt_pool(spec.prompt_pool) if spec.prompt_pool else None
+    if pool is not None:
+        rng.shuffle(pool)
+        return [
+            WorkloadRequest(
+                request_id=f"demo-{i}",
+                arrival_s=(req.arrival_s - t0) * stretch,
+                prompt_token_ids=(),
+                prompt_text=pool[i % len(pool)][0][: spec.max_prompt_chars],
+                output_tokens=_scaled_output(pool[i % len(pool)][1], spec),
+                trace_prompt_tokens=req.prompt_tokens,
+                trace_output_tokens=req.output_tokens,
+            )
+            for i, req in enumerate(window)
+        ]
     out = []
     for i, req in enumerate(window):
         n_prompt = int(min(spec.max_prompt_tokens, max(8, round(req.prompt_tokens * spec.prompt_scale))))
-        n_out = int(
-            min(spec.max_output_tokens, max(spec.min_output_tokens, round(req.output_tokens * spec.output_scale)))
-        )
+        n_out = _scaled_output(req.output_tokens, spec)
         # Token ids 4.. avoid the special tokens (<unk>, <s>, </s>, <pad>).
         ids = tuple(rng.randrange(4, spec.vocab_size) for _ in range(n_prompt))
         out.append(
@@ -74,3 +93,24 @@ def build_workload(spec: WorkloadSpec) -> list[WorkloadRequest]:
             )
         )
     return out
+
+
+def _scaled_output(tokens: int, spec: WorkloadSpec) -> int:
+    return int(min(spec.max_output_tokens, max(spec.min_output_tokens, round(tokens * spec.output_scale))))
+
+
+def load_prompt_pool(path: str | Path) -> list[tuple[str, int]]:
+    """(prompt, output tokens) pairs from JSONL; raises ValueError naming the bad line."""
+    pool = []
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                pool.append((str(row["prompt"]), int(row["output_tokens"])))
+            except (ValueError, KeyError, TypeError) as exc:
+                raise ValueError(f"{path}:{lineno}: expected {{prompt, output_tokens}} ({exc})") from exc
+    if not pool:
+        raise ValueError(f"{path}: no prompts")
+    return pool
