@@ -1,0 +1,111 @@
+"""`llmfleet dispatcher`: run the gRPC dispatcher.
+
+In a cluster (rendered by the operator):
+    llmfleet dispatcher --port 50051 --metrics-port 9090 --config /etc/llmfleet/scheduling.yaml \\
+        --discovery kubernetes --namespace NS --selector llmfleet.io/fleet=NAME,llmfleet.io/component=engine \\
+        --sidecar-port 50061 [--tls-cert F --tls-key F] [--auth-token-file F]
+Locally:
+    llmfleet dispatcher --discovery static --pods 127.0.0.1:50061,127.0.0.1:50062 --policy scls --slice-tokens 16
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Run the llmfleet gRPC dispatcher. It admits requests into a bounded queue, runs the chosen "
+        "scheduling policy with the real clock, sends slices to sidecars and streams tokens back; a pod "
+        "that dies mid-slice is failed over without losing or repeating a token. Serves gRPC health and "
+        "reflection on the same port and Prometheus metrics on --metrics-port."
+    )
+    parser.add_argument("--port", type=int, default=50051, help="gRPC port of the client API (default 50051)")
+    parser.add_argument("--host", default="[::]", help="address to bind (default all interfaces)")
+    parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (off if unset)")
+    parser.add_argument("--config", default=None, help="scheduling YAML (the LLMFleet `scheduling` block, camelCase)")
+    parser.add_argument("--policy", default=None, help="override the config's policy (see `llmfleet sim policies`)")
+    parser.add_argument("--slice-tokens", type=int, default=None, help="override the config's slice length S")
+    parser.add_argument("--max-queue", type=int, default=None, help="override the config's queue bound")
+    parser.add_argument("--discovery", choices=["static", "kubernetes"], default="static")
+    parser.add_argument("--pods", default="", help="static discovery: sidecars as host:port,host:port")
+    parser.add_argument("--namespace", default="default", help="kubernetes discovery: namespace of the EndpointSlices")
+    parser.add_argument("--selector", default="", help="kubernetes discovery: EndpointSlice label selector")
+    parser.add_argument("--sidecar-port", type=int, default=50061, help="kubernetes discovery: sidecar gRPC port")
+    parser.add_argument("--tls-cert", default=None, help="serve the client API over TLS with this certificate")
+    parser.add_argument("--tls-key", default=None, help="private key for --tls-cert")
+    parser.add_argument("--auth-token-file", default=None, help="require 'authorization: Bearer <token in file>'")
+    parser.add_argument(
+        "--online-ranker-every", type=float, default=0.0, metavar="SECONDS",
+        help="retrain the length ranker from served requests every SECONDS (0: off, the default)",
+    )  # fmt: skip
+    parser.add_argument("--grace", type=float, default=10.0, help="seconds to let requests finish on SIGTERM")
+    parser.set_defaults(func=_serve)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import signal
+    from pathlib import Path
+
+    from llmfleet.core.config import SchedulingConfig
+    from llmfleet.dispatcher.discovery import EndpointSliceDiscovery, StaticDiscovery, parse_static
+    from llmfleet.dispatcher.service import serve_dispatcher
+    from llmfleet.policies.registry import policy_names
+    from llmfleet.sidecar.serving import TlsFiles, read_token_file
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        config = SchedulingConfig.load(args.config) if args.config else SchedulingConfig()
+        overrides = {
+            k: v
+            for k, v in (("policy", args.policy), ("slice_tokens", args.slice_tokens), ("max_queue", args.max_queue))
+            if v is not None
+        }
+        config = SchedulingConfig.model_validate({**config.model_dump(), **overrides})
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"bad scheduling config: {exc}") from exc
+    if config.policy not in policy_names():
+        raise SystemExit(f"unknown policy {config.policy!r}; known: {', '.join(policy_names())}")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SystemExit("--tls-cert and --tls-key go together")
+    tls = TlsFiles(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
+    token = read_token_file(args.auth_token_file) if args.auth_token_file else None
+    if args.discovery == "static":
+        try:
+            discovery = StaticDiscovery(parse_static(args.pods))
+        except ValueError as exc:
+            raise SystemExit(f"--pods: {exc}") from exc
+    else:
+        if not args.selector:
+            raise SystemExit("--discovery kubernetes needs --selector")
+        discovery = EndpointSliceDiscovery(args.namespace, args.selector, args.sidecar_port)  # type: ignore[assignment]
+
+    async def main() -> None:
+        try:
+            handle = await start()
+        except (RuntimeError, ValueError, OSError) as exc:  # e.g. a bad ranker artifact, a port in use
+            raise SystemExit(f"dispatcher could not start: {exc}") from exc
+        print(f"dispatcher serving on port {handle.port} (policy {config.policy})", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        await handle.stop(grace_s=args.grace)
+
+    async def start():  # type: ignore[no-untyped-def]
+        return await serve_dispatcher(
+            discovery=discovery,
+            config=config,
+            port=args.port,
+            host=args.host,
+            metrics_port=args.metrics_port,
+            tls=tls,
+            auth_token=token,
+            online_ranker_every_s=args.online_ranker_every,
+        )
+
+    asyncio.run(main())
+    return 0

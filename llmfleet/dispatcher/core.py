@@ -1,0 +1,373 @@
+"""The live dispatcher's mechanism: it drives a scheduling policy exactly as
+`llmfleet.core.scheduling` describes, with real pods behind sidecars.
+
+At every scheduling point (arrival, slice end, load report, pod change, a periodic tick) it builds
+a `SchedulerView`, asks `policy.decide(view)` and applies the decisions: an Assignment starts a
+slice on a pod; a Preempt cancels a running slice and re-queues the request with its tokens kept.
+
+Tokens reach the client as the slice produces them, and each one is appended to the request's
+`generated` list at the same moment. A slice that breaks (sidecar killed, engine error, drain
+hand-back) therefore resumes from exactly the tokens the client already has: nothing is lost and
+nothing is sent twice. Requests end only by finishing, by a client cancel or deadline, or by a
+clear error (bad input, or `max_failures` failed attempts in a row).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import uuid
+
+from llmfleet.core.clock import Clock
+from llmfleet.core.prediction import LengthEstimate, LengthPredictor, PredictionInput
+from llmfleet.core.scheduling import Assignment, Policy, Preempt, SchedulerView
+from llmfleet.dispatcher.metrics import DispatcherMetrics
+from llmfleet.dispatcher.model import (
+    DispatcherSettings,
+    FailEvent,
+    FinishEvent,
+    GenerateSpec,
+    InvalidRequest,
+    LiveRequest,
+    NoEngine,
+    Overloaded,
+    prefix_hashes,
+)
+from llmfleet.dispatcher.pods import PodConnection, PodFailure
+from llmfleet.dispatcher.predictor import exact_estimate
+from llmfleet.dispatcher.slices import SliceExecution
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher(SliceExecution):
+    """Queue, pods and the policy loop. Use `submit()` then read `request.events`."""
+
+    def __init__(
+        self,
+        policy: Policy,
+        *,
+        clock: Clock,
+        settings: DispatcherSettings | None = None,
+        predictor: LengthPredictor | None = None,
+        metrics: DispatcherMetrics | None = None,
+        channel_credentials: object | None = None,
+    ) -> None:
+        self.policy = policy
+        self.clock = clock
+        self.settings = settings or DispatcherSettings()
+        if predictor is None:
+            from llmfleet.ranker.baseline import PromptLengthPredictor
+
+            predictor = PromptLengthPredictor()
+        self.predictor = predictor
+        self.metrics = metrics or DispatcherMetrics()
+        self._credentials = channel_credentials
+        self.pods: dict[str, PodConnection] = {}
+        self.queue: dict[str, LiveRequest] = {}  # insertion order = enqueue order
+        self.running: dict[str, LiveRequest] = {}
+        self._seq = 0
+        self._admitting = 0
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._slice_tasks: set[asyncio.Task[None]] = set()
+        self.recent_outputs: collections.deque[int] = collections.deque(maxlen=1000)
+        self.recent_e2e: collections.deque[float] = collections.deque(maxlen=200)
+        self.completed = 0
+        self.failed = 0
+        self.rejected = 0
+        self.migrations = 0
+        self.failovers = 0
+        self.closing = False
+        self._rr = 0
+
+    # ----- lifecycle ------------------------------------------------------------------------
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._loop(), name="dispatcher-schedule"),
+            asyncio.create_task(self._ticker(), name="dispatcher-tick"),
+        ]
+        run_learner = getattr(self.predictor, "run", None)  # an OnlineRanker retrains in the background
+        if run_learner is not None and hasattr(self.predictor, "record_completion"):
+            self._tasks.append(asyncio.create_task(run_learner(), name="dispatcher-online-ranker"))
+
+    async def stop(self, grace_s: float = 5.0) -> None:
+        """Stop admitting; let live requests finish for `grace_s`; fail the rest UNAVAILABLE."""
+        self.closing = True
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._until_empty(), timeout=grace_s)
+        for req in [*self.queue.values(), *self.running.values()]:
+            self._fail(req, "UNAVAILABLE", "the dispatcher is shutting down")
+        for task in list(self._slice_tasks):
+            task.cancel()
+        await asyncio.gather(*self._slice_tasks, return_exceptions=True)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        for pod in list(self.pods.values()):
+            await pod.close()
+        self.pods.clear()
+
+    async def _until_empty(self) -> None:
+        while self.queue or self.running:
+            await asyncio.sleep(0.05)
+
+    # ----- pods ---------------------------------------------------------------------------------
+    async def set_pods(self, pods: dict[str, str]) -> None:
+        """Make the pod set exactly `pods` (pod id -> sidecar address); used by discovery."""
+        for pod_id in [p for p in self.pods if p not in pods or self.pods[p].address != pods[p]]:
+            pod = self.pods.pop(pod_id)
+            self.metrics.forget_pod(pod_id)
+            log.info("pod %s (%s) left", pod_id, pod.address)
+            # Its running slices fail over when their calls break; closing the channel breaks them.
+            await pod.close()
+        for pod_id, address in pods.items():
+            if pod_id not in self.pods:
+                log.info("pod %s joined at %s", pod_id, address)
+                pod = PodConnection(
+                    pod_id,
+                    address,
+                    clock=self.clock,
+                    on_change=self.kick,
+                    credentials=self._credentials,  # type: ignore[arg-type]
+                    load_interval_ms=self.settings.load_interval_ms,
+                )
+                self.pods[pod_id] = pod
+                pod.start()
+        self._update_pod_gauges()
+        self.kick()
+
+    def healthy_pods(self) -> list[PodConnection]:
+        now = self.clock.now()
+        return [p for p in self.pods.values() if p.healthy(now)]
+
+    # ----- admission ----------------------------------------------------------------------------
+    def _slots(self) -> int:
+        return sum(p.max_num_seqs for p in self.healthy_pods())
+
+    def backlog(self) -> int:
+        """Requests beyond what the healthy pods can run at once, wherever they wait (in the
+        dispatcher queue or inside engines). A burst that the pods can start right away is not
+        backlog even while it sits in the queue for the next scheduling round."""
+        return max(0, len(self.queue) + self._admitting + len(self.running) - self._slots())
+
+    def retry_after_s(self) -> float:
+        per_request = sum(self.recent_e2e) / len(self.recent_e2e) if self.recent_e2e else 1.0
+        slots = max(1, self._slots())
+        return min(30.0, max(0.05, per_request * (1 + self.backlog() - self.settings.max_queue) / slots))
+
+    def _check_capacity(self) -> None:
+        if self.closing:
+            raise NoEngine("the dispatcher is shutting down")
+        if self.backlog() >= self.settings.max_queue:
+            self.rejected += 1
+            self.metrics.rejected.inc()
+            hint = self.retry_after_s()
+            raise Overloaded(
+                f"queue full ({self.settings.max_queue} requests waiting); retry in about {hint * 1000:.0f} ms",
+                retry_after_s=hint,
+            )
+
+    async def _tokenize(self, text: str) -> tuple[list[int], int]:
+        pods = self.healthy_pods() or [p for p in self.pods.values() if p.connected]
+        if not pods:
+            raise NoEngine("no healthy engine to tokenize the prompt; is any sidecar up?")
+        self._rr += 1
+        errors = []
+        for i in range(len(pods)):
+            pod = pods[(self._rr + i) % len(pods)]
+            try:
+                return await pod.tokenize(text)
+            except ValueError as exc:
+                raise InvalidRequest(f"the engine could not tokenize the prompt: {exc}") from exc
+            except PodFailure as exc:
+                errors.append(str(exc))
+        raise NoEngine("no engine could tokenize the prompt: " + "; ".join(errors))
+
+    def _context_limit(self, known: int = 0) -> int:
+        limits = [p.max_model_len for p in self.pods.values() if p.max_model_len > 0]
+        if known:
+            limits.append(known)
+        return min(limits) if limits else 0
+
+    async def submit(self, spec: GenerateSpec) -> LiveRequest:
+        """Admit a request (or raise InvalidRequest / Overloaded / NoEngine)."""
+        spec.validate()
+        rid = spec.request_id or uuid.uuid4().hex
+        if rid in self.queue or rid in self.running:
+            raise InvalidRequest(f"request_id {rid!r} is already in use", duplicate=True)
+        self._check_capacity()
+        self._admitting += 1
+        try:
+            limit_hint = 0
+            if spec.prompt_ids is not None:
+                prompt = list(spec.prompt_ids)
+            else:
+                prompt, limit_hint = await self._tokenize(spec.prompt_text or "")
+                if not prompt:
+                    raise InvalidRequest("the prompt tokenizes to no tokens")
+        finally:
+            self._admitting -= 1
+        limit = self._context_limit(limit_hint)
+        n = len(prompt)
+        if limit and n >= limit:
+            raise InvalidRequest(
+                f"prompt is {n} tokens long but the model's context is {limit} tokens; shorten the prompt"
+            )
+        if limit and n + spec.max_tokens > limit:
+            raise InvalidRequest(
+                f"prompt ({n} tokens) + max_tokens ({spec.max_tokens}) = {n + spec.max_tokens} exceeds the model's "
+                f"context of {limit} tokens; set max_tokens to at most {limit - n}"
+            )
+        if rid in self.queue or rid in self.running:
+            raise InvalidRequest(f"request_id {rid!r} is already in use", duplicate=True)
+        self._check_capacity()
+        now = self.clock.now()
+        block = min((p.block_size for p in self.pods.values()), default=128) or 128
+        req = LiveRequest(rid, self._seq, spec, prompt, now, prefix_hashes(prompt, block))
+        self._seq += 1
+        req.estimate = self._estimate(req)
+        self.queue[rid] = req
+        if spec.deadline_s is not None:
+            req.deadline_task = asyncio.create_task(self._deadline(req, spec.deadline_s))
+        self._update_gauges()
+        self.kick()
+        return req
+
+    def _estimate(self, req: LiveRequest) -> LengthEstimate | None:
+        if req.spec.ignore_eos:
+            return exact_estimate(req.max_tokens)  # the length is fixed: nothing to predict
+        item = PredictionInput(req.request_id, len(req.prompt_ids), req.spec.prompt_text)
+        try:
+            return self.predictor.predict([item])[0]
+        except Exception:  # a broken ranker must not lose requests
+            log.exception("length predictor failed; scheduling without an estimate")
+            return None
+
+    async def _deadline(self, req: LiveRequest, seconds: float) -> None:
+        await self.clock.sleep(seconds)
+        if not req.done:
+            self._fail(req, "DEADLINE_EXCEEDED", f"deadline of {seconds * 1000:.0f} ms passed after {len(req.generated)} tokens")
+
+    # ----- ending requests ----------------------------------------------------------------------
+    def cancel(self, request_id: str, reason: str = "cancelled by the client") -> bool:
+        req = self.queue.get(request_id) or self.running.get(request_id)
+        if req is None:
+            return False
+        self._fail(req, "CANCELLED", reason)
+        return True
+
+    def _end(self, req: LiveRequest) -> None:
+        req.done = True
+        self.queue.pop(req.request_id, None)
+        self.running.pop(req.request_id, None)
+        if req.slice_task is not None and req.slice_task is not asyncio.current_task():
+            req.slice_task.cancel()  # cancelling the gRPC call aborts the engine work
+        if req.deadline_task is not None and req.deadline_task is not asyncio.current_task():
+            req.deadline_task.cancel()
+        self._update_gauges()
+        self.kick()
+
+    def _fail(self, req: LiveRequest, code: str, message: str) -> None:
+        if req.done:
+            return
+        self._end(req)
+        self.failed += code not in ("CANCELLED",)
+        self.metrics.requests.labels(code.lower()).inc()
+        req.events.put_nowait(FailEvent(code, message))
+
+    def _finish(self, req: LiveRequest, reason: str) -> None:
+        if req.done:
+            return
+        self._end(req)
+        now = self.clock.now()
+        usage = req.usage(now)
+        self.completed += 1
+        self.recent_outputs.append(len(req.generated))
+        self.recent_e2e.append(usage.e2e_s)
+        self.metrics.requests.labels("finished").inc()
+        self.metrics.e2e_seconds.observe(usage.e2e_s)
+        req.events.put_nowait(FinishEvent(reason, usage))
+        self._learn(req, reason)
+
+    def _learn(self, req: LiveRequest, reason: str) -> None:
+        """Feed a naturally ended request with prompt text to an online ranker, if there is one."""
+        record = getattr(self.predictor, "record_completion", None)
+        if record is None or reason != "stop" or not req.spec.prompt_text or req.spec.ignore_eos:
+            return
+        try:
+            record(req.spec.prompt_text, len(req.prompt_ids), len(req.generated))
+        except Exception:  # learning is best effort; serving must go on
+            log.exception("online ranker could not record a completion")
+
+    # ----- scheduling ---------------------------------------------------------------------------
+    def kick(self) -> None:
+        self._wake.set()
+
+    async def _ticker(self) -> None:
+        while True:
+            await self.clock.sleep(self.settings.tick_s)
+            self._update_pod_gauges()
+            if self.queue:
+                self.kick()
+
+    async def _loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if self.queue or self.running:
+                try:
+                    self.schedule_once()
+                except Exception:  # a policy bug must not stop the dispatcher
+                    log.exception("scheduling round failed")
+            await asyncio.sleep(0)  # let arrivals coalesce into one decision
+
+    def view(self) -> SchedulerView:
+        now = self.clock.now()
+        s = self.settings
+        return SchedulerView(
+            now=now,
+            queue=tuple(r.state() for r in self.queue.values()),
+            running=tuple(r.state() for r in self.running.values()),
+            pods=tuple(p.state(now) for p in self.pods.values()),
+            slice_tokens=s.slice_tokens,
+            starvation_bound_s=s.starvation_bound_s,
+            recent_output_tokens=tuple(self.recent_outputs),
+            completed=self.completed,
+        )
+
+    def schedule_once(self) -> int:
+        """One scheduling point: decide and apply. Returns the number of slices started."""
+        started = self.clock.now()
+        decisions = self.policy.decide(self.view())
+        seen: set[str] = set()
+        launched = 0
+        for d in decisions:
+            if isinstance(d, Preempt):
+                self._preempt(d)
+            elif isinstance(d, Assignment):
+                if d.request_id in seen:
+                    self.metrics.policy_errors.inc()
+                    continue
+                seen.add(d.request_id)
+                launched += self._assign(d)
+        self.metrics.decision_seconds.observe(max(0.0, self.clock.now() - started))
+        self._update_gauges()
+        return launched
+
+    # ----- observability ------------------------------------------------------------------------
+    def _update_gauges(self) -> None:
+        self.metrics.queue_length.set(len(self.queue))
+        self.metrics.running.set(len(self.running))
+
+    def _update_pod_gauges(self) -> None:
+        now = self.clock.now()
+        m = self.metrics
+        for pod in self.pods.values():
+            m.pod_inflight.labels(pod.pod_id).set(len(pod.inflight))
+            m.pod_running.labels(pod.pod_id).set(pod.engine_running)
+            m.pod_waiting.labels(pod.pod_id).set(pod.engine_waiting)
+            m.pod_kv.labels(pod.pod_id).set(pod.kv_cache_usage)
+            m.pod_healthy.labels(pod.pod_id).set(1 if pod.healthy(now) else 0)

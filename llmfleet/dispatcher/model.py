@@ -1,0 +1,207 @@
+"""Domain types of the live dispatcher: what a client asks for, what it gets back, and how a
+request lives while the dispatcher schedules it in slices. No gRPC types here: the servicer
+converts protos to these at the boundary."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from dataclasses import dataclass, field
+
+from llmfleet.core.prediction import LengthEstimate
+from llmfleet.core.scheduling import RequestState
+from llmfleet.engine.client import SamplingParams
+
+MAX_REQUEST_ID_LEN = 256
+
+
+@dataclass(frozen=True)
+class DispatcherSettings:
+    slice_tokens: int = 128
+    max_queue: int = 4096  # requests waiting beyond what the pods can run at once
+    starvation_bound_s: float = 30.0
+    max_failures: int = 6  # failed attempts of one request before it is given up (UNAVAILABLE)
+    pod_cooldown_s: float = 1.0  # a pod that failed a slice takes no new one for this long
+    tick_s: float = 0.25  # periodic scheduling point (starvation guards, waiting policies)
+    load_interval_ms: int = 250
+
+
+class InvalidRequest(ValueError):
+    """The request itself is wrong (maps to INVALID_ARGUMENT, or ALREADY_EXISTS for a duplicate id)."""
+
+    def __init__(self, message: str, *, duplicate: bool = False) -> None:
+        super().__init__(message)
+        self.duplicate = duplicate
+
+
+class Overloaded(Exception):
+    """The bounded queue is full (maps to RESOURCE_EXHAUSTED with a retry hint)."""
+
+    def __init__(self, message: str, retry_after_s: float) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+class NoEngine(Exception):
+    """No engine can serve the request right now (maps to UNAVAILABLE)."""
+
+
+@dataclass(frozen=True)
+class GenerateSpec:
+    """One client request, validated by `validate()`."""
+
+    max_tokens: int
+    prompt_text: str | None = None
+    prompt_ids: tuple[int, ...] | None = None
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    request_id: str | None = None
+    deadline_s: float | None = None  # relative to arrival
+    priority: int = 0  # larger is more important
+    tenant: str = ""
+    ignore_eos: bool = False
+
+    def validate(self) -> None:
+        if (self.prompt_text is None) == (self.prompt_ids is None):
+            raise InvalidRequest("give the prompt either as text or as token_ids (exactly one)")
+        if self.prompt_text is not None and not self.prompt_text:
+            raise InvalidRequest("prompt text is empty")
+        if self.prompt_ids is not None:
+            if not self.prompt_ids:
+                raise InvalidRequest("prompt token_ids is empty")
+            bad = [t for t in self.prompt_ids if t < 0]
+            if bad:
+                raise InvalidRequest(f"prompt token ids must be non-negative, got {bad[0]}")
+        if self.max_tokens < 1:
+            raise InvalidRequest(f"max_tokens must be at least 1, got {self.max_tokens}")
+        s = self.sampling
+        if s.temperature < 0:
+            raise InvalidRequest(f"temperature must be >= 0, got {s.temperature}")
+        if not 0 < s.top_p <= 1:
+            raise InvalidRequest(f"top_p must be in (0, 1], got {s.top_p}")
+        if s.top_k is not None and s.top_k < 1:
+            raise InvalidRequest(f"top_k must be >= 1 (or unset), got {s.top_k}")
+        if self.deadline_s is not None and self.deadline_s <= 0:
+            raise InvalidRequest(f"deadline must be positive, got {self.deadline_s * 1000:.0f} ms")
+        if self.request_id is not None and not 0 < len(self.request_id) <= MAX_REQUEST_ID_LEN:
+            raise InvalidRequest(f"request_id must have 1 to {MAX_REQUEST_ID_LEN} characters")
+
+
+@dataclass(frozen=True)
+class Usage:
+    prompt_tokens: int
+    completion_tokens: int
+    slices: int
+    migrations: int
+    failovers: int
+    queue_s: float
+    ttft_s: float
+    e2e_s: float
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    token_ids: tuple[int, ...]
+    text: str
+
+
+@dataclass(frozen=True)
+class FinishEvent:
+    finish_reason: str  # "length" or "stop"
+    usage: Usage
+
+
+@dataclass(frozen=True)
+class FailEvent:
+    code: str  # a grpc.StatusCode name: CANCELLED, DEADLINE_EXCEEDED, INVALID_ARGUMENT, UNAVAILABLE
+    message: str
+
+
+OutputEvent = TokenEvent | FinishEvent | FailEvent
+
+
+def prefix_hashes(token_ids: tuple[int, ...] | list[int], block_tokens: int) -> tuple[int, ...]:
+    """Chained hashes of the prompt's full blocks, like vLLM's prefix-cache block hashes."""
+    out: list[int] = []
+    prev = b""
+    for start in range(0, len(token_ids) - block_tokens + 1, block_tokens):
+        block = ",".join(map(str, token_ids[start : start + block_tokens])).encode()
+        digest = hashlib.blake2b(prev + block, digest_size=8).digest()
+        out.append(int.from_bytes(digest, "big"))
+        prev = digest
+    return tuple(out)
+
+
+class LiveRequest:
+    """A request inside the dispatcher: its tokens so far and the stream back to its client."""
+
+    def __init__(
+        self, request_id: str, seq: int, spec: GenerateSpec, prompt_ids: list[int], arrival_s: float, hash_ids: tuple[int, ...]
+    ) -> None:
+        self.request_id = request_id
+        self.seq = seq
+        self.spec = spec
+        self.prompt_ids = prompt_ids
+        self.generated: list[int] = []
+        self.arrival_s = arrival_s
+        self.enqueued_s = arrival_s
+        self.assigned_s: float | None = None
+        self.first_token_s: float | None = None
+        self.queue_s = 0.0
+        self.hash_ids = hash_ids
+        self.estimate: LengthEstimate | None = None
+        self.pod_id: str | None = None  # pod running it now, or the last one that did
+        self.slice_max: int | None = None
+        self.slices = 0
+        self.migrations = 0
+        self.failovers = 0
+        self.failures = 0
+        self.preempting = False
+        self.done = False
+        self.events: asyncio.Queue[OutputEvent] = asyncio.Queue()
+        self.slice_task: asyncio.Task[None] | None = None
+        self.deadline_task: asyncio.Task[None] | None = None
+        self._state: RequestState | None = None
+
+    @property
+    def max_tokens(self) -> int:
+        return self.spec.max_tokens
+
+    @property
+    def remaining(self) -> int:
+        return self.spec.max_tokens - len(self.generated)
+
+    def touch(self) -> None:
+        """Forget the cached snapshot after a change the policy may care about."""
+        self._state = None
+
+    def state(self) -> RequestState:
+        if self._state is None:
+            self._state = RequestState(
+                request_id=self.request_id,
+                seq=self.seq,
+                arrival_s=self.arrival_s,
+                prompt_tokens=len(self.prompt_ids),
+                generated_tokens=len(self.generated),
+                max_output_tokens=self.spec.max_tokens,
+                estimate=self.estimate,
+                priority=self.spec.priority,
+                hash_ids=self.hash_ids,
+                pod_id=self.pod_id,
+                enqueued_s=self.enqueued_s,
+                assigned_s=self.assigned_s,
+                slice_max_tokens=self.slice_max,
+                slices=self.slices,
+            )
+        return self._state
+
+    def usage(self, now: float) -> Usage:
+        return Usage(
+            prompt_tokens=len(self.prompt_ids),
+            completion_tokens=len(self.generated),
+            slices=self.slices,
+            migrations=self.migrations,
+            failovers=self.failovers,
+            queue_s=self.queue_s,
+            ttft_s=(self.first_token_s - self.arrival_s) if self.first_token_s is not None else 0.0,
+            e2e_s=now - self.arrival_s,
+        )

@@ -1,0 +1,263 @@
+"""The dispatcher's connection to one sidecar: slices, tokenization and a live load stream.
+
+A `PodConnection` keeps a load-report stream open and reconnects with backoff when it breaks, so
+a pod whose sidecar died is marked unhealthy within one failed call and comes back on its own
+when the sidecar does. gRPC errors become `PodFailure`; slice results become domain events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+
+import grpc
+
+from llmfleet.core.clock import Clock
+from llmfleet.core.scheduling import PodState
+from llmfleet.engine.client import SamplingParams
+from llmfleet.v1 import sidecar_pb2, sidecar_pb2_grpc
+
+log = logging.getLogger(__name__)
+PREFIX_MEMORY = 4096  # prefix hashes remembered per pod
+
+
+class PodFailure(Exception):
+    """The sidecar could not be reached or broke mid-call; the slice may be retried elsewhere."""
+
+    def __init__(self, message: str, *, draining: bool = False) -> None:
+        super().__init__(message)
+        self.draining = draining
+
+
+@dataclass(frozen=True)
+class SliceTokens:
+    token_ids: tuple[int, ...]
+    text: str
+
+
+@dataclass(frozen=True)
+class SliceEnd:
+    finish_reason: str  # length | stop | handed_back | error
+    error: str = ""
+    retryable: bool = False
+    client_error: bool = False
+
+
+def sampling_to_proto(s: SamplingParams, generated: int = 0) -> sidecar_pb2.Sampling:
+    """The slice's sampling; `min_tokens` counts what earlier slices already generated."""
+    msg = sidecar_pb2.Sampling(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or 0, stop=list(s.stop))
+    if s.seed is not None:
+        msg.seed = s.seed
+    min_tokens = int(s.extra.get("min_tokens", 0) or 0)
+    if min_tokens > generated:
+        msg.min_tokens = min_tokens - generated
+    for token, bias in (s.extra.get("logit_bias") or {}).items():
+        msg.logit_bias[int(token)] = float(bias)
+    return msg
+
+
+class PodConnection:
+    """One sidecar at `address`, known to the dispatcher as `pod_id`."""
+
+    def __init__(
+        self,
+        pod_id: str,
+        address: str,
+        *,
+        clock: Clock,
+        on_change: Callable[[], None],
+        credentials: grpc.ChannelCredentials | None = None,
+        load_interval_ms: int = 250,
+    ) -> None:
+        self.pod_id = pod_id
+        self.address = address
+        self.clock = clock
+        self._on_change = on_change
+        options = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
+        self.channel = (
+            grpc.aio.secure_channel(address, credentials, options=options)
+            if credentials
+            else grpc.aio.insecure_channel(address, options=options)
+        )
+        self.stub = sidecar_pb2_grpc.SidecarStub(self.channel)
+        self.load_interval_ms = load_interval_ms
+        # From Info and load reports.
+        self.group = ""
+        self.max_num_seqs = 256
+        self.kv_capacity_tokens = 0
+        self.block_size = 128
+        self.max_model_len = 0
+        self.connected = False
+        self.engine_healthy = False
+        self.draining = False
+        self.engine_running = 0
+        self.engine_waiting = 0
+        self.kv_cache_usage = 0.0
+        self.cooldown_until = 0.0
+        # The dispatcher's own accounting (authoritative, no report lag).
+        self.inflight: dict[str, tuple[int, float]] = {}  # request id -> (kv tokens reserved, expected tokens left)
+        self._reserved_kv = 0
+        self._tokens_left = 0.0
+        self.seconds_per_token = 0.02
+        self._prefixes: collections.OrderedDict[int, None] = collections.OrderedDict()
+        self._prefix_set: frozenset[int] | None = frozenset()
+        self._task: asyncio.Task[None] | None = None
+        self.closed = False
+
+    # ----- lifecycle ------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._watch(), name=f"pod-{self.pod_id}-load")
+
+    async def close(self) -> None:
+        self.closed = True
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.channel.close(grace=None)
+
+    async def _watch(self) -> None:
+        backoff = 0.2
+        while not self.closed:
+            try:
+                info = await self.stub.Info(sidecar_pb2.InfoRequest(), timeout=10)
+                self.group = info.group
+                self.max_num_seqs = info.max_num_seqs or self.max_num_seqs
+                self.kv_capacity_tokens = int(info.kv_capacity_tokens)
+                self.block_size = info.block_size or self.block_size
+                self.max_model_len = info.max_model_len
+                call = self.stub.StreamLoad(sidecar_pb2.LoadRequest(interval_ms=self.load_interval_ms))
+                async for report in call:
+                    self._apply(report)
+                    backoff = 0.2
+            except grpc.aio.AioRpcError as exc:
+                log.info("pod %s (%s) load stream lost: %s", self.pod_id, self.address, exc.code().name)
+            self._set_connected(False)
+            await self.clock.sleep(backoff)
+            backoff = min(backoff * 2, 2.0)
+
+    def _apply(self, r: sidecar_pb2.LoadReport) -> None:
+        before = self.healthy_now()
+        self.connected = True
+        self.engine_healthy = r.engine_healthy
+        self.draining = r.draining
+        self.engine_running = r.running
+        self.engine_waiting = r.waiting
+        self.kv_cache_usage = r.kv_cache_usage
+        if r.kv_capacity_tokens:
+            self.kv_capacity_tokens = int(r.kv_capacity_tokens)
+        if r.max_num_seqs:
+            self.max_num_seqs = r.max_num_seqs
+        self.group = r.group or self.group
+        if self.healthy_now() != before:
+            self._on_change()
+
+    def _set_connected(self, value: bool) -> None:
+        if self.connected != value:
+            self.connected = value
+            self._on_change()
+
+    def healthy_now(self) -> bool:
+        return self.connected and self.engine_healthy and not self.draining and not self.closed
+
+    def healthy(self, now: float) -> bool:
+        return self.healthy_now() and now >= self.cooldown_until
+
+    # ----- accounting ---------------------------------------------------------------------------
+    def remember_prefixes(self, hashes: tuple[int, ...]) -> None:
+        for h in hashes:
+            self._prefixes[h] = None
+            self._prefixes.move_to_end(h)
+        while len(self._prefixes) > PREFIX_MEMORY:
+            self._prefixes.popitem(last=False)
+        if hashes:
+            self._prefix_set = None
+
+    def add_inflight(self, request_id: str, kv_tokens: int, expected_left: float) -> None:
+        self.remove_inflight(request_id)
+        self.inflight[request_id] = (kv_tokens, expected_left)
+        self._reserved_kv += kv_tokens
+        self._tokens_left += expected_left
+
+    def remove_inflight(self, request_id: str) -> None:
+        entry = self.inflight.pop(request_id, None)
+        if entry is not None:
+            self._reserved_kv -= entry[0]
+            self._tokens_left -= entry[1]
+            if not self.inflight:
+                self._reserved_kv, self._tokens_left = 0, 0.0  # no float drift when idle
+
+    def state(self, now: float) -> PodState:
+        n = len(self.inflight)
+        capacity = self.kv_capacity_tokens or max(1, self.max_model_len) * self.max_num_seqs
+        reserved = self._reserved_kv
+        used = max(reserved, int(self.kv_cache_usage * capacity)) if n else reserved
+        tokens_left = max(0.0, self._tokens_left)
+        if self._prefix_set is None:
+            self._prefix_set = frozenset(self._prefixes)
+        return PodState(
+            pod_id=self.pod_id,
+            group=self.group or None,
+            kv_capacity_tokens=capacity,
+            kv_used_tokens=used,
+            block_size=self.block_size,
+            max_running=self.max_num_seqs,
+            running=min(n, self.max_num_seqs),
+            waiting=max(0, n - self.max_num_seqs),
+            est_remaining_s=tokens_left * self.seconds_per_token,
+            est_remaining_tokens=tokens_left,
+            cached_prefixes=self._prefix_set,
+            prefix_block_tokens=self.block_size,
+            healthy=self.healthy(now),
+        )
+
+    # ----- calls --------------------------------------------------------------------------------
+    async def tokenize(self, text: str, timeout_s: float = 10.0) -> tuple[list[int], int]:
+        try:
+            resp = await self.stub.Tokenize(sidecar_pb2.TokenizeRequest(text=text), timeout=timeout_s)
+        except grpc.aio.AioRpcError as exc:
+            if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
+                raise ValueError(exc.details()) from exc
+            raise PodFailure(f"tokenize on {self.pod_id} failed: {exc.code().name}: {exc.details()}") from exc
+        return list(resp.token_ids), int(resp.max_model_len)
+
+    async def run_slice(
+        self,
+        request_id: str,
+        prompt_ids: list[int],
+        generated: list[int],
+        max_tokens: int,
+        *,
+        priority: int,
+        ignore_eos: bool,
+        sampling: SamplingParams,
+    ) -> AsyncIterator[SliceTokens | SliceEnd]:
+        item = sidecar_pb2.SliceItem(
+            request_id=request_id,
+            prompt_token_ids=prompt_ids,
+            generated_token_ids=generated,
+            max_tokens=max_tokens,
+            priority=priority,
+            ignore_eos=ignore_eos,
+            sampling=sampling_to_proto(sampling, len(generated)),
+        )
+        call = self.stub.RunSlice(sidecar_pb2.SliceRequest(items=[item]))
+        try:
+            async for event in call:
+                if event.HasField("tokens"):
+                    yield SliceTokens(tuple(event.tokens.token_ids), event.tokens.text)
+                elif event.HasField("done"):
+                    d = event.done
+                    yield SliceEnd(d.finish_reason, d.error, d.retryable, d.client_error)
+        except grpc.aio.AioRpcError as exc:
+            details = exc.details() or ""
+            raise PodFailure(
+                f"slice on pod {self.pod_id} failed: {exc.code().name}: {details}",
+                draining=exc.code() == grpc.StatusCode.UNAVAILABLE and "draining" in details,
+            ) from exc
+        finally:
+            call.cancel()

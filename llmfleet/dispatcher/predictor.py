@@ -1,0 +1,41 @@
+"""Output-length predictions for the live dispatcher, consulted once per request at admission.
+
+* A request with `ignore_eos` generates exactly `max_tokens` tokens: its length is known, so
+  it gets an exact estimate and no predictor is asked (`exact_estimate`).
+* Otherwise the learned ranker answers: `llmfleet.ranker.load_predictor(path)` with the
+  scheduling config's `ranker:` artifact, or the ranker's cold-start prompt-length predictor
+  when no artifact is configured.
+* With online learning on (`online_every_s`), an `llmfleet.ranker.online.OnlineRanker` wraps
+  that predictor: requests that end naturally (EOS/stop, not the max_tokens cap, which would
+  censor their length) and came with prompt text are recorded, and a retrained model is swapped
+  in every `online_every_s` seconds in a worker thread.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from llmfleet.core.clock import Clock
+from llmfleet.core.prediction import LengthEstimate, LengthPredictor
+
+log = logging.getLogger(__name__)
+
+
+def exact_estimate(max_tokens: int) -> LengthEstimate:
+    n = float(max_tokens)
+    return LengthEstimate(score=n, expected_tokens=n, upper_tokens=n)
+
+
+def load_predictor(path: str | None, *, clock: Clock | None = None, online_every_s: float = 0.0) -> LengthPredictor:
+    """The ranker for the dispatcher (raises a readable error for a bad artifact path)."""
+    from llmfleet.ranker import load_predictor as load_ranker
+
+    base = load_ranker(path)
+    if online_every_s <= 0:
+        return base
+    if clock is None:
+        raise ValueError("online learning needs the dispatcher's clock")
+    from llmfleet.ranker.online import OnlineRanker
+
+    log.info("online ranker on: retraining every %.0f s from served requests", online_every_s)
+    return OnlineRanker(clock, initial=base, retrain_every_s=online_every_s)

@@ -1,0 +1,189 @@
+"""Running slices: what the dispatcher does with one Assignment or Preempt, and after a slice.
+
+Tokens reach the client as the slice produces them, and each one is appended to the request's
+`generated` list at that moment, so a slice that breaks (sidecar killed, engine error, drain
+hand-back) resumes from exactly the tokens the client already has.
+
+`SliceExecution` is a mixin of `llmfleet.dispatcher.core.Dispatcher`; the attributes declared
+below are the dispatcher state it works on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from llmfleet.core.clock import Clock
+from llmfleet.core.scheduling import Assignment, Preempt
+from llmfleet.dispatcher.metrics import DispatcherMetrics
+from llmfleet.dispatcher.model import DispatcherSettings, LiveRequest, TokenEvent
+from llmfleet.dispatcher.pods import PodConnection, PodFailure, SliceEnd, SliceTokens
+
+log = logging.getLogger(__name__)
+
+
+class SliceExecution:
+    clock: Clock
+    metrics: DispatcherMetrics
+    pods: dict[str, PodConnection]
+    queue: dict[str, LiveRequest]
+    running: dict[str, LiveRequest]
+    migrations: int
+    failovers: int
+    _slice_tasks: set[asyncio.Task[None]]
+
+    settings: DispatcherSettings
+
+    def kick(self) -> None:
+        raise NotImplementedError
+
+    def _finish(self, req: LiveRequest, reason: str) -> None:
+        raise NotImplementedError
+
+    def _fail(self, req: LiveRequest, code: str, message: str) -> None:
+        raise NotImplementedError
+
+    def _update_gauges(self) -> None:
+        raise NotImplementedError
+
+    def _preempt(self, d: Preempt) -> None:
+        req = self.running.get(d.request_id)
+        if req is None or req.pod_id != d.pod_id or req.slice_task is None:
+            self.metrics.policy_errors.inc()
+            return
+        req.preempting = True
+        self.metrics.preemptions.inc()
+        req.slice_task.cancel()
+
+    def _assign(self, d: Assignment) -> int:
+        req = self.queue.get(d.request_id)
+        pod = self.pods.get(d.pod_id)
+        now = self.clock.now()
+        if req is None or pod is None or not pod.healthy(now):
+            self.metrics.policy_errors.inc()
+            return 0
+        n = min(d.max_tokens, req.remaining)
+        if req.pod_id is not None and req.pod_id != pod.pod_id and req.slices > 0:
+            req.migrations += 1
+            self.migrations += 1
+            self.metrics.migrations.inc()
+        del self.queue[req.request_id]
+        self.running[req.request_id] = req
+        req.queue_s += now - req.enqueued_s
+        self.metrics.queue_seconds.observe(now - req.enqueued_s)
+        req.pod_id = pod.pod_id
+        req.assigned_s = now
+        req.slice_max = n
+        req.touch()
+        expected_left = max(1.0, min(float(n), req.state().expected_remaining_tokens()))
+        pod.add_inflight(req.request_id, len(req.prompt_ids) + len(req.generated) + n, expected_left)
+        pod.remember_prefixes(req.hash_ids)
+        task = asyncio.create_task(self._run_slice(req, pod, n), name=f"slice-{req.request_id}")
+        req.slice_task = task
+        self._slice_tasks.add(task)
+        task.add_done_callback(self._slice_tasks.discard)
+        return 1
+
+    async def _run_slice(self, req: LiveRequest, pod: PodConnection, n: int) -> None:
+        started = self.clock.now()
+        got = 0
+        end: SliceEnd | None = None
+        failure: PodFailure | None = None
+        stream = pod.run_slice(
+            req.request_id,
+            list(req.prompt_ids),
+            list(req.generated),
+            n,
+            priority=-req.spec.priority,  # llmfleet: larger is more important; vLLM: lower runs first
+            ignore_eos=req.spec.ignore_eos,
+            sampling=req.spec.sampling,
+        )
+        try:
+            async for event in stream:
+                if isinstance(event, SliceTokens):
+                    ids = event.token_ids[: n - got]  # never more than the slice asked for
+                    if ids:
+                        got += len(ids)
+                        self._emit(req, ids, event.text)
+                elif end is None:
+                    end = event
+        except PodFailure as exc:
+            failure = exc
+        except asyncio.CancelledError:
+            pass  # cancel, deadline, preemption or shutdown; handled below
+        finally:
+            pod.remove_inflight(req.request_id)
+            # Closing the stream cancels the gRPC call, which aborts the engine work behind it.
+            with contextlib.suppress(BaseException):
+                await stream.aclose()  # type: ignore[attr-defined]
+        elapsed = self.clock.now() - started
+        self.metrics.slice_seconds.observe(elapsed)
+        if got:
+            pod.seconds_per_token = 0.8 * pod.seconds_per_token + 0.2 * (elapsed / got)
+        self._after_slice(req, pod, got, end, failure)
+
+    def _emit(self, req: LiveRequest, ids: tuple[int, ...], text: str) -> None:
+        if req.done:
+            return
+        if req.first_token_s is None:
+            req.first_token_s = self.clock.now()
+            self.metrics.ttft_seconds.observe(req.first_token_s - req.arrival_s)
+        req.generated.extend(ids)
+        self.metrics.tokens.inc(len(ids))
+        req.events.put_nowait(TokenEvent(ids, text))
+
+    def _after_slice(
+        self, req: LiveRequest, pod: PodConnection, got: int, end: SliceEnd | None, failure: PodFailure | None
+    ) -> None:
+        req.slice_task = None
+        if req.done:
+            return
+        if got:
+            req.slices += 1
+        if end is not None and end.finish_reason == "stop":
+            self._finish(req, "stop")
+            return
+        if req.remaining <= 0:
+            self._finish(req, "length")
+            return
+        if req.preempting:
+            req.preempting = False
+            self._requeue(req)
+            return
+        if end is not None and end.finish_reason in ("length", "handed_back"):
+            if end.finish_reason == "handed_back":
+                pod.draining = True  # only a draining sidecar hands back; send nothing more there
+            self._requeue(req)
+            return
+        if failure is not None and failure.draining:
+            pod.draining = True  # refused before it started: nothing failed, run it elsewhere
+            self._requeue(req)
+            return
+        if end is not None and end.client_error:
+            self._fail(req, "INVALID_ARGUMENT", f"the engine rejected the request: {end.error}")
+            return
+        # Anything else is a failed attempt: re-run elsewhere from the tokens already streamed.
+        reason = str(failure) if failure else (end.error if end else "slice stream ended without a result")
+        log.warning("request %s: slice on %s failed (%s); resuming elsewhere", req.request_id, pod.pod_id, reason)
+        req.failures += 1
+        pod.cooldown_until = self.clock.now() + self.settings.pod_cooldown_s
+        if req.failures > self.settings.max_failures:
+            self._fail(req, "UNAVAILABLE", f"gave up after {req.failures} failed attempts; last: {reason}")
+            return
+        req.failovers += 1
+        self.failovers += 1
+        self.metrics.failovers.inc()
+        self._requeue(req, keep_pod=False)
+
+    def _requeue(self, req: LiveRequest, keep_pod: bool = True) -> None:
+        self.running.pop(req.request_id, None)
+        if not keep_pod:
+            req.pod_id = None
+        req.enqueued_s = self.clock.now()
+        req.assigned_s = None
+        req.slice_max = None
+        req.touch()
+        self.queue[req.request_id] = req
+        self._update_gauges()
+        self.kick()

@@ -1,0 +1,78 @@
+"""Start a sidecar: `serve_sidecar(...)` returns a `SidecarHandle` with `.port`, `.drain()`, `.stop()`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import grpc
+
+from llmfleet.sidecar.server import SERVICE, SidecarService
+from llmfleet.sidecar.serving import (
+    SERVER_OPTIONS,
+    MetricsServer,
+    TlsFiles,
+    add_health_and_reflection,
+    bind,
+    set_health,
+)
+from llmfleet.v1 import sidecar_pb2_grpc
+
+
+@dataclass
+class SidecarHandle:
+    """A running sidecar: `port`, `metrics_port`, `service`; `drain()` and `stop()`."""
+
+    server: grpc.aio.Server
+    service: SidecarService
+    port: int
+    metrics_port: int | None
+    _metrics_server: MetricsServer | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def drain(self, timeout_s: float = 30.0) -> tuple[int, int]:
+        return await self.service.drain(timeout_s)
+
+    async def stop(self, grace_s: float = 0.0, drain_timeout_s: float | None = None) -> None:
+        """Stop serving; with `drain_timeout_s`, drain first so no slice is cut short."""
+        if drain_timeout_s is not None:
+            await self.service.drain(drain_timeout_s)
+        await self.server.stop(grace_s)
+        await self.service.close()
+        if self._metrics_server:
+            self._metrics_server.stop()
+
+    async def wait_for_termination(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def serve_sidecar(
+    engine_url: str,
+    *,
+    port: int = 0,
+    host: str = "127.0.0.1",
+    metrics_port: int | None = None,
+    group: str = "",
+    max_num_seqs: int | None = None,
+    load_interval_s: float = 0.25,
+    tls: TlsFiles | None = None,
+) -> SidecarHandle:
+    """Start a sidecar for the vLLM server at `engine_url`; `port=0` picks a free port."""
+    service = SidecarService(engine_url, group=group, max_num_seqs=max_num_seqs, load_interval_s=load_interval_s)
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    sidecar_pb2_grpc.add_SidecarServicer_to_server(service, server)
+    service.health = add_health_and_reflection(server, [SERVICE])
+    await set_health(service.health, [SERVICE], False)  # SERVING once the engine answers
+    bound = bind(server, host, port, tls)
+    await server.start()
+    metrics_server = MetricsServer(service.metrics.registry, metrics_port) if metrics_port is not None else None
+    service.start()
+    return SidecarHandle(
+        server=server,
+        service=service,
+        port=bound,
+        metrics_port=metrics_server.port if metrics_server else None,
+        _metrics_server=metrics_server,
+    )

@@ -1,0 +1,89 @@
+"""`llmfleet sidecar`: serve the sidecar next to a vLLM engine, or ask a running one to drain.
+
+    llmfleet sidecar --port 50061 --engine-url http://127.0.0.1:8000 --metrics-port 9091 --group NAME
+    llmfleet sidecar drain --port 50061        # the pod's preStop hook
+"""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Run the llmfleet sidecar: it executes slices the dispatcher sends on the local vLLM engine "
+        "(exact continuation: prompt ids + generated ids, max_tokens = slice length), streams load "
+        "reports, and drains on SIGTERM without dropping slices. Serves gRPC health and reflection."
+    )
+    parser.add_argument("--port", type=int, default=50061, help="gRPC port (default 50061)")
+    parser.add_argument("--host", default="[::]", help="address to bind (default all interfaces)")
+    parser.add_argument("--engine-url", default="http://127.0.0.1:8000", help="the local vLLM server")
+    parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (off if unset)")
+    parser.add_argument("--group", default="", help="length group this pod belongs to (L4 policy)")
+    parser.add_argument("--max-num-seqs", type=int, default=None, help="the engine's --max-num-seqs (default 256)")
+    parser.add_argument("--load-interval", type=float, default=0.25, help="seconds between engine metric scrapes")
+    parser.add_argument("--drain-timeout", type=float, default=25.0, help="seconds to drain on SIGTERM before handing slices back")
+    parser.add_argument("--tls-cert", default=None, help="serve TLS with this certificate (PEM)")
+    parser.add_argument("--tls-key", default=None, help="private key for --tls-cert (PEM)")
+    parser.set_defaults(func=_serve)
+    sub = parser.add_subparsers(dest="sidecar_command", metavar="SUBCOMMAND")
+    drain = sub.add_parser("drain", help="Ask a running sidecar to drain (preStop hook); waits until it has.")
+    drain.add_argument("--port", type=int, default=50061)
+    drain.add_argument("--host", default="127.0.0.1")
+    drain.add_argument("--timeout", type=float, default=25.0, help="seconds before remaining slices are handed back")
+    drain.set_defaults(func=_drain)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import asyncio
+    import logging
+    import signal
+    from pathlib import Path
+
+    from llmfleet.sidecar.app import serve_sidecar
+    from llmfleet.sidecar.serving import TlsFiles
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise SystemExit("--tls-cert and --tls-key go together")
+    tls = TlsFiles(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
+
+    async def main() -> None:
+        handle = await serve_sidecar(
+            args.engine_url,
+            port=args.port,
+            host=args.host,
+            metrics_port=args.metrics_port,
+            group=args.group,
+            max_num_seqs=args.max_num_seqs,
+            load_interval_s=args.load_interval,
+            tls=tls,
+        )
+        print(f"sidecar serving on port {handle.port} for engine {args.engine_url}", flush=True)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await stop.wait()
+        finished, handed = await handle.drain(args.drain_timeout)
+        print(f"drained: {finished} slices finished, {handed} handed back", flush=True)
+        await handle.stop(grace_s=2.0)
+
+    asyncio.run(main())
+    return 0
+
+
+def _drain(args: argparse.Namespace) -> int:
+    import grpc
+
+    from llmfleet.v1 import sidecar_pb2, sidecar_pb2_grpc
+
+    with grpc.insecure_channel(f"{args.host}:{args.port}") as channel:
+        stub = sidecar_pb2_grpc.SidecarStub(channel)
+        try:
+            resp = stub.Drain(sidecar_pb2.DrainRequest(timeout_ms=int(args.timeout * 1000)), timeout=args.timeout + 15)
+        except grpc.RpcError as exc:
+            print(f"drain failed: {exc.code().name}: {exc.details()}")
+            return 1
+    print(f"drained: {resp.finished} slices finished, {resp.handed_back} handed back")
+    return 0

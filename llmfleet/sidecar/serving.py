@@ -1,0 +1,141 @@
+"""gRPC server plumbing shared by the sidecar and the dispatcher: health, reflection, TLS,
+bearer-token auth and a Prometheus endpoint on its own registry (several servers may run in one
+process, e.g. in tests and in `llmfleet demo`)."""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from prometheus_client import CollectorRegistry, start_http_server
+
+# One stream per request, many per client connection, arriving in bursts. gRPC core otherwise
+# cancels, with a bare CANCELLED, calls the event loop has not picked up yet: beyond 1,000 pending
+# (random early drop up to 3,000) or after 30 s. Our own admission control is the bound that answers.
+SERVER_OPTIONS = [
+    ("grpc.max_concurrent_streams", 1 << 20),
+    ("grpc.server.max_pending_requests", 1 << 17),
+    ("grpc.server.max_pending_requests_hard_limit", 1 << 18),
+    ("grpc.server_max_unrequested_time_in_server", 600),
+]
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+# Health service names: "" and the API's own name report readiness (the sidecar: its engine is up
+# and it is not draining; the dispatcher: at least one pod takes work). LIVENESS is SERVING for as
+# long as the process serves, for a Kubernetes livenessProbe that must not restart a server just
+# because its engines are still loading.
+LIVENESS = "liveness"
+
+
+def add_health_and_reflection(server: grpc.aio.Server, service_names: Sequence[str]) -> health.aio.HealthServicer:
+    """Register the standard health service and reflection (call `set_health` before serving)."""
+    servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    names = list(service_names) + [health.SERVICE_NAME, reflection.SERVICE_NAME]
+    reflection.enable_server_reflection(names, server)
+    return servicer
+
+
+async def set_health(servicer: health.aio.HealthServicer, service_names: Sequence[str], serving: bool) -> None:
+    """Set readiness ("" and each named service); liveness stays SERVING."""
+    status = SERVING if serving else NOT_SERVING
+    for name in ("", *service_names):
+        await servicer.set(name, status)
+    await servicer.set(LIVENESS, SERVING)
+
+
+@dataclass(frozen=True)
+class TlsFiles:
+    cert: Path
+    key: Path
+
+    def server_credentials(self) -> grpc.ServerCredentials:
+        try:
+            pair = (self.key.read_bytes(), self.cert.read_bytes())
+        except OSError as exc:
+            raise ValueError(f"cannot read TLS key/certificate: {exc}") from exc
+        return grpc.ssl_server_credentials([pair])
+
+
+def bind(server: grpc.aio.Server, host: str, port: int, tls: TlsFiles | None) -> int:
+    """Bind `host:port` (port 0 picks a free one) and return the bound port."""
+    address = f"{host}:{port}"
+    bound = server.add_secure_port(address, tls.server_credentials()) if tls else server.add_insecure_port(address)
+    if bound == 0:
+        raise OSError(f"could not bind gRPC server to {address}")
+    return bound
+
+
+def read_token_file(path: str | Path) -> str:
+    token = Path(path).read_text().strip()
+    if not token:
+        raise ValueError(f"auth token file {path} is empty")
+    return token
+
+
+class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
+    """Require `authorization: Bearer <token>` on the methods under `protected_prefix`.
+
+    Health and reflection stay open so Kubernetes `grpc:` probes and grpcurl's listing work.
+    """
+
+    def __init__(self, token: str, protected_prefix: str) -> None:
+        self._token = token.encode()
+        self._prefix = protected_prefix
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler:
+        method = details.method or ""
+        if not method.startswith(self._prefix):
+            return await continuation(details)
+        metadata = dict(details.invocation_metadata or ())
+        given = str(metadata.get("authorization", ""))
+        ok = given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip().encode(), self._token)
+        if ok:
+            return await continuation(details)
+        handler = await continuation(details)
+        message = "missing or wrong bearer token (send metadata 'authorization: Bearer <token>')"
+
+        async def deny_unary(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+
+        async def deny_stream(request: Any, context: grpc.aio.ServicerContext) -> Any:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, message)
+            yield  # pragma: no cover - makes this an async generator
+
+        if handler is not None and handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(
+                deny_stream,
+                request_deserializer=handler.request_deserializer,
+                response_serializer=handler.response_serializer,
+            )
+        return grpc.unary_unary_rpc_method_handler(
+            deny_unary,
+            request_deserializer=handler.request_deserializer if handler else None,
+            response_serializer=handler.response_serializer if handler else None,
+        )
+
+
+class MetricsServer:
+    """Prometheus exposition of one registry on its own port (0 picks a free port)."""
+
+    def __init__(self, registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> None:
+        self._httpd, self._thread = start_http_server(port, addr=addr, registry=registry)
+        self.port = int(self._httpd.server_port)
+
+    def stop(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)

@@ -1,0 +1,158 @@
+"""A deterministic in-process stand-in for a sidecar + engine, for fast dispatcher tests.
+
+Its "model" continues any context deterministically (`next_token`), so a request cut into slices
+must produce exactly `reference(prompt, n)`; failures can be injected per pod.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+import grpc
+
+from llmfleet.sidecar.serving import add_health_and_reflection, set_health
+from llmfleet.v1 import sidecar_pb2, sidecar_pb2_grpc
+
+EOS = 2
+
+
+def next_token(context: list[int]) -> int:
+    return (sum(context[-3:]) * 31 + len(context) * 7) % 997 + 3  # never EOS
+
+
+def reference(prompt: list[int], n: int) -> list[int]:
+    ctx = list(prompt)
+    out = []
+    for _ in range(n):
+        t = next_token(ctx)
+        ctx.append(t)
+        out.append(t)
+    return out
+
+
+@dataclass
+class Faults:
+    break_after_tokens: int | None = None  # abort the call (UNAVAILABLE) after this many tokens, once per slice
+    break_times: int = 0  # how many slices to break
+    error_times: int = 0  # slices that end with a retryable engine error (after 1 token)
+    malformed_times: int = 0  # slices that stream one token too many
+    client_error: str | None = None  # every slice ends with this client error
+    eos_at: int | None = None  # request output length at which EOS ("stop") happens
+    draining: bool = False
+
+
+@dataclass
+class FakeSidecar(sidecar_pb2_grpc.SidecarServicer):
+    token_delay_s: float = 0.001
+    max_model_len: int = 512
+    max_num_seqs: int = 4
+    group: str = ""
+    faults: Faults = field(default_factory=Faults)
+    active: int = 0
+    slices: int = 0
+    cancelled: int = 0
+    priorities: list[int] = field(default_factory=list)
+    samplings: list[sidecar_pb2.Sampling] = field(default_factory=list)
+
+    async def RunSlice(self, request, context) -> AsyncIterator[sidecar_pb2.SliceEvent]:  # noqa: N802
+        f = self.faults
+        if f.draining:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "sidecar is draining; run the slice elsewhere")
+        self.slices += 1
+        self.active += 1
+        try:
+            for item in request.items:
+                self.priorities.append(item.priority)
+                self.samplings.append(item.sampling)
+                ctx = [*item.prompt_token_ids, *item.generated_token_ids]
+                done_before = len(item.generated_token_ids)
+                for i in range(item.max_tokens):
+                    if f.client_error:
+                        yield _done(item.request_id, "error", f.client_error, client_error=True)
+                        break
+                    if f.break_times and f.break_after_tokens is not None and i == f.break_after_tokens:
+                        f.break_times -= 1
+                        await context.abort(grpc.StatusCode.UNAVAILABLE, "connection reset (injected)")
+                    if f.error_times and i == 1:
+                        f.error_times -= 1
+                        yield _done(item.request_id, "error", "HTTP 500: boom (injected)", retryable=True)
+                        break
+                    await asyncio.sleep(self.token_delay_s)
+                    t = next_token(ctx)
+                    ctx.append(t)
+                    yield sidecar_pb2.SliceEvent(
+                        request_id=item.request_id, tokens=sidecar_pb2.SliceTokens(token_ids=[t], text=f"<{t}>")
+                    )
+                    if f.eos_at is not None and done_before + i + 1 >= f.eos_at:
+                        yield _done(item.request_id, "stop")
+                        break
+                else:
+                    if f.malformed_times:
+                        f.malformed_times -= 1
+                        t = next_token(ctx)
+                        yield sidecar_pb2.SliceEvent(
+                            request_id=item.request_id, tokens=sidecar_pb2.SliceTokens(token_ids=[t], text="")
+                        )
+                    yield _done(item.request_id, "length")
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.active -= 1
+
+    async def Tokenize(self, request, context):  # noqa: N802
+        return sidecar_pb2.TokenizeResponse(
+            token_ids=[b + 3 for b in request.text.encode()], max_model_len=self.max_model_len
+        )
+
+    async def Info(self, request, context):  # noqa: N802
+        return sidecar_pb2.InfoResponse(
+            model="fake", max_model_len=self.max_model_len, group=self.group, max_num_seqs=self.max_num_seqs,
+            kv_capacity_tokens=100_000, block_size=16,
+        )  # fmt: skip
+
+    async def StreamLoad(self, request, context):  # noqa: N802
+        while True:
+            yield sidecar_pb2.LoadReport(
+                running=self.active, engine_healthy=True, draining=self.faults.draining,
+                kv_capacity_tokens=100_000, max_num_seqs=self.max_num_seqs, group=self.group,
+            )  # fmt: skip
+            await asyncio.sleep(0.05)
+
+    async def Drain(self, request, context):  # noqa: N802
+        self.faults.draining = True
+        return sidecar_pb2.DrainResponse()
+
+
+def _done(rid: str, reason: str, error: str = "", retryable: bool = False, client_error: bool = False):
+    return sidecar_pb2.SliceEvent(
+        request_id=rid,
+        done=sidecar_pb2.SliceDone(finish_reason=reason, error=error, retryable=retryable, client_error=client_error),
+    )
+
+
+@dataclass
+class FakePod:
+    servicer: FakeSidecar
+    server: grpc.aio.Server
+    port: int
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def stop(self) -> None:
+        await self.server.stop(None)
+
+
+async def start_fake_pod(**kwargs) -> FakePod:
+    servicer = FakeSidecar(**kwargs)
+    server = grpc.aio.server()
+    sidecar_pb2_grpc.add_SidecarServicer_to_server(servicer, server)
+    health = add_health_and_reflection(server, ["llmfleet.v1.Sidecar"])
+    await set_health(health, ["llmfleet.v1.Sidecar"], True)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    return FakePod(servicer, server, port)

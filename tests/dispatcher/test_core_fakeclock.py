@@ -1,0 +1,148 @@
+"""The mechanism with a FakeClock: deadlines, policy order with length predictions, preemption."""
+
+from __future__ import annotations
+
+import asyncio
+
+from llmfleet.core.clock import FakeClock, wait_for_condition
+from llmfleet.core.scheduling import ALL_REMAINING, Assignment, Decision, Preempt, SchedulerView
+from llmfleet.dispatcher import Dispatcher, DispatcherSettings
+from llmfleet.dispatcher.model import FailEvent, FinishEvent, GenerateSpec, TokenEvent
+from llmfleet.policies.registry import make_policy
+from tests.dispatcher.fake_sidecar import reference, start_fake_pod
+
+
+async def _drain(req) -> tuple[list[int], object]:
+    ids: list[int] = []
+    while True:
+        ev = await req.events.get()
+        if isinstance(ev, TokenEvent):
+            ids += ev.token_ids
+        else:
+            return ids, ev
+
+
+async def _dispatcher(policy, pods, **settings) -> Dispatcher:
+    d = Dispatcher(policy, clock=FakeClock(1000.0), settings=DispatcherSettings(**settings))
+    await d.start()
+    await d.set_pods({f"p{i}": p.address for i, p in enumerate(pods)})
+    await wait_for_condition(lambda: len(d.healthy_pods()) == len(pods), 10, what="pods healthy")
+    return d
+
+
+async def test_deadline_follows_the_dispatcher_clock():
+    pod = await start_fake_pod(token_delay_s=0.02)
+    d = await _dispatcher(make_policy("fcfs-rr"), [pod])
+    try:
+        req = await d.submit(GenerateSpec(max_tokens=500, prompt_ids=(1, 2), deadline_s=5.0))
+        await wait_for_condition(lambda: len(req.generated) > 0, 10)
+        d.clock.advance(4.9)  # type: ignore[attr-defined]
+        await asyncio.sleep(0.05)
+        assert not req.done
+        d.clock.advance(0.2)  # type: ignore[attr-defined]
+        ids, end = await _drain(req)
+        assert isinstance(end, FailEvent) and end.code == "DEADLINE_EXCEEDED"
+        await wait_for_condition(lambda: pod.servicer.active == 0, 10, what="slice cancelled on the pod")
+    finally:
+        await d.stop(0)
+        await pod.stop()
+
+
+async def test_held_queue_serves_short_predicted_requests_first():
+    """`ltr` holds requests at the dispatcher and releases the shortest predicted first."""
+    pod = await start_fake_pod(token_delay_s=0.005, max_num_seqs=1)
+    d = await _dispatcher(make_policy("ltr"), [pod], slice_tokens=1000)
+    try:
+        blocker = await d.submit(GenerateSpec(max_tokens=40, prompt_ids=(9,), ignore_eos=True))
+        await wait_for_condition(lambda: blocker.request_id in d.running, 10)
+        long = await d.submit(GenerateSpec(max_tokens=30, prompt_ids=(1,), ignore_eos=True))
+        short = await d.submit(GenerateSpec(max_tokens=3, prompt_ids=(2,), ignore_eos=True))
+        order: list[str] = []
+
+        async def finish(req) -> None:
+            ids, end = await _drain(req)
+            assert isinstance(end, FinishEvent) and len(ids) == req.max_tokens
+            order.append(req.request_id)
+
+        await asyncio.gather(finish(blocker), finish(long), finish(short))
+        assert order == [blocker.request_id, short.request_id, long.request_id]
+    finally:
+        await d.stop(0)
+        await pod.stop()
+
+
+class PreemptForPriority:
+    """Test policy: run everything to completion on p0, but preempt for a more important request."""
+
+    name = "test-preempt"
+
+    def decide(self, view: SchedulerView) -> tuple[Decision, ...]:
+        out: list[Decision] = []
+        if view.queue and view.running:
+            top = max(view.queue, key=lambda r: r.priority)
+            for r in view.running:
+                if r.priority < top.priority:
+                    out.append(Preempt(r.request_id, r.pod_id or "p0"))
+        pod = view.pods[0]
+        busy = len(view.running) - sum(isinstance(x, Preempt) for x in out)
+        for r in sorted(view.queue, key=lambda r: -r.priority)[: max(0, pod.max_running - busy)]:
+            out.append(Assignment(r.request_id, pod.pod_id, ALL_REMAINING))
+        return tuple(out)
+
+
+async def test_preempted_requests_resume_with_their_tokens():
+    pod = await start_fake_pod(token_delay_s=0.01, max_num_seqs=1)
+    d = await _dispatcher(PreemptForPriority(), [pod])
+    try:
+        low = await d.submit(GenerateSpec(max_tokens=60, prompt_ids=(3, 4), ignore_eos=True))
+        await wait_for_condition(lambda: len(low.generated) >= 5, 10)
+        high = await d.submit(GenerateSpec(max_tokens=5, prompt_ids=(7,), ignore_eos=True, priority=9))
+        high_ids, high_end = await _drain(high)
+        low_ids, low_end = await _drain(low)
+        assert isinstance(high_end, FinishEvent) and high_ids == reference([7], 5)
+        assert isinstance(low_end, FinishEvent) and low_ids == reference([3, 4], 60)
+        assert low_end.usage.slices == 2 and d.metrics.preemptions._value.get() == 1
+    finally:
+        await d.stop(0)
+        await pod.stop()
+
+
+class ConstantPredictor:
+    name = "constant"
+
+    def __init__(self, tokens: float) -> None:
+        self.tokens = tokens
+
+    def predict(self, items):
+        from llmfleet.core.prediction import LengthEstimate
+
+        return [LengthEstimate(self.tokens, self.tokens, self.tokens) for _ in items]
+
+
+async def test_online_ranker_learns_from_naturally_ended_text_requests():
+    from llmfleet.ranker.online import OnlineRanker
+
+    pod = await start_fake_pod(token_delay_s=0.001)
+    pod.servicer.faults.eos_at = 4
+    clock = FakeClock(0.0)
+    learner = OnlineRanker(clock, initial=ConstantPredictor(50), min_examples=2, trainer=lambda ex: ConstantPredictor(len(ex)))
+    d = Dispatcher(make_policy("fcfs-rr"), clock=clock, predictor=learner)
+    await d.start()
+    await d.set_pods({"p0": pod.address})
+    try:
+        await wait_for_condition(lambda: d.healthy_pods(), 10)
+        for text in ("first prompt", "second prompt"):
+            _, end = await _drain(await d.submit(GenerateSpec(max_tokens=20, prompt_text=text)))
+            assert isinstance(end, FinishEvent) and end.finish_reason == "stop"
+        _, end = await _drain(await d.submit(GenerateSpec(max_tokens=4, prompt_ids=(1, 2), ignore_eos=True)))
+        assert learner.recorder.seen == 2  # token-id prompts and capped lengths are not recorded
+        before = await d.submit(GenerateSpec(max_tokens=20, prompt_text="third"))
+        assert before.estimate is not None and before.estimate.expected_tokens == 50
+        assert learner.retrain_now() and learner.version == 1
+        after = await d.submit(GenerateSpec(max_tokens=20, prompt_text="fourth"))
+        assert after.estimate is not None and after.estimate.expected_tokens == 2
+        exact = await d.submit(GenerateSpec(max_tokens=7, prompt_ids=(3,), ignore_eos=True))
+        assert exact.estimate is not None and exact.estimate.expected_tokens == 7
+    finally:
+        await d.stop(0)
+        await pod.stop()
