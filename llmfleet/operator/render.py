@@ -227,7 +227,9 @@ def render_engine_deployment(
         ],
         "resources": _resources(spec.sidecar.resources),
         "readinessProbe": {**grpc_probe, "periodSeconds": 5},
-        "livenessProbe": {**grpc_probe, "periodSeconds": 10, "failureThreshold": 6},
+        # Liveness asks the "liveness" health service, which serves while the process runs; the
+        # default service means "ready" and is off while no engine is up, which is no reason to restart.
+        "livenessProbe": {"grpc": {**grpc_probe["grpc"], "service": "liveness"}, "periodSeconds": 10, "failureThreshold": 6},
         # Drain first: in-flight slices finish or migrate before the engine goes away.
         "lifecycle": {"preStop": {"exec": {"command": ["llmfleet", "sidecar", "drain", "--port", str(SIDECAR_PORT)]}}},
         "securityContext": {**_RESTRICTED, "runAsNonRoot": True, "readOnlyRootFilesystem": True},
@@ -355,7 +357,9 @@ def render_dispatcher_deployment(ref: FleetRef, spec: s.FleetSpec, defaults: Def
         ],
         "resources": _resources(d.resources),
         "readinessProbe": {**grpc_probe, "periodSeconds": 5},
-        "livenessProbe": {**grpc_probe, "periodSeconds": 10, "failureThreshold": 6},
+        # Liveness asks the "liveness" health service, which serves while the process runs; the
+        # default service means "ready" and is off while no engine is up, which is no reason to restart.
+        "livenessProbe": {"grpc": {**grpc_probe["grpc"], "service": "liveness"}, "periodSeconds": 10, "failureThreshold": 6},
         "volumeMounts": mounts,
         "securityContext": {**_RESTRICTED, "runAsNonRoot": True, "readOnlyRootFilesystem": True},
     }

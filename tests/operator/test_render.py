@@ -76,6 +76,7 @@ def test_engine_pod_contract() -> None:
     assert sidecar["command"] == ["llmfleet", "sidecar", "--port", "50061", "--engine-url", "http://127.0.0.1:8000",
                                   "--metrics-port", "9091", "--group", "medium"]  # fmt: skip
     assert sidecar["readinessProbe"]["grpc"] == {"port": 50061}
+    assert sidecar["livenessProbe"]["grpc"] == {"port": 50061, "service": "liveness"}  # not readiness: engine may be loading
     assert sidecar["lifecycle"]["preStop"]["exec"]["command"] == ["llmfleet", "sidecar", "drain", "--port", "50061"]
     assert sidecar["securityContext"]["runAsNonRoot"] is True
     spec = pod["spec"]
@@ -103,7 +104,9 @@ def test_dispatcher_contract_with_tls_and_auth() -> None:
         "--tls-cert", "/etc/llmfleet/tls/tls.crt", "--tls-key", "/etc/llmfleet/tls/tls.key",
         "--auth-token-file", "/etc/llmfleet/auth/token",
     ]  # fmt: skip
-    assert c["readinessProbe"]["grpc"] == {"port": 50051} and c["livenessProbe"]["grpc"] == {"port": 50051}
+    # Liveness asks the "liveness" service: a dispatcher with no ready pod is not restarted.
+    assert c["readinessProbe"]["grpc"] == {"port": 50051}
+    assert c["livenessProbe"]["grpc"] == {"port": 50051, "service": "liveness"}
     volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == "llama-8b-dispatcher-tls"
     assert volumes["auth"]["secret"]["secretName"] == "llama-8b-dispatcher-auth"
@@ -193,3 +196,4 @@ def test_drift_ignores_server_defaults_but_not_edits() -> None:
     live["spec"]["replicas"] = 0
     assert drifted(desired, live)
     assert drifted(desired, None)
+
