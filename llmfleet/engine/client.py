@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -67,6 +67,35 @@ class SamplingParams:
             body["stop"] = list(self.stop)
         body.update(self.extra)
         return body
+
+
+class EngineLike(Protocol):
+    """What the data plane needs from an engine: `EngineClient` for vLLM, or a simulated engine."""
+
+    base_url: str
+
+    async def health(self) -> bool: ...
+
+    async def model(self) -> str: ...
+
+    async def max_model_len(self) -> int: ...
+
+    async def tokenize(self, text: str) -> list[int]: ...
+
+    async def load(self) -> EngineLoad: ...
+
+    def stream(
+        self,
+        prompt: Prompt,
+        max_tokens: int,
+        *,
+        ignore_eos: bool = False,
+        priority: int | None = None,
+        sampling: SamplingParams | None = None,
+        request_id: str | None = None,
+    ) -> AsyncIterator[CompletionChunk]: ...
+
+    async def aclose(self) -> None: ...
 
 
 class EngineClient:
@@ -287,4 +316,4 @@ def _error_message(resp: httpx.Response) -> str:
     return str(data)[:300]
 
 
-__all__ = ["Completion", "CompletionChunk", "EngineClient", "EngineError", "SamplingParams"]
+__all__ = ["Completion", "CompletionChunk", "EngineClient", "EngineError", "EngineLike", "SamplingParams"]

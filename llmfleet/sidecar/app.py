@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 import grpc
 
+from llmfleet.engine.client import EngineLike
 from llmfleet.sidecar.server import SERVICE, SidecarService
 from llmfleet.sidecar.serving import (
     SERVER_OPTIONS,
@@ -49,7 +50,7 @@ class SidecarHandle:
 
 
 async def serve_sidecar(
-    engine_url: str,
+    engine: str | EngineLike,
     *,
     port: int = 0,
     host: str = "127.0.0.1",
@@ -59,8 +60,9 @@ async def serve_sidecar(
     load_interval_s: float = 0.25,
     tls: TlsFiles | None = None,
 ) -> SidecarHandle:
-    """Start a sidecar for the vLLM server at `engine_url`; `port=0` picks a free port."""
-    service = SidecarService(engine_url, group=group, max_num_seqs=max_num_seqs, load_interval_s=load_interval_s)
+    """Start a sidecar for the vLLM server at `engine` (a URL, or an engine object such as
+    `llmfleet.engine.simulated.SimulatedEngineClient`); `port=0` picks a free port."""
+    service = SidecarService(engine, group=group, max_num_seqs=max_num_seqs, load_interval_s=load_interval_s)
     server = grpc.aio.server(options=SERVER_OPTIONS)
     sidecar_pb2_grpc.add_SidecarServicer_to_server(service, server)
     service.health = add_health_and_reflection(server, [SERVICE])

@@ -22,11 +22,9 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
-import httpx
-from prometheus_client.parser import text_string_to_metric_families
 
 from llmfleet.core.clock import Clock, RealClock
-from llmfleet.engine.client import EngineClient, SamplingParams
+from llmfleet.engine.client import EngineClient, EngineLike, SamplingParams
 from llmfleet.engine.errors import EngineError, EngineRequestError
 from llmfleet.engine.metrics import EngineLoad
 from llmfleet.sidecar.metrics import SidecarMetrics
@@ -54,26 +52,6 @@ def sampling_from_proto(s: sidecar_pb2.Sampling, max_tokens: int) -> SamplingPar
     )
 
 
-def parse_cache_config(text: str) -> tuple[int, int]:
-    """(kv capacity in tokens, block size) from vLLM's `vllm:cache_config_info`, or (0, 0)."""
-    try:
-        for family in text_string_to_metric_families(text):
-            if family.name != "vllm:cache_config_info":
-                continue
-            for sample in family.samples:
-                labels = sample.labels
-                block = int(labels.get("block_size", "0") or 0)
-                size = labels.get("kv_cache_size_tokens")
-                if size and size != "None":
-                    return int(size), block
-                blocks = labels.get("num_gpu_blocks", "None")
-                if blocks != "None" and block:
-                    return int(blocks) * block, block
-    except (ValueError, TypeError):
-        pass
-    return 0, 0
-
-
 @dataclass(eq=False)  # identity hashing: kept in a set while running
 class _RunningSlice:
     items: int
@@ -86,7 +64,7 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
 
     def __init__(
         self,
-        engine_url: str,
+        engine: str | EngineLike,
         *,
         group: str = "",
         max_num_seqs: int | None = None,
@@ -94,9 +72,9 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
         clock: Clock | None = None,
         metrics: SidecarMetrics | None = None,
     ) -> None:
-        self.engine_url = engine_url.rstrip("/")
-        self.engine = EngineClient(self.engine_url, timeout=600.0)
-        self._http = httpx.AsyncClient(base_url=self.engine_url, timeout=httpx.Timeout(10.0, connect=3.0))
+        # A URL means a real vLLM server; an object (e.g. a simulated engine) answers the same calls.
+        self.engine: EngineLike = EngineClient(engine.rstrip("/"), timeout=600.0) if isinstance(engine, str) else engine
+        self.engine_url = self.engine.base_url
         self.group = group
         self.max_num_seqs = max_num_seqs or DEFAULT_MAX_NUM_SEQS
         self.load_interval_s = load_interval_s
@@ -125,22 +103,17 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
         await self.engine.aclose()
-        await self._http.aclose()
 
     async def _poll_once(self) -> None:
         healthy = await self.engine.health()
         if healthy:
             try:
-                resp = await self._http.get("/metrics")
-                from llmfleet.engine.metrics import parse_metrics
-
-                self.load = parse_metrics(resp.text)
-                if not self.kv_capacity_tokens:
-                    self.kv_capacity_tokens, self.block_size = parse_cache_config(resp.text)
+                self.load = await self.engine.load()
+                if not self.kv_capacity_tokens and self.load.kv_capacity_tokens:
+                    self.kv_capacity_tokens, self.block_size = self.load.kv_capacity_tokens, self.load.block_size
                 if not self.max_model_len:
-                    data = (await self._http.get("/v1/models")).json()
-                    self.max_model_len = int(data["data"][0].get("max_model_len") or 0)
-            except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError) as exc:
+                    self.max_model_len = await self.engine.max_model_len()
+            except EngineError as exc:
                 log.warning("load scrape of %s failed: %s", self.engine_url, exc)
                 healthy = False
         m = self.metrics
@@ -271,17 +244,16 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
         self, request: sidecar_pb2.TokenizeRequest, context: grpc.aio.ServicerContext
     ) -> sidecar_pb2.TokenizeResponse:
         try:
-            model = await self.engine.model()
-            resp = await self._http.post("/tokenize", json={"model": model, "prompt": request.text})
-            data = resp.json()
-            if resp.status_code >= 400:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"engine could not tokenize: {data}")
-            return sidecar_pb2.TokenizeResponse(
-                token_ids=[int(t) for t in data["tokens"]], max_model_len=int(data.get("max_model_len") or 0)
-            )
-        except (httpx.HTTPError, EngineError, ValueError, KeyError, TypeError) as exc:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"engine tokenize failed: {exc}")
+            ids = await self.engine.tokenize(request.text)
+            if not self.max_model_len:
+                self.max_model_len = await self.engine.max_model_len()
+        except EngineRequestError as exc:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"engine could not tokenize: {exc}")
             raise  # unreachable; abort raises
+        except EngineError as exc:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, f"engine tokenize failed: {exc}")
+            raise
+        return sidecar_pb2.TokenizeResponse(token_ids=ids, max_model_len=self.max_model_len)
 
     async def Info(self, request: sidecar_pb2.InfoRequest, context: grpc.aio.ServicerContext) -> sidecar_pb2.InfoResponse:  # noqa: N802
         if not self.max_model_len or not self.kv_capacity_tokens:

@@ -8,21 +8,21 @@ import sys
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from llmfleet.engine.metrics import parse_metrics
 from llmfleet.engine.process import free_port
 from llmfleet.sidecar import serve_sidecar
-from llmfleet.sidecar.server import parse_cache_config
 from llmfleet.v1 import sidecar_pb2, sidecar_pb2_grpc
 from tests.dispatcher.test_api_fake import _reflected_services
 
 
-def test_parse_cache_config():
+def test_kv_capacity_from_cache_config_info():
     text = (
         "# TYPE vllm:cache_config_info gauge\n"
         'vllm:cache_config_info{block_size="128",kv_cache_size_tokens="524288",num_gpu_blocks="4096"} 1.0\n'
     )
-    assert parse_cache_config(text) == (524288, 128)
-    assert parse_cache_config(text.replace(',kv_cache_size_tokens="524288"', "")) == (4096 * 128, 128)
-    assert parse_cache_config("junk{") == (0, 0)
+    assert _capacity(text) == (524288, 128)
+    assert _capacity(text.replace(',kv_cache_size_tokens="524288"', "")) == (4096 * 128, 128)
+    assert _capacity("# nothing\n") == (0, 0)
 
 
 async def test_engine_down_means_not_serving_and_drain_cli_answers():
@@ -48,3 +48,8 @@ async def test_engine_down_means_not_serving_and_drain_cli_answers():
         assert handle.service.draining
     finally:
         await handle.stop()
+
+
+def _capacity(text: str) -> tuple[int, int]:
+    load = parse_metrics(text)
+    return load.kv_capacity_tokens, load.block_size
