@@ -1,0 +1,195 @@
+"""Dispatcher capacity against many simulated engines: decisions per second and concurrent streams.
+
+Layout (three processes, as in a cluster): K sidecars, each in front of a simulated vLLM engine
+(`llmfleet.engine.simulated`: slots, priority, per-step timing), share one process; the
+dispatcher runs as `llmfleet dispatcher` in its own process; this process is the client.
+
+* Streams: N clients open Generate streams at once and hold them while the engines produce
+  tokens slowly; every stream must end with exactly its tokens and no error. The dispatcher's
+  peak resident memory (VmHWM) is read from /proc.
+* Decisions: a burst of short requests; decisions per second is the number of slice
+  assignments the dispatcher made (its `llmfleet_dispatcher_slice_seconds` count) divided by
+  the wall time of the burst, and the `decide()` calls per second are reported beside it.
+
+Reproduce (writes bench/results/dispatcher_capacity.json):
+    .venv/bin/python bench/dispatcher_capacity.py --streams 10000 --engines 40
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import httpx
+
+from llmfleet.core.config import SchedulingConfig
+from llmfleet.demo.fleet import LlmfleetProcess
+from llmfleet.engine.process import free_port
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+# --- the sidecar host process -------------------------------------------------------------------
+async def host_sidecars(count: int, max_num_seqs: int, step_s: float, ports_file: Path) -> None:
+    from llmfleet.engine.simulated import SimulatedEngineClient, SimulatedEngineConfig
+    from llmfleet.sidecar import serve_sidecar
+
+    handles = []
+    for i in range(count):
+        engine = SimulatedEngineClient(
+            SimulatedEngineConfig(max_num_seqs=max_num_seqs, step_base_s=step_s, step_per_seq_s=0.0, name=f"sim-{i}")
+        )
+        handles.append(await serve_sidecar(engine, max_num_seqs=max_num_seqs, load_interval_s=1.0))
+    ports_file.write_text(",".join(h.address for h in handles))
+    await asyncio.Event().wait()
+
+
+# --- measurements --------------------------------------------------------------------------------
+def vm_hwm_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def metric(metrics_url: str, name: str) -> float:
+    text = httpx.get(metrics_url, timeout=10).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+async def hold_streams(address: str, n: int, tokens: int, prompt_tokens: int) -> dict[str, object]:
+    from llmfleet.v1 import dispatcher_pb2, dispatcher_pb2_grpc
+
+    errors: dict[str, int] = {}
+    wrong = 0
+    peak_open = 0
+    open_now = 0
+    async with grpc.aio.insecure_channel(address, options=[("grpc.max_concurrent_streams", 0)]) as channel:
+        stub = dispatcher_pb2_grpc.DispatcherStub(channel)
+
+        async def one(i: int) -> None:
+            nonlocal wrong, peak_open, open_now
+            open_now += 1
+            peak_open = max(peak_open, open_now)
+            got = 0
+            try:
+                req = dispatcher_pb2.GenerateRequest(
+                    token_ids=dispatcher_pb2.TokenIds(ids=[4 + (i + j) % 4000 for j in range(prompt_tokens)]),
+                    max_tokens=tokens,
+                    ignore_eos=True,
+                )
+                async for msg in stub.Generate(req, timeout=900):
+                    got += len(msg.token_ids)
+                if got != tokens:
+                    wrong += 1
+            except grpc.aio.AioRpcError as exc:
+                errors[exc.code().name] = errors.get(exc.code().name, 0) + 1
+            finally:
+                open_now -= 1
+
+        t = time.monotonic()
+        await asyncio.gather(*(one(i) for i in range(n)))
+        wall = time.monotonic() - t
+    return {"streams": n, "errors": errors, "wrong_token_counts": wrong, "peak_open": peak_open, "wall_s": wall}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--streams", type=int, default=10000)
+    ap.add_argument("--engines", type=int, default=40)
+    ap.add_argument("--max-num-seqs", type=int, default=256)
+    ap.add_argument("--stream-tokens", type=int, default=8, help="tokens per held stream")
+    ap.add_argument("--step-s", type=float, default=2.0, help="simulated decode step time while holding streams")
+    ap.add_argument("--burst", type=int, default=20000, help="short requests in the decision burst")
+    ap.add_argument("--policy", default="llmfleet")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--serve-sidecars", type=int, default=0, help=argparse.SUPPRESS)
+    ap.add_argument("--ports-file", type=Path, default=None, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.serve_sidecars:
+        asyncio.run(host_sidecars(args.serve_sidecars, args.max_num_seqs, args.step_s, args.ports_file))
+        return 0
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    log_dir = Path(os.environ.get("TMPDIR", "/tmp")) / "llmfleet-capacity"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    report: dict[str, object] = {"setup": {k: str(v) for k, v in vars(args).items() if k not in ("serve_sidecars", "ports_file")}}
+    procs: list[LlmfleetProcess] = []
+    try:
+        for phase, step_s in (("streams", args.step_s), ("decisions", 0.001)):
+            ports_file = log_dir / f"ports-{phase}"
+            ports_file.unlink(missing_ok=True)
+            host = _Script(
+                f"sidecars-{phase}",
+                [__file__, "--serve-sidecars", str(args.engines), "--ports-file", str(ports_file),
+                 "--max-num-seqs", str(args.max_num_seqs), "--step-s", str(step_s)],
+                log_dir / f"sidecars-{phase}.log",
+            )
+            procs.append(host)
+            host.start()
+            host.wait_until(ports_file.exists, 120, "serving its sidecars")
+            port, metrics_port = free_port(), free_port()
+            config_path = log_dir / "scheduling.yaml"
+            config_path.write_text(SchedulingConfig(policy=args.policy, max_queue=max(args.streams, args.burst) * 2).to_yaml())
+            dispatcher = LlmfleetProcess(
+                "dispatcher",
+                ["dispatcher", "--host", "127.0.0.1", "--port", str(port), "--metrics-port", str(metrics_port),
+                 "--config", str(config_path), "--discovery", "static", "--pods", ports_file.read_text()],
+                port,
+                log_dir / f"dispatcher-{phase}.log",
+            )
+            procs.append(dispatcher)
+            dispatcher.start()
+            dispatcher.wait_serving(120)
+            metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
+            assert dispatcher.pid is not None
+            if phase == "streams":
+                held = asyncio.run(hold_streams(dispatcher.address, args.streams, args.stream_tokens, 16))
+                held["dispatcher_peak_rss_mib"] = vm_hwm_mib(dispatcher.pid)
+                report["streams"] = held
+            else:
+                slices0 = metric(metrics_url, "llmfleet_dispatcher_slice_seconds_count")
+                decides0 = metric(metrics_url, "llmfleet_dispatcher_decision_seconds_count")
+                burst = asyncio.run(hold_streams(dispatcher.address, args.burst, 1, 8))
+                slices = metric(metrics_url, "llmfleet_dispatcher_slice_seconds_count") - slices0
+                decides = metric(metrics_url, "llmfleet_dispatcher_decision_seconds_count") - decides0
+                burst["assignments_per_s"] = slices / burst["wall_s"]  # type: ignore[operator]
+                burst["decide_calls_per_s"] = decides / burst["wall_s"]  # type: ignore[operator]
+                burst["dispatcher_peak_rss_mib"] = vm_hwm_mib(dispatcher.pid)
+                report["decisions"] = burst
+            dispatcher.stop()
+            host.stop()
+    finally:
+        for p in procs:
+            p.stop()
+    report["targets"] = {"assignments_per_s_min": 2000, "concurrent_streams_min": 10000}
+    report["command"] = "python bench/dispatcher_capacity.py " + " ".join(argv or sys.argv[1:])
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "dispatcher_capacity.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+class _Script(LlmfleetProcess):
+    """This script itself, in a child process (the sidecar host)."""
+
+    def command(self) -> tuple[list[str], dict[str, str]]:
+        return [sys.executable, *self.args], {}
+
+    def __init__(self, name: str, args: list[str], log_path: Path) -> None:
+        super().__init__(name, args, 0, log_path)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
