@@ -51,6 +51,38 @@ async def host_sidecars(count: int, max_num_seqs: int, step_s: float, ports_file
     await asyncio.Event().wait()
 
 
+# --- the policy alone ---------------------------------------------------------------------------
+def policy_decisions_per_s(policy_name: str, queued: int, pods: int, repeats: int = 50) -> dict[str, float]:
+    """Assignments per second of `decide()` alone, on a view with `queued` waiting requests and
+    `pods` pods with 8 free slots each: the scheduler's own cost, without gRPC or engines."""
+    import random
+
+    from llmfleet.core.prediction import LengthEstimate
+    from llmfleet.core.scheduling import PodState, RequestState, SchedulerView
+    from llmfleet.policies.registry import make_policy
+
+    rng = random.Random(0)
+    queue = tuple(
+        RequestState(
+            request_id=f"r{i}", seq=i, arrival_s=i * 0.001, prompt_tokens=rng.randint(16, 1024),
+            estimate=LengthEstimate(score=(e := rng.uniform(10, 800)), expected_tokens=e, upper_tokens=2 * e),
+            enqueued_s=i * 0.001,
+        )
+        for i in range(queued)
+    )
+    pod_states = tuple(
+        PodState(pod_id=f"p{j}", kv_capacity_tokens=500_000, max_running=256, running=248) for j in range(pods)
+    )
+    view = SchedulerView(now=queued * 0.001, queue=queue, running=(), pods=pod_states, slice_tokens=128)
+    policy = make_policy(policy_name)
+    assigned = 0
+    t = time.perf_counter()
+    for _ in range(repeats):
+        assigned += len(policy.decide(view))
+    wall = time.perf_counter() - t
+    return {"decide_calls_per_s": repeats / wall, "assignments_per_s": assigned / wall, "assignments_per_call": assigned / repeats}
+
+
 # --- measurements --------------------------------------------------------------------------------
 def vm_hwm_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -173,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         for p in procs:
             p.stop()
+    report["policy_alone"] = policy_decisions_per_s(args.policy, queued=1000, pods=args.engines)
     report["targets"] = {"assignments_per_s_min": 2000, "concurrent_streams_min": 10000}
     report["command"] = "python bench/dispatcher_capacity.py " + " ".join(argv or sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)

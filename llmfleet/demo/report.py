@@ -69,8 +69,8 @@ def print_table(results: Sequence[dict[str, Any]], baseline: str = "fcfs-rr") ->
 
     ratios = ratio_rows(results, baseline)
     table = Table(title="Live fleet: latency from arrival to last token (seconds)")
-    for col in ("policy", "done", "failed", "mean", "p50", "p99", "TTFT mean", "tok/s", "imbalance", f"mean / {baseline}", f"p99 / {baseline}"):
-        table.add_column(col, justify="right" if col != "policy" else "left")
+    for col in ("policy", "done", "fail", "mean", "p50", "p99", "TTFT", "tok/s", "imbal.", "mean ratio", "p99 ratio"):
+        table.add_column(col, justify="right" if col != "policy" else "left", no_wrap=True)
     for r in results:
         q = ratios.get(r["policy"], {})
         table.add_row(
@@ -79,7 +79,8 @@ def print_table(results: Sequence[dict[str, Any]], baseline: str = "fcfs-rr") ->
             f"{r['mean_ttft_s']:.2f}", f"{r['throughput_tok_s']:.0f}", f"{r['load_imbalance']:.2f}",
             f"{q.get('mean_latency_ratio', math.nan):.2f}", f"{q.get('p99_latency_ratio', math.nan):.2f}",
         )
-    Console().print(table)
+    table.caption = f"ratios are to {baseline}, measured in the same run; TTFT is the mean time to first token"
+    Console(width=max(110, Console().width)).print(table)
 
 
 def plot(outcomes_by_policy: Mapping[str, Sequence[Outcome]], results: Sequence[dict[str, Any]], path: Path, title: str) -> None:

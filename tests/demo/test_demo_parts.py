@@ -1,0 +1,72 @@
+"""The demo's workload, request building and summaries (the fleet itself is exercised by the benches)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from llmfleet.demo.replay import EOS_TOKEN_ID, Outcome, generate_request
+from llmfleet.demo.report import ratio_rows, results_json, summarize_outcomes
+from llmfleet.demo.workload import WorkloadSpec, build_workload, load_prompt_pool
+from llmfleet.sim.metrics import RESULT_KEYS
+
+
+def test_trace_window_is_rescaled_to_the_requested_rate_and_clipped() -> None:
+    spec = WorkloadSpec(count=100, rate=5.0, max_output_tokens=64, max_prompt_tokens=32)
+    work = build_workload(spec)
+    assert len(work) == 100
+    assert work[0].arrival_s == 0.0
+    assert work[-1].arrival_s == pytest.approx(100 / 5.0)
+    assert all(a.arrival_s <= b.arrival_s for a, b in zip(work, work[1:], strict=False))
+    assert all(spec.min_output_tokens <= r.output_tokens <= 64 for r in work)
+    assert all(8 <= len(r.prompt_token_ids) <= 32 and min(r.prompt_token_ids) >= 4 for r in work)
+    assert build_workload(spec) == work  # seeded
+
+
+def test_prompt_pool_gives_real_text_and_answer_lengths(tmp_path: Path) -> None:
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("\n".join(json.dumps({"prompt": f"question {i}", "output_tokens": 10 * (i + 1)}) for i in range(5)))
+    work = build_workload(WorkloadSpec(count=12, prompt_pool=str(pool), output_scale=1.0))
+    assert {r.prompt_text for r in work} == {f"question {i}" for i in range(5)}
+    by_text = {f"question {i}": 10 * (i + 1) for i in range(5)}
+    assert all(r.output_tokens == by_text[r.prompt_text] for r in work if r.prompt_text)
+
+
+def test_bad_prompt_pool_names_the_line(tmp_path: Path) -> None:
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text('{"prompt": "ok", "output_tokens": 3}\n{"prompt": "no length"}\n')
+    with pytest.raises(ValueError, match="pool.jsonl:2"):
+        load_prompt_pool(pool)
+
+
+def test_hidden_length_request_carries_the_length_only_in_sampling() -> None:
+    work = build_workload(WorkloadSpec(count=3))
+    hidden = generate_request(work[0], hidden_length=True, max_tokens_cap=512)
+    assert hidden.max_tokens == 512 and not hidden.ignore_eos
+    assert hidden.sampling.min_tokens == work[0].output_tokens - 1
+    assert hidden.sampling.logit_bias[EOS_TOKEN_ID] > 0
+    exact = generate_request(work[0], hidden_length=False, max_tokens_cap=512)
+    assert exact.max_tokens == work[0].output_tokens and exact.ignore_eos
+
+
+def test_summary_has_the_simulator_schema_and_counts_failures() -> None:
+    outcomes = [
+        Outcome("a", 0.0, 0.5, 2.0, 10, 10, "ok"),
+        Outcome("b", 1.0, 1.5, 5.0, 20, 20, "ok"),
+        Outcome("c", 2.0, None, None, 0, 5, "UNAVAILABLE", "no pod"),
+    ]
+    row = summarize_outcomes("p", outcomes, busy_s=[3.0, 1.0])
+    assert row["completed"] == 2 and row["failed"] == 1
+    assert row["mean_latency_s"] == pytest.approx((2.0 + 4.0) / 2)
+    assert row["mean_ttft_s"] == pytest.approx(0.5)
+    assert row["throughput_tok_s"] == pytest.approx(30 / 5.0)
+    assert row["load_imbalance"] == pytest.approx(3.0 / 2.0)
+    payload = results_json("conv", 2, 1.0, [row])
+    assert set(payload["results"][0]) == set(RESULT_KEYS)
+    base = dict(row, policy="fcfs-rr")
+    ratios = ratio_rows([base, dict(row, mean_latency_s=row["mean_latency_s"] / 2)])
+    assert ratios["p"]["mean_latency_ratio"] == pytest.approx(0.5)
+    assert math.isclose(ratios["fcfs-rr"]["p99_latency_ratio"], 1.0)
