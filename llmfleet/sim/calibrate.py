@@ -107,7 +107,13 @@ def fit(m: Measurements, name: str, kv_capacity_tokens: int, source: str) -> Cos
         sxx = sum((x - mx) ** 2 for x in xs)
         slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx if sxx else 0.0
         slope = max(0.0, slope)
-        base = max(0.0, my - slope * mx)
+        base = my - slope * mx
+        if base <= 0.0:
+            # Timing noise made the line steeper than a decode step allows (every step has a
+            # fixed cost): anchor it at the smallest batch, whose step time is at least half fixed.
+            c0, y0 = min(m.decode)
+            slope = min(slope, y0 / (2 * c0))
+            base = y0 - slope * c0
     else:
         base, slope = m.decode[0][1], 0.0
     knots = sorted(dict(m.prefill).items())

@@ -68,9 +68,10 @@ async def test_scraper_sees_waiting_when_slots_are_full(engine: EngineProcess) -
 async def test_priority_changes_order_of_service(engine: EngineProcess) -> None:
     """With all 4 slots busy, a later high-priority request starts before an earlier low-priority one."""
     async with EngineClient(engine.url, timeout=180) as client:
-        # Blockers of different lengths free their slots one at a time.
+        # Blockers of different lengths free their slots one at a time, and are long enough that
+        # none finishes before both test requests are queued, even on a quiet machine.
         blockers = [
-            asyncio.create_task(client.complete(f"blocker {i}", 150 + 60 * i, ignore_eos=True, priority=0))
+            asyncio.create_task(client.complete(f"blocker {i}", 1000 + 150 * i, ignore_eos=True, priority=0))
             for i in range(4)
         ]
         await wait_for_condition(

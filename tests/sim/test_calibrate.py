@@ -45,6 +45,15 @@ async def test_measure_and_fit_recover_the_engine_model() -> None:
     assert len({p for p, _ in engine.calls}) >= 3
 
 
+def test_noisy_decode_points_never_give_a_free_decode_step() -> None:
+    from llmfleet.sim.calibrate import Measurements
+
+    # A steep, noisy line would cross zero at batch 0; the fit keeps a positive fixed cost.
+    model = fit(Measurements(prefill=[(16, 0.01), (128, 0.05)], decode=[(1, 0.002), (4, 0.030)]), "x", 1, "t")
+    assert model.decode_base_s >= 0.001
+    assert model.decode_base_s + model.decode_per_seq_s * 1 == pytest.approx(0.002)
+
+
 def test_fit_needs_enough_points() -> None:
     from llmfleet.sim.calibrate import Measurements
 
@@ -58,7 +67,7 @@ async def test_calibrate_against_the_real_engine(engine, tmp_path) -> None:
     from llmfleet.sim.costmodel import CostModel
 
     model = await calibrate_engine(
-        engine.url, (16, 128), (1, 2), decode_tokens=8, repeats=1, kv_capacity_tokens=4096
+        engine.url, (16, 128), (1, 4), decode_tokens=32, repeats=2, kv_capacity_tokens=4096
     )
     assert model.decode_base_s > 0 and model.prefill_s(128) > 0
     path = tmp_path / "cost.json"
