@@ -83,9 +83,10 @@ async def test_killing_a_sidecar_mid_stream_loses_nothing(engine, sidecar_a):
         for ids, ref, usage in zip(got, refs, usages, strict=True):
             assert len(ids) == n and usage.completion_tokens == n
             assert ids == ref  # temperature 0: exactly the unsliced, unbroken tokens
-        # Slices in flight at the kill fail over; a request between two slices just moves on.
-        assert sum(u.failovers for u in usages) >= 1 and handle.dispatcher.failovers >= 1
-        assert all(u.failovers + u.migrations >= 1 for u in usages)  # every request left the victim
+        # A slice in flight at the kill fails over; a request between two slices just moves on.
+        # Which of the two happens depends on timing (the exact failover paths are covered with
+        # deterministic fake pods in test_dispatch_fake.py); either way every request left the victim.
+        assert all(u.failovers + u.migrations >= 1 for u in usages)
     finally:
         if victim.returncode is None:
             victim.kill()
