@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from llmfleet.engine.process import EngineProcess, default_model_dir
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("LLMFLEET_SHARED_DATA", ROOT.parent / "shared" / "data"))
+from llmfleet.sim.costmodel import DATA_DIR as SHARED_DATA
 
 
 @pytest.fixture(scope="session")

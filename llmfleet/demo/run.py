@@ -53,7 +53,7 @@ def ensure_ranker(path: Path) -> Path:
 
     data = DATA_DIR / "alpaca_eval" / RANKER_TRAINING_MODEL / "model_outputs.json"
     if not data.exists():
-        raise FileNotFoundError(f"alpaca_eval data not found at {data}; set LLMFLEET_DATA to the shared data folder")
+        raise FileNotFoundError(f"alpaca_eval data not found at {data}; set LLMFLEET_SHARED_DATA to the shared data folder")
     subprocess.run(
         [sys.executable, "-m", "llmfleet.cli", "ranker", "train", "--data", str(data), "--out", str(path)], check=True
     )

@@ -15,7 +15,6 @@ writes loads with ``llmfleet sim run --cost-model FILE``.
 from __future__ import annotations
 
 import asyncio
-import re
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -137,18 +136,6 @@ def fit(m: Measurements, name: str, kv_capacity_tokens: int, source: str) -> Cos
     )
 
 
-def kv_capacity_from_metrics(text: str) -> int | None:
-    """KV capacity in tokens from vLLM's ``vllm:cache_config_info`` labels, if exposed."""
-    m = re.search(r"vllm:cache_config_info\{([^}]*)\}", text)
-    if not m:
-        return None
-    labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(1)))
-    try:
-        return int(labels["num_gpu_blocks"]) * int(labels["block_size"])
-    except (KeyError, ValueError):
-        return None
-
-
 async def calibrate_engine(
     url: str,
     prompt_lengths: Sequence[int],
@@ -165,14 +152,12 @@ async def calibrate_engine(
             raise RuntimeError(f"engine at {url} is not healthy (GET /health did not return 200)")
         model = await client.model()
         if kv_capacity_tokens is None:
-            import httpx
+            # vLLM reports its KV pool in `vllm:cache_config_info`; the client parses it.
+            from llmfleet.engine.errors import EngineError
 
             try:
-                async with httpx.AsyncClient(timeout=10.0) as http:
-                    kv_capacity_tokens = kv_capacity_from_metrics(
-                        (await http.get(url.rstrip("/") + "/metrics")).text
-                    )
-            except httpx.HTTPError:
+                kv_capacity_tokens = (await client.load()).kv_capacity_tokens or None
+            except EngineError:
                 kv_capacity_tokens = None
         m = await measure(client, prompt_lengths, concurrency, decode_tokens, repeats=repeats)
     return fit(

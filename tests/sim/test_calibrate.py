@@ -84,6 +84,7 @@ async def test_calibrate_against_the_real_engine(engine, tmp_path) -> None:
     ],
 )
 def test_kv_capacity_is_read_from_vllm_metrics(text, expected) -> None:
-    from llmfleet.sim.calibrate import kv_capacity_from_metrics
+    # calibrate_engine takes the capacity from the engine client's load scrape.
+    from llmfleet.engine.metrics import parse_metrics
 
-    assert kv_capacity_from_metrics(text) == expected
+    assert (parse_metrics(text).kv_capacity_tokens or None) == expected
