@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=300)
     ap.add_argument("--rate", type=float, default=4.0)
     ap.add_argument("--max-num-seqs", type=int, default=8)
-    ap.add_argument("--slice-tokens", type=int, default=32)
+    ap.add_argument("--slice-tokens", type=int, default=None, help="sliceTokens for every policy (default: none)")
     ap.add_argument("--ranker", type=Path, default=DEFAULT_RANKER_DIR, help="trained on first use if missing")
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)

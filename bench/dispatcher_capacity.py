@@ -73,7 +73,7 @@ def policy_decisions_per_s(policy_name: str, queued: int, pods: int, repeats: in
     pod_states = tuple(
         PodState(pod_id=f"p{j}", kv_capacity_tokens=500_000, max_running=256, running=248) for j in range(pods)
     )
-    view = SchedulerView(now=queued * 0.001, queue=queue, running=(), pods=pod_states, slice_tokens=128)
+    view = SchedulerView(now=queued * 0.001, queue=queue, running=(), pods=pod_states)
     policy = make_policy(policy_name)
     assigned = 0
     t = time.perf_counter()

@@ -27,7 +27,7 @@ from llmfleet.demo.replay import replay
 from llmfleet.demo.report import summarize_outcomes
 from llmfleet.demo.workload import WorkloadSpec, build_workload
 from llmfleet.sim.calibrate import calibrate_engine
-from llmfleet.sim.engine import EngineConfig
+from llmfleet.sim.instance import EngineConfig
 from llmfleet.sim.runner import load_predictor, run_policies
 from llmfleet.sim.simulator import SimConfig
 from llmfleet.sim.traces import TraceRequest
@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--requests", type=int, default=150)
     ap.add_argument("--rate", type=float, default=2.0)
     ap.add_argument("--max-num-seqs", type=int, default=8)
-    ap.add_argument("--slice-tokens", type=int, default=32)
+    ap.add_argument("--slice-tokens", type=int, default=None, help="sliceTokens for every policy (default: none)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
@@ -72,12 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     trace = [
         TraceRequest(r.request_id, r.arrival_s, len(r.prompt_token_ids), r.output_tokens) for r in workload
     ]
-    cfg = SimConfig(
-        instances=2,
-        engine=EngineConfig(max_running=args.max_num_seqs, token_budget=2048),
-        slice_tokens=args.slice_tokens,
-    )
-    sim_runs = run_policies(trace, policies, cost, cfg, load_predictor(None, trace, tau=0.6))  # type: ignore[arg-type]
+    cfg = SimConfig(instances=2, engine=EngineConfig(max_running=args.max_num_seqs, token_budget=2048))
+    configs = [SchedulingConfig(policy=p, slice_tokens=args.slice_tokens) for p in policies]
+    sim_runs = run_policies(trace, configs, cost, cfg, load_predictor(None, trace, tau=0.6))  # type: ignore[arg-type]
     rows = []
     for run in sim_runs:
         name = run.summary["policy"]

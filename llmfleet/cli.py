@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import Any
 
 # name, module, one-line help. Order is the order users meet them in.
 SUBCOMMANDS: list[tuple[str, str, str]] = [
@@ -25,8 +26,17 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """Every (sub)command's parser: a mistyped or shortened flag is an error, never a guess
+    (`--engine x` must not silently mean `--engine-url x`). Subparsers inherit this class."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="llmfleet",
         description=(
             "llmfleet runs fleets of vLLM servers with slice-level scheduling, a learned "

@@ -1,17 +1,23 @@
-"""The scheduling configuration shared by the operator (which renders it into a ConfigMap),
-the dispatcher (which reads it with `--config`) and the simulator.
+"""The scheduling configuration: the one owner of every scheduling setting and its default.
 
-On disk it is YAML with camelCase keys, as in the LLMFleet custom resource's `scheduling` block.
+It flows unchanged from the LLMFleet custom resource's `scheduling` block (the CRD's
+`SchedulingSpec` is `SchedulingFields` plus a ranker reference; the operator renders a
+`SchedulingConfig` into a ConfigMap) to the dispatcher (`--config`) and the simulator (`--config`
+and flags), and from there to the policy: `llmfleet.policies.registry.make_policy(config)` builds
+every policy from it, so a field set in the CRD is the value the policy acts on.
+
+On disk it is YAML with camelCase keys, as in the custom resource.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
+
+from llmfleet.core.scheduling import FALLBACK_SLICE_TOKENS
 
 
 class _Camel(BaseModel):
@@ -32,22 +38,33 @@ class LengthRange(_Camel):
         return self
 
 
-class SchedulingConfig(_Camel):
-    policy: str = Field(default="llmfleet", min_length=1)
-    slice_tokens: int = Field(default=128, ge=1, le=65536)
-    length_groups: list[LengthRange] | Literal["auto"] | None = None
-    ranker: str | None = Field(default=None, description="path of a ranker artifact directory")
-    starvation_bound_seconds: float = Field(default=30.0, gt=0)
-    max_queue: int = Field(default=4096, ge=1)
+class AutoGroups(_Camel):
+    groups: int = Field(default=2, ge=1, le=16, description="How many length groups the DP partition forms.")
+
+
+class LengthGroups(_Camel):
+    """Length-specialised pod groups (l4): explicit token ranges, or `auto` for the DP partition."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "x-kubernetes-validations": [
+                {"rule": "has(self.ranges) != has(self.auto)", "message": "set exactly one of ranges or auto"}
+            ]
+        }
+    )
+
+    ranges: list[LengthRange] | None = Field(default=None, min_length=1, max_length=16)
+    auto: AutoGroups | None = None
 
     @model_validator(mode="after")
-    def _groups_cover(self) -> SchedulingConfig:
-        groups = self.length_groups
-        if isinstance(groups, list) and groups:
-            names = [g.name for g in groups]
+    def _valid(self) -> LengthGroups:
+        if (self.ranges is None) == (self.auto is None):
+            raise ValueError("lengthGroups: set exactly one of ranges or auto")
+        if self.ranges:
+            names = [g.name for g in self.ranges]
             if len(set(names)) != len(names):
                 raise ValueError("length group names must be unique")
-            ordered = sorted(groups, key=lambda g: g.min_tokens)
+            ordered = self.ordered()
             if ordered[0].min_tokens != 0:
                 raise ValueError("the first length group must start at minTokens: 0")
             for a, b in zip(ordered, ordered[1:], strict=False):
@@ -56,6 +73,82 @@ class SchedulingConfig(_Camel):
             if ordered[-1].max_tokens is not None:
                 raise ValueError("the last length group must be unbounded (no maxTokens)")
         return self
+
+    def ordered(self) -> list[LengthRange]:
+        """Explicit ranges from the shortest up (an empty list in auto mode)."""
+        return sorted(self.ranges or [], key=lambda r: r.min_tokens)
+
+    def names(self) -> list[str]:
+        if self.ranges is not None:
+            return [r.name for r in self.ordered()]
+        assert self.auto is not None
+        return [f"g{i}" for i in range(self.auto.groups)]
+
+
+class SchedulingFields(_Camel):
+    """Every scheduling setting with its one default (the CRD and the config file share these)."""
+
+    policy: str = Field(
+        default="llmfleet",
+        min_length=1,
+        max_length=63,
+        pattern=r"^[a-z0-9][-a-z0-9_]*$",
+        description="Scheduling policy (`llmfleet sim policies` lists them).",
+    )
+    slice_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        le=65536,
+        description="Slice length S: a request runs at most S tokens, then is re-ranked and may move. Unset runs "
+        f"requests to completion (scls and oracle-srpt, which only work in slices, then use {FALLBACK_SLICE_TOKENS}).",
+    )
+    length_groups: LengthGroups | None = Field(default=None, description="l4's length-specialised pod groups.")
+    starvation_bound_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        le=86400,
+        description="No request waits longer than this after arrival before it goes ahead of shorter ones.",
+    )
+    slowdown_bound: float | None = Field(
+        default=8.0,
+        gt=0,
+        le=1000,
+        description="llmfleet's guard: a request also goes first once it has waited this many times its own "
+        "predicted service time. Unset leaves only the absolute bound.",
+    )
+    prefill_pace_tokens: int | None = Field(
+        default=2048,
+        ge=1,
+        le=1048576,
+        description="llmfleet's prefill pacing: a pod gets a new request only once the prompt tokens it is still "
+        "prefilling, plus the new request's uncached ones, fit this budget (or it is prefilling nothing), so "
+        "decode batches see one prefill at a time. Unset turns pacing off.",
+    )
+    max_queue: int = Field(default=4096, ge=1, le=1000000, description="Bound of the dispatcher queue.")
+
+    @model_validator(mode="after")
+    def _known_policy(self) -> SchedulingFields:
+        # Imported here: the registry imports the scheduling types, which must not import it back.
+        from llmfleet.policies.registry import POLICIES
+
+        if self.policy not in POLICIES:
+            raise ValueError(f"unknown policy {self.policy!r}; known: {', '.join(POLICIES)}")
+        return self
+
+    @property
+    def slice_or_fallback(self) -> int:
+        """S for policies that only work in slices."""
+        return self.slice_tokens or FALLBACK_SLICE_TOKENS
+
+
+class SchedulingConfig(SchedulingFields):
+    ranker: str | None = Field(default=None, description="path of a ranker artifact directory")
+
+    def with_changes(self, **changes: object) -> SchedulingConfig:
+        """A validated copy with some fields replaced (snake_case names); None values are ignored."""
+        data = self.model_dump()
+        data.update({k: v for k, v in changes.items() if v is not None})
+        return SchedulingConfig.model_validate(data)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(by_alias=True, exclude_none=True), sort_keys=False)

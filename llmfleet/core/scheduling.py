@@ -33,7 +33,7 @@ request finishes on a pod, a pod sends a load report -- it:
      pod returns, the request is either finished (EOS or its own output limit) or, if
      ``max_tokens`` ran out first, re-queued with ``generated_tokens`` updated and
      ``pod_id`` set to the pod that ran it (its KV is likely still in that pod's prefix
-     cache). Slice-based policies use ``max_tokens = view.slice_tokens``; continuous-batching
+     cache). Slice-based policies use ``max_tokens = S`` (their configured slice length); continuous-batching
      policies (``fcfs-rr``, ``least-load``, ...) use :data:`ALL_REMAINING`, meaning "run to
      completion". An Assignment whose ``pod_id`` differs from the request's previous
      ``pod_id`` is a *migration*: nothing else is needed, the mechanism simply re-prefills
@@ -57,12 +57,12 @@ Filling the view (what policies read, so a mechanism must provide it)
   (work the pod holds, from the requests' estimates), ``cached_prefixes`` (hash ids the
   dispatcher believes the pod caches, e.g. those it routed there recently, as llm-d does),
   the per-token cost hints used by ``alise``, and ``healthy``.
-* ``SchedulerView.slice_tokens`` and ``starvation_bound_s`` from ``SchedulingConfig``;
-  ``recent_output_tokens`` (output lengths of the last ~1,000 finished requests) and
+* ``recent_output_tokens`` (output lengths of the last ~1,000 finished requests) and
   ``completed`` (their running count), which ``l4`` partitions by.
 
-Build policies by name with ``llmfleet.policies.registry.make_policy(name, **options)``;
-``llmfleet.policies.registry.POLICIES`` lists them with one-line descriptions.
+Settings (slice length, guards, length groups) are not in the view: a policy receives them once,
+when ``llmfleet.policies.registry.make_policy(config)`` builds it from the one
+``llmfleet.core.config.SchedulingConfig``. ``POLICIES`` there lists them with one-line descriptions.
 
 Everything in these types is ids, counts, token numbers and seconds, so decisions can be
 logged, replayed, sent over gRPC and compared across mechanisms.
@@ -77,6 +77,11 @@ from llmfleet.core.prediction import LengthEstimate
 
 # Assignment.max_tokens value meaning "generate until the request finishes".
 ALL_REMAINING = 1 << 30
+
+# Fallbacks, in one place, for when nothing better is known:
+FALLBACK_SLICE_TOKENS = 128  # S for slice-only policies when the config sets no sliceTokens
+FALLBACK_OUTPUT_TOKENS = 128.0  # expected output of a request with no length estimate
+FALLBACK_S_PER_TOKEN = 0.03  # decode seconds per token of a pod that reports no pace yet
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,7 +120,7 @@ class RequestState:
         if self.estimate is not None:
             guess = max(self.estimate.expected_tokens, self.generated_tokens + 1.0)
         else:
-            guess = float(self.generated_tokens + 128)
+            guess = float(self.generated_tokens) + FALLBACK_OUTPUT_TOKENS
         if self.max_output_tokens is not None:
             guess = min(guess, float(self.max_output_tokens))
         return guess
@@ -138,6 +143,7 @@ class PodState:
     waiting: int = 0  # requests queued inside the engine
     est_remaining_s: float = 0.0  # estimated seconds of work left for what it holds
     est_remaining_tokens: float = 0.0  # estimated output tokens left for what it holds
+    pending_prefill_tokens: int = 0  # prompt tokens of what it holds that are not yet prefilled
     cached_prefixes: frozenset[int] = frozenset()  # hash ids believed to be in its prefix cache
     prefix_block_tokens: int = 512  # tokens each hash id stands for
     recompute_s_per_token: float = 0.0  # cost hint: re-prefill seconds per context token
@@ -166,8 +172,6 @@ class SchedulerView:
     queue: tuple[RequestState, ...]  # waiting at the dispatcher, in enqueue order
     running: tuple[RequestState, ...]  # executing a slice on some pod
     pods: tuple[PodState, ...]
-    slice_tokens: int = 128  # configured slice length S
-    starvation_bound_s: float = 30.0  # configured starvation guard
     recent_output_tokens: tuple[int, ...] = ()  # output lengths of recently finished requests
     completed: int = 0  # requests finished so far (lets policies memoise derived tables)
 

@@ -19,7 +19,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=1.5, help="mean arrival rate, requests/s (default: %(default)s)")
     parser.add_argument("--trace", default="conv", help="trace for arrival times: conv, code, mooncake or a path")
     parser.add_argument("--start-index", type=int, default=2000, help="first trace request of the window")
-    parser.add_argument("--slice-tokens", type=int, default=32, help="slice length S (default: %(default)s)")
+    parser.add_argument(
+        "--slice-tokens",
+        type=int,
+        default=None,
+        help="slice length S for every policy that can slice (default: none, run to completion; scls and "
+        "oracle-srpt use 128)",
+    )
     parser.add_argument(
         "--ranker",
         default=None,

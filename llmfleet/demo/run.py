@@ -30,7 +30,7 @@ class DemoOptions:
     policies: list[str] = field(default_factory=lambda: ["fcfs-rr", "llmfleet"])
     fleet: FleetSpec = field(default_factory=FleetSpec)
     workload: WorkloadSpec = field(default_factory=WorkloadSpec)
-    slice_tokens: int = 32
+    slice_tokens: int | None = None  # the scheduling config's sliceTokens (None: no slices)
     ranker: str | None = None
     hidden_length: bool = True
     out_dir: Path | None = None

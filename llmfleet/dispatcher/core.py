@@ -326,14 +326,11 @@ class Dispatcher(SliceExecution):
 
     def view(self) -> SchedulerView:
         now = self.clock.now()
-        s = self.settings
         return SchedulerView(
             now=now,
             queue=tuple(r.state() for r in self.queue.values()),
             running=tuple(r.state() for r in self.running.values()),
             pods=tuple(p.state(now) for p in self.pods.values()),
-            slice_tokens=s.slice_tokens,
-            starvation_bound_s=s.starvation_bound_s,
             recent_output_tokens=tuple(self.recent_outputs),
             completed=self.completed,
         )

@@ -17,9 +17,10 @@ MAX_REQUEST_ID_LEN = 256
 
 @dataclass(frozen=True)
 class DispatcherSettings:
-    slice_tokens: int = 128
+    """The mechanism's knobs. Scheduling settings (policy, slices, guards, queue bound) are the
+    `SchedulingConfig`'s; `max_queue` is copied from it by `serve_dispatcher`."""
+
     max_queue: int = 4096  # requests waiting beyond what the pods can run at once
-    starvation_bound_s: float = 30.0
     max_failures: int = 6  # failed attempts of one request before it is given up (UNAVAILABLE)
     pod_cooldown_s: float = 1.0  # a pod that failed a slice takes no new one for this long
     tick_s: float = 0.25  # periodic scheduling point (starvation guards, waiting policies)

@@ -102,6 +102,8 @@ class PodConnection:
         self.inflight: dict[str, tuple[int, float]] = {}  # request id -> (kv tokens reserved, expected tokens left)
         self._reserved_kv = 0
         self._tokens_left = 0.0
+        # Prompt tokens of slices sent here that have not produced a token yet (prefill pacing).
+        self.prefilling: dict[str, int] = {}
         self.seconds_per_token = 0.02
         self._prefixes: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._prefix_set: frozenset[int] | None = frozenset()
@@ -183,7 +185,15 @@ class PodConnection:
         self._reserved_kv += kv_tokens
         self._tokens_left += expected_left
 
+    def start_prefill(self, request_id: str, context_tokens: int) -> None:
+        self.prefilling[request_id] = context_tokens
+
+    def prefill_done(self, request_id: str) -> None:
+        """The slice produced its first token: its prompt is no longer being prefilled."""
+        self.prefilling.pop(request_id, None)
+
     def remove_inflight(self, request_id: str) -> None:
+        self.prefilling.pop(request_id, None)
         entry = self.inflight.pop(request_id, None)
         if entry is not None:
             self._reserved_kv -= entry[0]
@@ -210,6 +220,7 @@ class PodConnection:
             waiting=max(0, n - self.max_num_seqs),
             est_remaining_s=tokens_left * self.seconds_per_token,
             est_remaining_tokens=tokens_left,
+            pending_prefill_tokens=sum(self.prefilling.values()),
             cached_prefixes=self._prefix_set,
             prefix_block_tokens=self.block_size,
             healthy=self.healthy(now),

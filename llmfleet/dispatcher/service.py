@@ -96,9 +96,9 @@ _CODES = {
 
 
 class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
-    def __init__(self, dispatcher: Dispatcher, policy_name: str) -> None:
+    def __init__(self, dispatcher: Dispatcher, config: SchedulingConfig) -> None:
         self.d = dispatcher
-        self.policy_name = policy_name
+        self.config = config
 
     async def Generate(  # noqa: N802 - gRPC method name
         self, request: dispatcher_pb2.GenerateRequest, context: grpc.aio.ServicerContext
@@ -161,8 +161,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         d = self.d
         now = d.clock.now()
         return dispatcher_pb2.StatsResponse(
-            policy=self.policy_name,
-            slice_tokens=d.settings.slice_tokens,
+            policy=self.config.policy,
+            slice_tokens=self.config.slice_tokens or 0,
             queue_length=len(d.queue),
             max_queue=d.settings.max_queue,
             running=len(d.running),
@@ -258,16 +258,18 @@ async def serve_dispatcher(
     `config` (a `SchedulingConfig`; defaults if None); `settings` overrides the mechanism's
     knobs; `online_ranker_every_s > 0` turns on online ranker retraining.
     """
-    from llmfleet.policies.registry import make_policy
+    from llmfleet.policies.registry import make_policy, policy_spec
 
     config = config or SchedulingConfig()
-    policy = make_policy(config.policy)
-    if settings is None:
-        settings = DispatcherSettings(
-            slice_tokens=config.slice_tokens,
-            max_queue=config.max_queue,
-            starvation_bound_s=config.starvation_bound_seconds,
+    spec = policy_spec(config.policy)
+    if spec.needs_true_lengths:
+        raise ValueError(
+            f"policy {config.policy!r} needs true output lengths, which only a simulator knows; "
+            "it is a reference bound, not a policy a live dispatcher can run"
         )
+    policy = make_policy(config)
+    if settings is None:
+        settings = DispatcherSettings(max_queue=config.max_queue)
     clock = clock or RealClock()
     dispatcher = Dispatcher(
         policy,
@@ -278,7 +280,7 @@ async def serve_dispatcher(
     )
     interceptors = [BearerTokenInterceptor(auth_token, f"/{SERVICE}/")] if auth_token else []
     server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
-    dispatcher_pb2_grpc.add_DispatcherServicer_to_server(DispatcherService(dispatcher, config.policy), server)
+    dispatcher_pb2_grpc.add_DispatcherServicer_to_server(DispatcherService(dispatcher, config), server)
     health = add_health_and_reflection(server, [SERVICE])
     await set_health(health, [SERVICE], False)
     bound = bind(server, host, port, tls)
@@ -302,7 +304,7 @@ async def serve_dispatcher(
 
     health_task = asyncio.create_task(follow_health(), name="dispatcher-health")
     metrics_server = MetricsServer(dispatcher.metrics.registry, metrics_port) if metrics_port is not None else None
-    log.info("dispatcher on port %d, policy %s, slice %d tokens", bound, config.policy, settings.slice_tokens)
+    log.info("dispatcher on port %d, policy %s, slice %s tokens", bound, config.policy, config.slice_tokens or "no")
     return DispatcherHandle(
         server=server,
         dispatcher=dispatcher,

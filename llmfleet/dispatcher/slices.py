@@ -78,6 +78,7 @@ class SliceExecution:
         req.touch()
         expected_left = max(1.0, min(float(n), req.state().expected_remaining_tokens()))
         pod.add_inflight(req.request_id, len(req.prompt_ids) + len(req.generated) + n, expected_left)
+        pod.start_prefill(req.request_id, len(req.prompt_ids) + len(req.generated))
         pod.remember_prefixes(req.hash_ids)
         task = asyncio.create_task(self._run_slice(req, pod, n), name=f"slice-{req.request_id}")
         req.slice_task = task
@@ -104,6 +105,9 @@ class SliceExecution:
                 if isinstance(event, SliceTokens):
                     ids = event.token_ids[: n - got]  # never more than the slice asked for
                     if ids:
+                        if not got:
+                            pod.prefill_done(req.request_id)
+                            self.kick()  # pacing may have held a request back for this pod
                         got += len(ids)
                         self._emit(req, ids, event.text)
                 elif end is None:

@@ -133,22 +133,13 @@ def group_replicas(spec: s.FleetSpec) -> dict[str, int]:
 
 
 def scheduling_config(spec: s.FleetSpec) -> SchedulingConfig:
+    """The dispatcher's config: the CRD's scheduling fields unchanged, the ranker as a path."""
     sched = spec.scheduling
-    groups: Any = None
-    if sched.length_groups is not None:
-        groups = "auto" if sched.length_groups.auto is not None else list(sched.length_groups.ranges or [])
     ranker = None
     if sched.ranker is not None:
         ranker = sched.ranker.path or RANKER_DIR
     try:
-        return SchedulingConfig(
-            policy=sched.policy,
-            slice_tokens=sched.slice_tokens,
-            length_groups=groups,
-            ranker=ranker,
-            starvation_bound_seconds=sched.starvation_bound_seconds,
-            max_queue=sched.max_queue,
-        )
+        return SchedulingConfig.model_validate({**sched.model_dump(exclude={"ranker"}), "ranker": ranker})
     except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise InvalidFleet(f"scheduling: {_first_error(exc)}") from exc
 

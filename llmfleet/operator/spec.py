@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
-from llmfleet.core.config import LengthRange
+from llmfleet.core.config import SchedulingFields
 
 GROUP = "llmfleet.io"
 VERSION = "v1alpha1"
@@ -106,38 +106,10 @@ class RankerRef(_Spec):
         return self
 
 
-class AutoGroups(_Spec):
-    groups: int = Field(default=2, ge=1, le=16, description="How many length groups the DP partition forms.")
+class SchedulingSpec(SchedulingFields):
+    """The `scheduling` block: the shared scheduling settings, plus where the ranker comes from."""
 
-
-class LengthGroups(_Spec):
-    """Length-specialised pod groups: explicit token ranges, or `auto` for the DP partition."""
-
-    model_config = ConfigDict(json_schema_extra=_cel(("has(self.ranges) != has(self.auto)", "set exactly one of ranges or auto")))
-
-    ranges: list[LengthRange] | None = Field(default=None, min_length=1, max_length=16)
-    auto: AutoGroups | None = None
-
-    @model_validator(mode="after")
-    def _one_mode(self) -> LengthGroups:
-        if (self.ranges is None) == (self.auto is None):
-            raise ValueError("lengthGroups: set exactly one of ranges or auto")
-        return self
-
-    def names(self) -> list[str]:
-        if self.ranges is not None:
-            return [r.name for r in sorted(self.ranges, key=lambda r: r.min_tokens)]
-        assert self.auto is not None
-        return [f"g{i}" for i in range(self.auto.groups)]
-
-
-class SchedulingSpec(_Spec):
-    policy: str = Field(default="llmfleet", min_length=1, max_length=63, pattern=r"^[a-z0-9][-a-z0-9_]*$")
-    slice_tokens: int = Field(default=128, ge=1, le=65536, description="Each slice generates at most this many tokens.")
-    length_groups: LengthGroups | None = None
     ranker: RankerRef | None = None
-    starvation_bound_seconds: float = Field(default=30.0, gt=0, le=86400)
-    max_queue: int = Field(default=4096, ge=1, le=1000000)
 
 
 class DispatcherSpec(_Spec):
@@ -187,7 +159,8 @@ class AutoscalingSpec(_Spec):
 
 _SPEC_RULES = _cel(
     (
-        "!has(self.scheduling) || !has(self.engine) || self.scheduling.sliceTokens <= self.engine.maxModelLen",
+        "!has(self.scheduling) || !has(self.scheduling.sliceTokens) || !has(self.engine)"
+        " || self.scheduling.sliceTokens <= self.engine.maxModelLen",
         "scheduling.sliceTokens must be <= engine.maxModelLen",
     ),
     (
@@ -232,7 +205,7 @@ class FleetSpec(_Spec):
 
     @model_validator(mode="after")
     def _cross_field(self) -> FleetSpec:
-        if self.scheduling.slice_tokens > self.engine.max_model_len:
+        if self.scheduling.slice_tokens is not None and self.scheduling.slice_tokens > self.engine.max_model_len:
             raise ValueError("scheduling.sliceTokens must be <= engine.maxModelLen")
         if self.resources.gpus and self.engine.tensor_parallel_size > self.resources.gpus:
             raise ValueError("engine.tensorParallelSize must be <= resources.gpus")

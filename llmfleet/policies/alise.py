@@ -14,25 +14,37 @@ from __future__ import annotations
 
 import heapq
 
-from llmfleet.core.scheduling import Decision, PodState, Preempt, RequestState, SchedulerView
+from llmfleet.core.config import SchedulingFields
+from llmfleet.core.scheduling import (
+    FALLBACK_S_PER_TOKEN,
+    Decision,
+    PodState,
+    Preempt,
+    RequestState,
+    SchedulerView,
+)
 from llmfleet.policies.base import HOLDING, dispatch_in_order
 from llmfleet.policies.routing import RoutingProfile, Tentative
-
-DECODE_S_PER_TOKEN = 0.03  # when a pod reports no pace yet
 
 
 def _pace(pod: PodState | None) -> float:
     if pod is not None and pod.est_remaining_tokens > 0:
         return max(1e-4, pod.est_remaining_s / pod.est_remaining_tokens)
-    return DECODE_S_PER_TOKEN
+    return FALLBACK_S_PER_TOKEN
 
 
 class Alise:
     name = "alise"
 
     def __init__(
-        self, aging: float = 0.05, preempt_ratio: float = 4.0, profile: RoutingProfile = HOLDING
+        self,
+        config: SchedulingFields | None = None,
+        aging: float = 0.05,
+        preempt_ratio: float = 4.0,
+        profile: RoutingProfile = HOLDING,
     ) -> None:
+        # ALISE's aging replaces a starvation bound; it takes no slice length (it preempts instead).
+        del config
         self.aging = aging
         self.preempt_ratio = preempt_ratio
         self.profile = profile

@@ -1,15 +1,25 @@
 """Shared building blocks for the queue-ordering policies.
 
-`dispatch_in_order` is the one loop most policies share: walk the queue in the policy's
-order and place each request with a routing profile until no pod can take more. The
-policy decides the order, the profile decides where.
+`dispatch_ranked` is the order-then-dispatch skeleton that `ltr`, `llmfleet`, `oracle-srpt` and
+`alise` share: the policy supplies a sort key, the skeleton picks the best few queued requests
+(only as many as can start now) and places them, in that order, with a routing profile until no
+pod can take more. The policy decides the order, the profile decides where.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import heapq
+from collections.abc import Callable, Iterable
+from typing import Any
 
-from llmfleet.core.scheduling import ALL_REMAINING, Assignment, Decision, RequestState, SchedulerView
+from llmfleet.core.scheduling import (
+    ALL_REMAINING,
+    FALLBACK_S_PER_TOKEN,
+    Assignment,
+    Decision,
+    RequestState,
+    SchedulerView,
+)
 from llmfleet.policies.routing import RoutingProfile, Tentative
 
 # Hold requests at the dispatcher and only release one when a pod can start it now: the
@@ -25,7 +35,6 @@ def dispatch_in_order(
     ordered: Iterable[RequestState],
     profile: RoutingProfile = HOLDING,
     max_tokens: int | None = None,
-    stop_at_first_blocked: bool = False,
 ) -> tuple[Decision, ...]:
     """Place requests in the given order; `max_tokens=None` means run to completion."""
     tent = Tentative(view.pods)
@@ -36,14 +45,37 @@ def dispatch_in_order(
             break
         pod = profile.pick(view, req, tent.pods)
         if pod is None:
-            if stop_at_first_blocked:
-                break
             continue
         tent.place(req, pod)
         out.append(Assignment(req.request_id, pod.pod_id, max_tokens or ALL_REMAINING))
     return tuple(out)
 
 
-def starved(view: SchedulerView, req: RequestState) -> bool:
-    """The starvation guard: waited (since arrival) longer than the configured bound."""
-    return view.now - req.arrival_s > view.starvation_bound_s
+def dispatch_ranked(
+    view: SchedulerView,
+    key: Callable[[RequestState], Any],
+    profile: RoutingProfile = HOLDING,
+    max_tokens: int | None = None,
+) -> tuple[Decision, ...]:
+    """Start the best-ranked queued requests (lowest `key` first) on pods that can take them now."""
+    slots = Tentative(view.pods).free_slots()
+    if slots == 0 or not view.queue:
+        return ()
+    # Only the best few can start now; a partial selection beats sorting a long queue. The
+    # margin covers requests that no pod can fit (KV room) being skipped.
+    ordered = heapq.nsmallest(slots * 2 + 8, view.queue, key=key)
+    return dispatch_in_order(view, ordered, profile, max_tokens)
+
+
+def decode_pace_s(view: SchedulerView) -> float:
+    """Seconds per output token one request sees now (the fleet's median decode step).
+
+    A pod's `est_remaining_s / est_remaining_tokens` is engine seconds per token of throughput;
+    times the batch it is spread over, it is the step time each running request waits per token.
+    """
+    paces = sorted(
+        p.est_remaining_s / p.est_remaining_tokens * max(1, min(p.max_running, p.running + p.waiting))
+        for p in view.pods
+        if p.healthy and p.est_remaining_tokens > 0
+    )
+    return paces[len(paces) // 2] if paces else FALLBACK_S_PER_TOKEN

@@ -1,7 +1,9 @@
 """`l4`: length-specialised pod groups.
 
 The pods are split into contiguous groups, each serving one range of *generated-so-far*
-lengths. Every request starts in the shortest group; its slice ends exactly at its group's
+lengths. With `lengthGroups.ranges` the ranges are the configured ones, shortest first, and
+pods belong to the group their `group` label names; with `lengthGroups.auto` (or none) they are
+learned. Every request starts in the shortest group; its slice ends exactly at its group's
 upper bound, so a request that outgrows its range comes back and migrates to the next group
 (re-prefilling there). The ranges and how many pods each gets come from a dynamic program
 over the recently observed output lengths: it minimises the largest per-pod decode load,
@@ -15,6 +17,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from llmfleet.core.config import SchedulingFields
 from llmfleet.core.scheduling import ALL_REMAINING, Assignment, Decision, PodState, SchedulerView
 from llmfleet.policies.routing import RoutingProfile, Tentative
 
@@ -109,24 +112,38 @@ def partition(
 class LengthGroups:
     name = "l4"
 
-    def __init__(self, max_groups: int = 2, profile: RoutingProfile = PROFILE) -> None:
-        self.max_groups = max_groups
+    def __init__(self, config: SchedulingFields | None = None, profile: RoutingProfile = PROFILE) -> None:
+        config = config or SchedulingFields()
+        groups = config.length_groups
+        # Configured ranges, shortest first: (group names, lower bounds); None means learn them.
+        self.fixed: tuple[tuple[str, ...], tuple[int, ...]] | None = None
+        if groups is not None and groups.ranges:
+            ordered = groups.ordered()
+            self.fixed = (tuple(r.name for r in ordered), tuple(r.min_tokens for r in ordered))
+        self.max_groups = groups.auto.groups if groups is not None and groups.auto is not None else 2
+        self.default_slice = config.slice_or_fallback
         self.profile = profile
-        self._memo: dict[tuple[int, int, int], Partition] = {}
+        self._memo: dict[tuple[int, int], Partition] = {}
 
     def current_partition(self, view: SchedulerView) -> Partition:
+        if self.fixed is not None:
+            names, bounds = self.fixed
+            return Partition(bounds, tuple(sum(1 for p in view.pods if p.group == n) for n in names))
         # Pure memoisation: the partition is a function of the observed window, refreshed
         # every 256 completions.
-        key = (len(view.pods), view.completed // 256, view.slice_tokens)
+        key = (len(view.pods), view.completed // 256)
         if key not in self._memo:
             self._memo.clear()
             self._memo[key] = partition(
-                view.recent_output_tokens, len(view.pods), self.max_groups, view.slice_tokens
+                view.recent_output_tokens, len(view.pods), self.max_groups, self.default_slice
             )
         return self._memo[key]
 
     def group_pods(self, view: SchedulerView, part: Partition) -> list[list[PodState]]:
-        named = sorted({p.group for p in view.pods if p.group is not None})
+        if self.fixed is not None:
+            return [[p for p in view.pods if p.group == n] for n in self.fixed[0]]
+        # Auto groups are labelled g0, g1, ...: order them by number, not as text (g10 after g9).
+        named = sorted({p.group for p in view.pods if p.group is not None}, key=lambda g: (len(g), g))
         if named and len(named) == len(part.bounds):
             return [[p for p in view.pods if p.group == g] for g in named]
         out, start = [], 0
@@ -144,7 +161,8 @@ class LengthGroups:
         out: list[Decision] = []
         for req in view.queue:
             g = part.group_of(req.generated_tokens)
-            ids = {p.pod_id for p in members[g]}
+            # A group with no pod (none labelled for it yet) must not strand its requests.
+            ids = {p.pod_id for p in members[g]} or {p.pod_id for p in view.pods}
             pod = self.profile.pick(view, req, [p for p in tent.pods if p.pod_id in ids])
             if pod is None:
                 continue

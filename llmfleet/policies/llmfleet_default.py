@@ -1,33 +1,46 @@
 """`llmfleet`: the default policy, the combination that measured best (bench/SIM.md).
 
-* Order: learned-rank shortest-job-first with the starvation guard (from `ltr`): the
-  dominant win, because on chat traffic most of the queueing delay is short requests stuck
-  behind long ones.
+* Order: learned-rank shortest-remaining-first. On chat traffic most of the queueing delay is
+  short requests stuck behind long ones. A request that already generated g tokens is assumed
+  to need at least (growth - 1) * g more (lengths are heavy-tailed), so a long request that was
+  predicted short sinks in the ranking once it is re-ranked at a slice boundary.
+* Guard, relative to the request's own size: a request goes ahead of every unguarded one once it
+  has waited `slowdown_bound` times its predicted service time (predicted output tokens at the
+  fleet's current decode pace), and in any case after `starvation_bound_seconds`. Guarded
+  requests go earliest-deadline first. An absolute bound alone turns shortest-first back into
+  FCFS as soon as the queue is longer than the bound; a bound relative to size keeps the order
+  for short requests and lets long ones wait longer in proportion, which bounds slowdown.
 * Admission: the dispatcher holds the queue and only releases a request when a pod can start
   it now (free slot and KV room): the engine's FCFS queue would otherwise undo the ranking.
-* Routing: filters healthy / free-slot / kv-room, then scorers prefix (2) + queue (1) +
-  kv-cache (1) + affinity (1), then max-score -- prefix reuse where traces have `hash_ids`,
-  balance otherwise.
-* Slices: optional (`slice_tokens`); with slices a long request re-enters the ranking after
-  each slice, preferring the pod that holds its KV. Off by default: on the traces measured,
-  every re-admission costs more than the re-ranking gains (bench/SIM.md).
-* Guard: the starvation bound (`view.starvation_bound_s`), or optionally a deadline guard
-  (`deadline_s`) that starts a request once waiting longer would make it miss the deadline
-  at its predicted p90 length -- a different point on the mean-versus-p99 trade-off.
+* Prefill pacing (`prefillPaceTokens`): a pod gets a new request only once what it is still
+  prefilling, plus the new prompt's uncached tokens, fits the budget (or it prefills nothing).
+  Prompts released in bursts become multi-second chunked-prefill stalls for every running
+  decode, and the short requests caught in them miss their time-per-token SLO; released one at
+  a time the same work is spread thin. A request waits for the pod that caches its prefix
+  rather than lose the hit (`llmfleet.policies.routing.pace_prefill`).
+* Routing: filters healthy / free-slot / kv-room, then pacing, then scorers prefix (2) + queue
+  (1) + kv-cache (1) + affinity (1), then max-score -- prefix reuse where traces have
+  `hash_ids`, balance otherwise; affinity sends a resumed slice back to the pod that holds its KV.
+* Slices: `sliceTokens` when set (each slice re-ranks the request); unset runs to completion,
+  which measured best (bench/SIM.md).
 """
 
 from __future__ import annotations
 
-import heapq
+from dataclasses import replace
 
-from llmfleet.core.scheduling import Decision, RequestState, SchedulerView
-from llmfleet.policies.base import dispatch_in_order
-from llmfleet.policies.routing import RoutingProfile, Tentative
+from llmfleet.core.config import SchedulingFields
+from llmfleet.core.scheduling import FALLBACK_OUTPUT_TOKENS, Decision, RequestState, SchedulerView
+from llmfleet.policies.base import decode_pace_s, dispatch_ranked
+from llmfleet.policies.routing import RoutingProfile
 
 PROFILE = RoutingProfile(
     filters=("healthy", "free-slot", "kv-room"),
     scorers=(("prefix", 2.0), ("queue", 1.0), ("kv-cache", 1.0), ("affinity", 1.0)),
 )
+# No request's predicted service counts as shorter than this in the guard, so a burst of tiny
+# requests is not all "late" after a few milliseconds.
+MIN_SERVICE_S = 1.0
 
 
 class LLMFleetDefault:
@@ -35,45 +48,40 @@ class LLMFleetDefault:
 
     def __init__(
         self,
+        config: SchedulingFields | None = None,
         profile: RoutingProfile = PROFILE,
-        slice_tokens: int | None = None,
         growth: float = 2.0,
-        deadline_s: float | None = None,
-        pace_s_per_token: float = 0.07,
     ) -> None:
-        self.profile = profile
-        self.slice_tokens = slice_tokens  # None: run to completion once started
+        config = config or SchedulingFields()
+        self.slice_tokens = config.slice_tokens  # None: run to completion once started
+        self.starvation_bound_s = config.starvation_bound_seconds
+        self.slowdown_bound = config.slowdown_bound
+        self.profile = replace(profile, prefill_pace_tokens=config.prefill_pace_tokens)
         self.growth = growth
-        # Deadline guard (None: the plain starvation guard). A request becomes urgent once
-        # waiting any longer would make it miss `deadline_s` end to end, given its predicted
-        # p90 length at `pace_s_per_token`; urgent requests go first, latest start first.
-        self.deadline_s = deadline_s
-        self.pace = pace_s_per_token
 
     def remaining(self, req: RequestState) -> float:
-        """Expected tokens still to come: a request that already produced g tokens is assumed to
-        need at least (growth - 1) * g more (heavy-tailed lengths), so its rank grows with age."""
         g = req.generated_tokens
-        expected = req.estimate.expected_tokens if req.estimate is not None else 128.0
+        expected = req.estimate.expected_tokens if req.estimate is not None else FALLBACK_OUTPUT_TOKENS
         return max(expected, self.growth * g, g + 1.0) - g
 
+    def guard_deadline(self, req: RequestState, pace_s: float) -> float:
+        """When the request stops waiting its turn and goes ahead of unguarded ones."""
+        bound = self.starvation_bound_s
+        if self.slowdown_bound is not None:
+            total = req.estimate.expected_tokens if req.estimate is not None else FALLBACK_OUTPUT_TOKENS
+            service = max(MIN_SERVICE_S, total * pace_s)
+            bound = min(bound, self.slowdown_bound * service)
+        return req.arrival_s + bound
+
     def decide(self, view: SchedulerView) -> tuple[Decision, ...]:
-        slots = Tentative(view.pods).free_slots()
-        if slots == 0 or not view.queue:
+        if not view.queue:
             return ()
-        cutoff = view.now - view.starvation_bound_s
-        remaining = self.remaining
-        deadline, pace, now = self.deadline_s, self.pace, view.now
+        now, pace, remaining, deadline = view.now, decode_pace_s(view), self.remaining, self.guard_deadline
 
         def key(r: RequestState) -> tuple[int, float, int]:
-            if deadline is not None:
-                upper = r.estimate.upper_tokens if r.estimate is not None else 512.0
-                latest_start = r.arrival_s + deadline - max(0.0, upper - r.generated_tokens) * pace
-                if latest_start <= now:
-                    return (0, latest_start, r.seq)
-            elif r.arrival_s < cutoff:
-                return (0, r.arrival_s, r.seq)
+            due = deadline(r, pace)
+            if due <= now:
+                return (0, due, r.seq)
             return (1, remaining(r), r.seq)
 
-        ordered = heapq.nsmallest(slots * 2 + 8, view.queue, key=key)
-        return dispatch_in_order(view, ordered, self.profile, self.slice_tokens)
+        return dispatch_ranked(view, key, self.profile, self.slice_tokens)

@@ -5,18 +5,18 @@ not a product policy."""
 
 from __future__ import annotations
 
-import heapq
-
+from llmfleet.core.config import SchedulingFields
 from llmfleet.core.scheduling import Decision, RequestState, SchedulerView
-from llmfleet.policies.base import dispatch_in_order
-from llmfleet.policies.routing import RoutingProfile, Tentative
+from llmfleet.policies.base import dispatch_ranked
+from llmfleet.policies.routing import RoutingProfile
 
 # Sticky: a request resumes only on the pod that holds its KV, so a slice boundary costs a
 # re-admission rather than a full re-prefill elsewhere (migrating made the oracle slower than
-# plain FCFS on conv; see bench/SIM.md).
+# plain FCFS on conv; see bench/SIM.md). New requests are placed as `llmfleet` places them
+# (prefix reuse first), so on prefix-heavy traces the bound is not handicapped by its routing.
 PROFILE = RoutingProfile(
     filters=("healthy", "sticky", "free-slot", "kv-room"),
-    scorers=(("queue", 1.0), ("kv-cache", 1.0), ("prefix", 1.0)),
+    scorers=(("prefix", 2.0), ("queue", 1.0), ("kv-cache", 1.0)),
 )
 
 
@@ -29,13 +29,9 @@ def remaining(req: RequestState) -> int:
 class OracleSrpt:
     name = "oracle-srpt"
 
-    def __init__(self, slice_tokens: int | None = None, profile: RoutingProfile = PROFILE) -> None:
-        self.slice_tokens = slice_tokens  # None: the view's S
+    def __init__(self, config: SchedulingFields | None = None, profile: RoutingProfile = PROFILE) -> None:
+        self.slice_tokens = (config or SchedulingFields()).slice_or_fallback
         self.profile = profile
 
     def decide(self, view: SchedulerView) -> tuple[Decision, ...]:
-        slots = Tentative(view.pods).free_slots()
-        if slots == 0 or not view.queue:
-            return ()
-        ordered = heapq.nsmallest(slots * 2 + 8, view.queue, key=lambda r: (remaining(r), r.seq))
-        return dispatch_in_order(view, ordered, self.profile, self.slice_tokens or view.slice_tokens)
+        return dispatch_ranked(view, lambda r: (remaining(r), r.seq), self.profile, self.slice_tokens)

@@ -1,16 +1,21 @@
-"""The one registry of scheduling policies: name -> factory and one-line description.
+"""The one registry of scheduling policies: name -> factory, one-line description, and what it
+needs.
 
-`llmfleet sim policies` prints this table; the simulator and the dispatcher both build
-policies with `make_policy(name, **options)`.
+`llmfleet sim policies` prints this table. The simulator and the dispatcher both build policies
+with `make_policy(config)` from the one `SchedulingConfig`, so every setting reaches the policy
+unchanged. Routing-only baselines (fcfs-rr, least-load, llm-d, dynamo) take none of the settings.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from llmfleet.core.scheduling import Policy
+
+if TYPE_CHECKING:
+    from llmfleet.core.config import SchedulingFields
 
 
 @dataclass(frozen=True)
@@ -20,105 +25,143 @@ class PolicySpec:
     factory: Callable[..., Policy]
     uses_predictions: bool = False
     needs_true_lengths: bool = False
+    slices: Literal["never", "optional", "always"] = "never"
+    kind: Literal["product", "peer", "research", "bound"] = "research"
 
 
-def _fcfs_rr(**kw: Any) -> Policy:
+def _fcfs_rr(config: SchedulingFields, **kw: Any) -> Policy:
     from llmfleet.policies.fcfs_rr import FcfsRoundRobin
 
     return FcfsRoundRobin(**kw)
 
 
-def _least_load(**kw: Any) -> Policy:
+def _least_load(config: SchedulingFields, **kw: Any) -> Policy:
     from llmfleet.policies.least_load import LeastLoad
 
     return LeastLoad(**kw)
 
 
-def _sls(**kw: Any) -> Policy:
+def _llm_d(config: SchedulingFields, **kw: Any) -> Policy:
+    from llmfleet.policies.llm_d import LlmD
+
+    return LlmD(config, **kw)
+
+
+def _dynamo(config: SchedulingFields, **kw: Any) -> Policy:
+    from llmfleet.policies.dynamo import DynamoKvRouter
+
+    return DynamoKvRouter(config, **kw)
+
+
+def _sls(config: SchedulingFields, **kw: Any) -> Policy:
     from llmfleet.policies.sls import SequenceLevelStatic
 
     return SequenceLevelStatic(**kw)
 
 
-def _scls(**kw: Any) -> Policy:
+def _scls(config: SchedulingFields, **kw: Any) -> Policy:
     from llmfleet.policies.scls import SliceLevel
 
-    return SliceLevel(**kw)
+    return SliceLevel(config, **kw)
 
 
-def _ltr(**kw: Any) -> Policy:
+def _ltr(config: SchedulingFields, **kw: Any) -> Policy:
     from llmfleet.policies.ltr import LearningToRank
 
-    return LearningToRank(**kw)
+    return LearningToRank(config, **kw)
 
 
-def _alise(**kw: Any) -> Policy:
+def _alise(config: SchedulingFields, **kw: Any) -> Policy:
     from llmfleet.policies.alise import Alise
 
-    return Alise(**kw)
+    return Alise(config, **kw)
 
 
-def _l4(**kw: Any) -> Policy:
+def _l4(config: SchedulingFields, **kw: Any) -> Policy:
     from llmfleet.policies.l4 import LengthGroups
 
-    return LengthGroups(**kw)
+    return LengthGroups(config, **kw)
 
 
-def _prefix(**kw: Any) -> Policy:
-    from llmfleet.policies.prefix import PrefixAware
-
-    return PrefixAware(**kw)
-
-
-def _oracle(**kw: Any) -> Policy:
+def _oracle(config: SchedulingFields, **kw: Any) -> Policy:
     from llmfleet.policies.oracle_srpt import OracleSrpt
 
-    return OracleSrpt(**kw)
+    return OracleSrpt(config, **kw)
 
 
-def _llmfleet(**kw: Any) -> Policy:
+def _llmfleet(config: SchedulingFields, **kw: Any) -> Policy:
     from llmfleet.policies.llmfleet_default import LLMFleetDefault
 
-    return LLMFleetDefault(**kw)
+    return LLMFleetDefault(config, **kw)
 
 
 POLICIES: dict[str, PolicySpec] = {
     s.name: s
     for s in (
         PolicySpec(
-            "fcfs-rr", "vanilla vLLM: FCFS continuous batching, requests spread round-robin", _fcfs_rr
+            "fcfs-rr",
+            "vanilla vLLM: FCFS continuous batching, requests spread round-robin (production-stack's default)",
+            _fcfs_rr,
+            kind="peer",
         ),
         PolicySpec(
             "least-load",
-            "llm-d-style routing on queue depth + KV utilisation, FCFS in each engine",
+            "load-aware routing on queue depth + KV utilisation, FCFS in each engine",
             _least_load,
+            kind="peer",
+        ),
+        PolicySpec(
+            "llm-d",
+            "llm-d's default endpoint picker: prefix-cache (3) + queue (2) + KV-utilisation (2) scorers, FCFS",
+            _llm_d,
+            kind="peer",
+        ),
+        PolicySpec(
+            "dynamo",
+            "NVIDIA Dynamo's KV router: least (uncached prefill blocks + active decode blocks), FCFS",
+            _dynamo,
+            kind="peer",
         ),
         PolicySpec("sls", "sequence-level static batching, FCFS (SCLS's baseline)", _sls),
         PolicySpec(
-            "scls", "slice-level batching: S-token slices, memory-bound batch size, max-min offload", _scls
+            "scls",
+            "slice-level batching: S-token slices, memory-bound batch size, max-min offload",
+            _scls,
+            slices="always",
         ),
         PolicySpec(
-            "ltr", "predicted-rank shortest-job-first with a starvation guard", _ltr, uses_predictions=True
+            "ltr",
+            "predicted-rank shortest-job-first with an absolute starvation guard",
+            _ltr,
+            uses_predictions=True,
+            slices="optional",
         ),
         PolicySpec(
             "alise",
-            "priority by estimated remaining time with aging; swap/recompute preemption",
+            "priority by estimated remaining time with aging; memory-aware preemption",
             _alise,
             uses_predictions=True,
         ),
-        PolicySpec("l4", "length-specialised pod groups (DP partition); requests migrate as they grow", _l4),
-        PolicySpec("prefix", "prefix-cache-aware routing from hash_ids, combined with load", _prefix),
+        PolicySpec(
+            "l4",
+            "length-specialised pod groups (lengthGroups, or a DP partition); requests migrate as they grow",
+            _l4,
+        ),
         PolicySpec(
             "oracle-srpt",
-            "shortest-remaining-first on TRUE lengths, per slice (a bound)",
+            "shortest-remaining-first on TRUE lengths, per slice (a bound, not a product policy)",
             _oracle,
             needs_true_lengths=True,
+            slices="always",
+            kind="bound",
         ),
         PolicySpec(
             "llmfleet",
-            "default: learned-rank SJF + starvation guard, held queue, prefix/load routing",
+            "default: learned-rank SRPT, size-relative starvation guard, held queue, prefix/load routing",
             _llmfleet,
             uses_predictions=True,
+            slices="optional",
+            kind="product",
         ),
     )
 }
@@ -128,9 +171,23 @@ def policy_names() -> list[str]:
     return list(POLICIES)
 
 
-def make_policy(name: str, **options: Any) -> Policy:
+def policy_spec(name: str) -> PolicySpec:
     try:
-        spec = POLICIES[name]
+        return POLICIES[name]
     except KeyError:
         raise ValueError(f"unknown policy {name!r}; known: {', '.join(POLICIES)}") from None
-    return spec.factory(**options)
+
+
+def make_policy(config: SchedulingFields | str = "llmfleet", **settings: Any) -> Policy:
+    """Build the policy a scheduling config names, with that config's settings.
+
+    `config` is a `SchedulingConfig` (or the CRD's scheduling block), or just a policy name;
+    keyword `settings` replace config fields (snake_case, e.g. `slice_tokens=64`).
+    """
+    from llmfleet.core.config import SchedulingConfig
+
+    if isinstance(config, str):
+        config = SchedulingConfig(policy=config, **settings)
+    elif settings:
+        config = SchedulingConfig.model_validate({**config.model_dump(exclude={"ranker"}), **settings})
+    return policy_spec(config.policy).factory(config)

@@ -6,6 +6,8 @@ by name, in one place; a `RoutingProfile` names the plugins and the scorer weigh
 * Scorer: ``(view, request, pods) -> list[float]``, one score in [0, 1] per pod; higher is better.
 * Picker: ``(request, pods, total_scores) -> pod``.
 
+A profile may also pace prefills (`prefill_pace_tokens`, after the filters): see `pace_prefill`.
+
 Policies that place several requests in one decision call keep their own running tally
 with `Tentative`, so the second request sees the first one's load.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from llmfleet.core.scheduling import PodState, RequestState, SchedulerView
+from llmfleet.core.scheduling import FALLBACK_S_PER_TOKEN, PodState, RequestState, SchedulerView
 
 Filter = Callable[[SchedulerView, RequestState, Sequence[PodState]], list[PodState]]
 Scorer = Callable[[SchedulerView, RequestState, Sequence[PodState]], list[float]]
@@ -63,6 +65,30 @@ FILTERS: dict[str, Filter] = {
 }
 
 
+def pace_prefill(req: RequestState, pods: Sequence[PodState], budget: int) -> list[PodState]:
+    """Prefill pacing: pods whose pending prefill plus this request's uncached prompt fits
+    `budget` tokens, or that are prefilling nothing.
+
+    vLLM batches every waiting prompt into the next iterations (chunked prefill), and each such
+    iteration stalls every running decode: a burst of prompts released to one pod at once is a
+    multi-second stall, and a short request caught in it misses its time-per-token SLO. Released
+    one at a time, the same prefill work becomes many small stalls spread over decode steps.
+    A request never trades a prefix-cache hit for a shorter wait: when a pod that caches more of
+    its prompt than any eligible pod is only held back by pacing, the request waits for it
+    (an empty result keeps it queued).
+    """
+    ok = [
+        p
+        for p in pods
+        if p.pending_prefill_tokens == 0
+        or p.pending_prefill_tokens + req.context_tokens - prefix_hit_tokens(req, p) <= budget
+    ]
+    if req.hash_ids and len(ok) < len(pods):
+        if max(prefix_hit_tokens(req, p) for p in pods) > max((prefix_hit_tokens(req, p) for p in ok), default=0):
+            return []
+    return ok
+
+
 # ----------------------------------------------------------------------------- scorers
 def _inverse_minmax(values: Sequence[float]) -> list[float]:
     lo, hi = min(values), max(values)
@@ -74,6 +100,41 @@ def _inverse_minmax(values: Sequence[float]) -> list[float]:
 def score_queue(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[float]:
     """Fewer requests running plus waiting is better (llm-d's queue scorer)."""
     return _inverse_minmax([float(p.running + p.waiting) for p in pods])
+
+
+def score_waiting_queue(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[float]:
+    """Fewer requests waiting inside the engine is better (the Inference Extension's queue-scorer,
+    which reads vLLM's num_requests_waiting)."""
+    return _inverse_minmax([float(p.waiting) for p in pods])
+
+
+def matched_blocks(req: RequestState, pod: PodState) -> int:
+    """How many of the prompt's leading prefix blocks the pod is believed to cache."""
+    n = 0
+    for h in req.hash_ids:
+        if h not in pod.cached_prefixes:
+            break
+        n += 1
+    return n
+
+
+def prefix_hit_tokens(req: RequestState, pod: PodState) -> int:
+    """Prompt tokens at the head of the request whose KV the pod is believed to cache."""
+    return min(req.prompt_tokens, matched_blocks(req, pod) * pod.prefix_block_tokens)
+
+
+def kv_router_cost(req: RequestState, pod: PodState, overlap_weight: float = 1.0) -> float:
+    """Dynamo's KV-router cost in blocks: overlap_weight x prefill blocks still to compute on the
+    pod + decode blocks the pod would hold (its active blocks plus the request's own)."""
+    bs = max(1, pod.block_size)
+    prefill_blocks = (req.context_tokens - prefix_hit_tokens(req, pod)) / bs
+    decode_blocks = pod.kv_used_tokens / bs + req.context_tokens / bs
+    return overlap_weight * prefill_blocks + decode_blocks
+
+
+def score_kv_router(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[float]:
+    """Lower Dynamo KV-router cost is better, min-max scaled so the argmin scores 1."""
+    return _inverse_minmax([kv_router_cost(req, p) for p in pods])
 
 
 def score_kv_cache(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[float]:
@@ -90,15 +151,7 @@ def score_prefix(view: SchedulerView, req: RequestState, pods: Sequence[PodState
     """Fraction of the prompt's leading hash blocks the pod already caches."""
     if not req.hash_ids:
         return [0.0] * len(pods)
-    out = []
-    for p in pods:
-        n = 0
-        for h in req.hash_ids:
-            if h not in p.cached_prefixes:
-                break
-            n += 1
-        out.append(n / len(req.hash_ids))
-    return out
+    return [matched_blocks(req, p) / len(req.hash_ids) for p in pods]
 
 
 def score_affinity(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[float]:
@@ -108,6 +161,8 @@ def score_affinity(view: SchedulerView, req: RequestState, pods: Sequence[PodSta
 
 SCORERS: dict[str, Scorer] = {
     "queue": score_queue,
+    "waiting-queue": score_waiting_queue,
+    "kv-router": score_kv_router,
     "kv-cache": score_kv_cache,
     "remaining-work": score_remaining_work,
     "prefix": score_prefix,
@@ -138,6 +193,7 @@ class RoutingProfile:
     filters: tuple[str, ...] = ("healthy",)
     scorers: tuple[tuple[str, float], ...] = (("queue", 1.0), ("kv-cache", 1.0))
     picker: str = "max-score"
+    prefill_pace_tokens: int | None = None  # None: no pacing
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.filters if f not in FILTERS]
@@ -153,7 +209,9 @@ class RoutingProfile:
         for name in self.filters:
             out = FILTERS[name](view, req, out)
             if not out:
-                break
+                return out
+        if self.prefill_pace_tokens is not None:
+            out = pace_prefill(req, out, self.prefill_pace_tokens)
         return out
 
     def pick(self, view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> PodState | None:
@@ -180,12 +238,15 @@ class Tentative:
         i = self._index[pod.pod_id]
         cur = self.pods[i]
         tokens = expected_tokens if expected_tokens is not None else req.expected_remaining_tokens()
-        per_token = cur.est_remaining_s / cur.est_remaining_tokens if cur.est_remaining_tokens > 0 else 0.03
+        per_token = (
+            cur.est_remaining_s / cur.est_remaining_tokens if cur.est_remaining_tokens > 0 else FALLBACK_S_PER_TOKEN
+        )
         self.pods[i] = replace(
             cur,
             running=cur.running + 1 if cur.free_slots > 0 else cur.running,
             waiting=cur.waiting if cur.free_slots > 0 else cur.waiting + 1,
             kv_used_tokens=cur.kv_used_tokens + _kv_need(req),
+            pending_prefill_tokens=cur.pending_prefill_tokens + max(0, req.context_tokens - prefix_hit_tokens(req, cur)),
             est_remaining_tokens=cur.est_remaining_tokens + tokens,
             est_remaining_s=cur.est_remaining_s
             + tokens * per_token

@@ -5,6 +5,7 @@ Max-min offloading sends each batch to the pod with the least estimated remainin
 
 from __future__ import annotations
 
+from llmfleet.core.config import SchedulingFields
 from llmfleet.core.scheduling import Decision, SchedulerView
 from llmfleet.policies.batching import form_batches
 
@@ -12,9 +13,9 @@ from llmfleet.policies.batching import form_batches
 class SliceLevel:
     name = "scls"
 
-    def __init__(self, slice_tokens: int | None = None) -> None:
-        self.slice_tokens = slice_tokens  # None: the view's configured S
+    def __init__(self, config: SchedulingFields | None = None) -> None:
+        self.slice_tokens = (config or SchedulingFields()).slice_or_fallback
 
     def decide(self, view: SchedulerView) -> tuple[Decision, ...]:
-        s = self.slice_tokens or view.slice_tokens
+        s = self.slice_tokens
         return form_batches(view, view.queue, s, reserve_tokens=s)

@@ -47,7 +47,7 @@ def _positive_float(text: str) -> float:
     return v
 
 
-def _add_sim_args(p: argparse.ArgumentParser) -> None:
+def _add_sim_args(p: argparse.ArgumentParser, rate: bool = True) -> None:
     p.add_argument("--trace", required=True, help=TRACE_HELP)
     p.add_argument(
         "--policies",
@@ -57,19 +57,23 @@ def _add_sim_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--instances", type=_positive_int, default=4, help="engine instances (default 4)")
     p.add_argument("--limit", type=_positive_int, default=None, help="replay only the first N requests")
     p.add_argument(
-        "--config", default=None, help="scheduling config YAML (sliceTokens, starvationBoundSeconds, ranker)"
-    )
-    p.add_argument("--slice-tokens", type=_positive_int, default=None, help="slice length S (default 128)")
-    p.add_argument(
-        "--starvation-bound",
-        type=_positive_float,
+        "--config",
         default=None,
-        help="starvation guard in seconds (default 30)",
+        help="scheduling config YAML, the CRD's scheduling block (sliceTokens, starvationBoundSeconds, "
+        "slowdownBound, lengthGroups, ranker); the flags below override it",
+    )
+    p.add_argument("--slice-tokens", type=_positive_int, default=None, help="slice length S (default: none)")
+    p.add_argument(
+        "--starvation-bound", type=_positive_float, default=None, help="absolute starvation guard, seconds"
+    )
+    p.add_argument(
+        "--slowdown-bound", type=_positive_float, default=None, help="llmfleet's size-relative guard"
     )
     p.add_argument(
         "--cost-model",
         default=None,
-        help="cost model JSON from `llmfleet sim calibrate` (default: llama2-70b TP8 H100)",
+        help="engine cost: a profile name (llama2-70b-tp8-h100, the default; llama2-70b-tp4-h100; "
+        "...-a100) or a JSON file from `llmfleet sim calibrate`",
     )
     p.add_argument("--max-running", type=_positive_int, default=64, help="engine max_num_seqs (default 64)")
     p.add_argument(
@@ -82,7 +86,7 @@ def _add_sim_args(p: argparse.ArgumentParser) -> None:
         "--kv-tokens",
         type=_positive_int,
         default=None,
-        help="KV capacity per engine in tokens (default: cost model's)",
+        help="KV capacity per engine in tokens (default: the cost model's)",
     )
     p.add_argument(
         "--tau", type=float, default=0.6, help="Kendall's tau of the stand-in length predictor (default 0.6)"
@@ -90,6 +94,10 @@ def _add_sim_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the stand-in predictor's noise")
     p.add_argument(
         "--ranker", default=None, help="learned ranker artifact directory (replaces the noise stand-in)"
+    )
+    p.add_argument("--ttft-slo", type=_positive_float, default=2.0, help="SLO: time to first token, s (default 2)")
+    p.add_argument(
+        "--tpot-slo", type=_positive_float, default=0.1, help="SLO: time per output token, s (default 0.1)"
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -128,6 +136,20 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser(
+        "capacity",
+        help="goodput: the highest load each policy serves within the SLO; attainment curves",
+        description="For each policy, find the highest arrival rate (trace rate scale) at which at least "
+        "--attainment of requests meet the SLO (TTFT <= --ttft-slo and time per output token <= --tpot-slo). "
+        "Also runs every policy at the overload point, the load where fcfs-rr meets the SLO for about half "
+        "the requests. Writes JSON and, with --plot, SLO attainment against load.",
+    )
+    _add_sim_args(p)
+    p.add_argument("--attainment", type=float, default=0.9, help="share of requests that must meet the SLO")
+    p.add_argument("--out", required=True, help="results JSON to write")
+    p.add_argument("--plot", default=None, help="also draw SLO attainment against load to this PNG")
+    p.set_defaults(func=cmd_capacity)
+
+    p = sub.add_parser(
         "calibrate",
         help="measure a live vLLM server and write a cost model JSON",
         description="Time prefill (max_tokens=1 at several prompt lengths) and decode (concurrent requests) "
@@ -144,6 +166,18 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 # ------------------------------------------------------------------------------------ helpers
+def _one_line(exc: Exception) -> str:
+    """pydantic's multi-line validation errors, as one readable line."""
+    errors = getattr(exc, "errors", None)
+    if callable(errors):
+        items = errors()
+        if items:
+            first = items[0]
+            where = ".".join(str(x) for x in first.get("loc", ())) or "config"
+            return f"{where}: {first.get('msg', exc)}"
+    return str(exc)
+
+
 def _policies(text: str) -> list[str]:
     from llmfleet.policies.registry import POLICIES
 
@@ -156,27 +190,50 @@ def _policies(text: str) -> list[str]:
     return names
 
 
-def _setup(args: argparse.Namespace, rate_scale: float) -> dict[str, Any]:
+def _configs(args: argparse.Namespace, names: list[str]):  # type: ignore[no-untyped-def]
+    """One scheduling config per policy: the file's settings, the flags on top, the name set."""
     from llmfleet.core.config import SchedulingConfig
-    from llmfleet.sim.costmodel import load_cost_model
-    from llmfleet.sim.engine import EngineConfig
-    from llmfleet.sim.runner import load_predictor
-    from llmfleet.sim.simulator import SimConfig
-    from llmfleet.sim.traces import load_trace
 
-    sched = SchedulingConfig.load(args.config) if args.config else SchedulingConfig()
-    trace = load_trace(args.trace, rate_scale=rate_scale, limit=args.limit)
+    base = SchedulingConfig.load(args.config) if args.config else SchedulingConfig()
+    flags = {
+        "slice_tokens": args.slice_tokens,
+        "starvation_bound_seconds": args.starvation_bound,
+        "slowdown_bound": args.slowdown_bound,
+        "ranker": args.ranker,
+    }
+    return [base.with_changes(policy=name, **flags) for name in names]
+
+
+def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from llmfleet.sim.costmodel import load_cost_model
+    from llmfleet.sim.instance import EngineConfig
+    from llmfleet.sim.simulator import SimConfig
+
     cost = load_cost_model(args.cost_model)
     cfg = SimConfig(
         instances=args.instances,
         engine=EngineConfig(
             max_running=args.max_running, token_budget=args.token_budget, kv_capacity_tokens=args.kv_tokens
         ),
-        slice_tokens=args.slice_tokens or sched.slice_tokens,
-        starvation_bound_s=args.starvation_bound or sched.starvation_bound_seconds,
     )
-    predictor = load_predictor(args.ranker or sched.ranker, trace, args.tau, args.seed)
-    return {"trace": trace, "cost": cost, "cfg": cfg, "predictor": predictor}
+    return cost, cfg
+
+
+def _slo(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from llmfleet.sim.metrics import Slo
+
+    return Slo(ttft_s=args.ttft_slo, tpot_s=args.tpot_slo)
+
+
+def _setup(args: argparse.Namespace, names: list[str], rate_scale: float) -> dict[str, Any]:
+    from llmfleet.sim.runner import load_predictor
+    from llmfleet.sim.traces import load_trace
+
+    configs = _configs(args, names)
+    trace = load_trace(args.trace, rate_scale=rate_scale, limit=args.limit)
+    cost, cfg = _engine(args)
+    predictor = load_predictor(configs[0].ranker, trace, args.tau, args.seed)
+    return {"trace": trace, "cost": cost, "cfg": cfg, "predictor": predictor, "configs": configs}
 
 
 def _console():  # type: ignore[no-untyped-def]
@@ -204,13 +261,16 @@ def _progress(disabled: bool):  # type: ignore[no-untyped-def]
 def _run_all(args: argparse.Namespace, names: list[str], rate_scale: float, progress, label: str = ""):  # type: ignore[no-untyped-def]
     from llmfleet.sim.runner import run_policies
 
-    env = _setup(args, rate_scale)
+    env = _setup(args, names, rate_scale)
     tasks = {n: progress.add_task(f"{label}{n}", total=len(env["trace"])) for n in names}
 
     def on_progress(name: str, done: int, total: int) -> None:
         progress.update(tasks[name], completed=done)
 
-    return env, run_policies(env["trace"], names, env["cost"], env["cfg"], env["predictor"], on_progress)
+    runs = run_policies(
+        env["trace"], env["configs"], env["cost"], env["cfg"], env["predictor"], on_progress, slo=_slo(args)
+    )
+    return env, runs
 
 
 def _table(runs, title: str):  # type: ignore[no-untyped-def]
@@ -218,7 +278,7 @@ def _table(runs, title: str):  # type: ignore[no-untyped-def]
 
     base = next((r.summary for r in runs if r.summary["policy"] == "fcfs-rr"), None)
     table = Table(title=title)
-    for col in ("policy", "done", "mean s", "p50 s", "p99 s", "TTFT s", "p99 TTFT s", "tok/s", "imbalance"):
+    for col in ("policy", "done", "SLO met", "mean s", "p50 s", "p99 s", "TTFT s", "p99 TTFT s", "tok/s", "imbalance"):
         table.add_column(col, justify="left" if col == "policy" else "right")
     if base:
         table.add_column("mean / fcfs-rr", justify="right")
@@ -228,6 +288,7 @@ def _table(runs, title: str):  # type: ignore[no-untyped-def]
         row = [
             s["policy"],
             str(s["completed"]),
+            f"{s['slo_attainment']:.1%}",
             f"{s['mean_latency_s']:.2f}",
             f"{s['p50_latency_s']:.2f}",
             f"{s['p99_latency_s']:.2f}",
@@ -274,7 +335,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         with _progress(args.no_progress) as progress:
             env, runs = _run_all(args, names, args.rate_scale, progress)
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return 2
     title = f"{args.trace} x{args.rate_scale:g}, {args.instances} instances, {len(env['trace'])} requests"
     console.print(_table(runs, title))
@@ -321,6 +382,70 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     latency_vs_load(points, out_dir / "latency_vs_load.png", title)
     latency_cdf(cdf, out_dir / "latency_cdf.png", f"{title}, load x{max(args.rate_scales):g}")
     console.print(f"wrote {out_dir / 'sweep.json'}, latency_vs_load.png, latency_cdf.png")
+    return 0
+
+
+def cmd_capacity(args: argparse.Namespace) -> int:
+    from llmfleet.sim.capacity import CapacityStudy
+
+    names = _policies(args.policies)
+    console = _console()
+    if not 0 < args.attainment < 1:
+        print("error: --attainment must be between 0 and 1", file=sys.stderr)
+        return 2
+    try:
+        cost, cfg = _engine(args)
+        configs = _configs(args, names)
+        with _progress(args.no_progress) as progress:
+            task = progress.add_task("simulations", total=None)
+
+            def on_run(label: str, scale: float, summary: dict[str, Any]) -> None:
+                progress.update(task, advance=1, description=f"{label} x{scale:g}: {summary['slo_attainment']:.1%} met")
+
+            study = CapacityStudy(
+                trace=str(args.trace),
+                configs=configs,
+                labels=names,
+                cost=cost,
+                cfg=cfg,
+                slo=_slo(args),
+                attainment=args.attainment,
+                tau=args.tau,
+                seed=args.seed,
+                ranker=configs[0].ranker,
+                limit=args.limit,
+                on_run=on_run,
+            )
+            doc = study.measure()
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
+        return 2
+    from rich.table import Table
+
+    base = next(r for r in doc["results"] if r["policy"] == "fcfs-rr")
+    table = Table(title=f"{args.trace}: goodput at {args.attainment:.0%} SLO attainment; overload point x{doc['overload_rate_scale']:g}")
+    for col in ("policy", "goodput (rate scale)", "/ fcfs-rr", "SLO met @ overload", "TTFT s", "mean s", "p99 s"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for r in doc["results"]:
+        o = r["at_overload"]
+        ratio = r["goodput_rate_scale"] / base["goodput_rate_scale"] if base["goodput_rate_scale"] else float("nan")
+        table.add_row(
+            r["policy"],
+            f"{r['goodput_rate_scale']:.3f}",
+            f"{ratio:.2f}",
+            f"{o['slo_attainment']:.1%}",
+            f"{o['mean_ttft_s']:.2f}",
+            f"{o['mean_latency_s']:.2f}",
+            f"{o['p99_latency_s']:.2f}",
+        )
+    console.print(table)
+    Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+    console.print(f"wrote {args.out}")
+    if args.plot:
+        from llmfleet.sim.plots import attainment_vs_load
+
+        attainment_vs_load(doc, args.plot, f"{Path(str(args.trace)).stem}, {args.instances} instances")
+        console.print(f"wrote {args.plot}")
     return 0
 
 

@@ -34,9 +34,10 @@ SPLITWISE_CSV = DATA_DIR / "perf_profiles" / "splitwise_perf_model.csv"
 
 # llama2-70b: 80 layers x 8 KV heads x 128 head dim x (K and V) x 2 bytes (fp16).
 LLAMA2_70B_KV_BYTES_PER_TOKEN = 80 * 8 * 128 * 2 * 2
-# Default KV pool of 8 x H100-80GB at gpu_memory_utilization 0.9, minus ~140 GB of fp16 weights.
-H100_TP8_KV_BYTES = int(8 * 80e9 * 0.9 - 140e9)
-H100_TP8_HBM_BYTES_S = 8 * 3.35e12
+LLAMA2_70B_WEIGHT_BYTES = 140e9  # fp16
+GPU_HBM_BYTES = 80e9  # both profiled GPUs (A100-80GB, H100-80GB)
+GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default
+H100_HBM_BYTES_S = 3.35e12
 PCIE5_BYTES_S = 8 * 50e9  # one PCIe 5.0 x16 link per GPU, about 50 GB/s each way
 
 
@@ -205,7 +206,8 @@ def fit_splitwise(
     if not groups:
         raise ValueError(f"{path}: no rows for {model} on {hardware} at TP{tensor_parallel}")
     base, per_seq, per_ctx = _lstsq(rows, ys)
-    kv_bytes_s = LLAMA2_70B_KV_BYTES_PER_TOKEN / H100_TP8_HBM_BYTES_S  # reading every KV byte once per step
+    # Reading every KV byte once per step bounds the context term from below.
+    kv_bytes_s = LLAMA2_70B_KV_BYTES_PER_TOKEN / (tensor_parallel * H100_HBM_BYTES_S)
     per_ctx = max(per_ctx, kv_bytes_s)
     knots = sorted((float(k), sum(v) / len(v)) for k, v in groups.items())
     # Below the smallest profiled prompt, a forward pass still costs about one decode step.
@@ -220,18 +222,42 @@ def fit_splitwise(
         decode_per_ctx_token_s=per_ctx,
         overlap_s=max(0.0, base),
         swap_s_per_token=2.0 * LLAMA2_70B_KV_BYTES_PER_TOKEN / PCIE5_BYTES_S,
-        kv_capacity_tokens=H100_TP8_KV_BYTES // LLAMA2_70B_KV_BYTES_PER_TOKEN,
+        kv_capacity_tokens=kv_pool_tokens(tensor_parallel),
         source=f"{Path(path).name} (splitwise-sim), decode fit on batch <= {max_decode_batch}",
     )
 
 
+def kv_pool_tokens(tensor_parallel: int) -> int:
+    """vLLM's KV pool for fp16 llama2-70b on `tensor_parallel` 80 GB GPUs: memory at the default
+    utilisation minus the weights (8 GPUs: 1.33M tokens; 4 GPUs: 451k)."""
+    free = tensor_parallel * GPU_HBM_BYTES * GPU_MEMORY_UTILIZATION - LLAMA2_70B_WEIGHT_BYTES
+    if free <= 0:
+        raise ValueError(f"llama2-70b does not fit on {tensor_parallel} GPUs of 80 GB")
+    return int(free // LLAMA2_70B_KV_BYTES_PER_TOKEN)
+
+
+# Named profiles: `--cost-model NAME` fits the splitwise data for that model, GPU and TP degree.
+PROFILES = {
+    "llama2-70b-tp8-h100": ("llama2-70b", "h100-80gb", 8),
+    "llama2-70b-tp4-h100": ("llama2-70b", "h100-80gb", 4),
+    "llama2-70b-tp8-a100": ("llama2-70b", "a100-80gb", 8),
+    "llama2-70b-tp4-a100": ("llama2-70b", "a100-80gb", 4),
+}
+
+
 def load_cost_model(spec: str | None) -> CostModel:
-    """`None` or "default" -> llama2-70b TP8 H100 from splitwise; otherwise a JSON file path."""
+    """`None` or "default" -> llama2-70b TP8 H100 from splitwise; a name from `PROFILES`; or a
+    cost model JSON file path."""
     if spec in (None, "", "default"):
         return fit_splitwise()
+    assert spec is not None
+    if spec in PROFILES:
+        model, hardware, tp = PROFILES[spec]
+        return fit_splitwise(model=model, hardware=hardware, tensor_parallel=tp)
     p = Path(spec)
     if not p.exists():
         raise FileNotFoundError(
-            f"cost model file {spec!r} does not exist (write one with `llmfleet sim calibrate`)"
+            f"cost model {spec!r} is neither a profile ({', '.join(PROFILES)}) nor a file "
+            "(write one with `llmfleet sim calibrate`)"
         )
     return CostModel.load(p)

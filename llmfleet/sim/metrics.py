@@ -1,11 +1,14 @@
 """Summaries of a simulation run, in the JSON shape other tools read.
 
 ``load_imbalance`` is the maximum over the mean of per-instance busy time (1.0 = perfectly even).
+``slo_attainment`` is the share of requests that met the latency SLO: time to first token at
+most ``Slo.ttft_s`` and time per output token (after the first) at most ``Slo.tpot_s``.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Any
 
 from llmfleet.sim.simulator import SimResult
@@ -20,7 +23,34 @@ RESULT_KEYS = (
     "p99_ttft_s",
     "throughput_tok_s",
     "load_imbalance",
+    "slo_attainment",
 )
+
+
+@dataclass(frozen=True)
+class Slo:
+    """The latency SLO goodput is counted against (DistServe's TTFT + TPOT pair)."""
+
+    ttft_s: float = 2.0
+    tpot_s: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.ttft_s <= 0 or self.tpot_s <= 0:
+            raise ValueError("SLO bounds must be positive")
+
+    def met(self, ttft_s: float, latency_s: float, output_tokens: int) -> bool:
+        if ttft_s > self.ttft_s:
+            return False
+        if output_tokens <= 1:
+            return True
+        return (latency_s - ttft_s) / (output_tokens - 1) <= self.tpot_s
+
+
+def slo_attainment(records: list[Any], slo: Slo) -> float:
+    if not records:
+        return math.nan
+    met = sum(1 for r in records if slo.met(r.ttft_s, r.latency_s, r.output_tokens))
+    return met / len(records)
 
 
 def _percentile(sorted_xs: list[float], q: float) -> float:
@@ -33,7 +63,7 @@ def _percentile(sorted_xs: list[float], q: float) -> float:
     return sorted_xs[lo] + (sorted_xs[hi] - sorted_xs[lo]) * (pos - lo)
 
 
-def summarize(result: SimResult) -> dict[str, Any]:
+def summarize(result: SimResult, slo: Slo | None = None) -> dict[str, Any]:
     recs = result.records
     lat = sorted(r.latency_s for r in recs)
     ttft = sorted(r.ttft_s for r in recs)
@@ -54,6 +84,7 @@ def summarize(result: SimResult) -> dict[str, Any]:
         "p99_ttft_s": _percentile(ttft, 99),
         "throughput_tok_s": tokens / span if span > 0 else math.nan,
         "load_imbalance": max(busy) / mean_busy if mean_busy > 0 else 1.0,
+        "slo_attainment": slo_attainment(recs, slo or Slo()),
     }
 
 

@@ -56,3 +56,27 @@ def latency_cdf(latencies: Mapping[str, Sequence[float]], out: str | Path, title
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def attainment_vs_load(doc: Mapping, out: str | Path, title: str) -> None:
+    """SLO attainment against load for every policy of a `sim capacity` result, with the
+    attainment target, each policy's goodput and the overload point marked."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4.6))
+    target = doc["slo"]["attainment"]
+    for r in doc["results"]:
+        xs = [p[0] for p in r["curve"]]
+        line = ax.plot(xs, [p[1] for p in r["curve"]], marker="o", markersize=3, label=r["policy"])[0]
+        if r["goodput_rate_scale"] > 0:
+            ax.axvline(r["goodput_rate_scale"], color=line.get_color(), alpha=0.35, linestyle=":")
+    ax.axhline(target, color="black", linewidth=0.8, linestyle="--", label=f"{target:.0%} target")
+    ax.axvline(doc["overload_rate_scale"], color="grey", linewidth=0.8, label="overload point")
+    ax.set_xlabel("load (trace rate scale)")
+    ax.set_ylabel(f"SLO attainment (TTFT <= {doc['slo']['ttft_s']:g} s, TPOT <= {doc['slo']['tpot_s'] * 1000:g} ms)")
+    ax.set_ylim(0, 1.02)
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=8)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)

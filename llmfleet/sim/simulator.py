@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from llmfleet.core.prediction import LengthPredictor, PredictionInput
 from llmfleet.core.scheduling import Assignment, PodState, Policy, Preempt, RequestState, SchedulerView
 from llmfleet.sim.costmodel import CostModel
-from llmfleet.sim.engine import EngineConfig, Instance
+from llmfleet.sim.instance import EngineConfig, Instance
 from llmfleet.sim.request import SimRequest
 from llmfleet.sim.traces import TraceRequest
 
@@ -30,8 +30,6 @@ _PREDICT_CHUNK = 2048
 class SimConfig:
     instances: int = 4
     engine: EngineConfig = field(default_factory=EngineConfig)
-    slice_tokens: int = 128
-    starvation_bound_s: float = 30.0
     recent_window: int = 1024
     pod_groups: tuple[str | None, ...] | None = None
     check_invariants: bool = False  # assert engine invariants after every event (tests)
@@ -39,8 +37,6 @@ class SimConfig:
     def __post_init__(self) -> None:
         if self.instances < 1:
             raise ValueError("instances must be at least 1")
-        if self.slice_tokens < 1:
-            raise ValueError("slice_tokens must be at least 1")
         if self.pod_groups is not None and len(self.pod_groups) != self.instances:
             raise ValueError("pod_groups needs one entry per instance")
 
@@ -200,6 +196,7 @@ class Simulator:
             waiting=len(inst.waiting),
             est_remaining_s=est_s,
             est_remaining_tokens=tokens,
+            pending_prefill_tokens=pending_prefill,
             cached_prefixes=self._prefix_sets[inst.idx],
             prefix_block_tokens=inst.C,
             recompute_s_per_token=self._recompute,
@@ -212,8 +209,6 @@ class Simulator:
             queue=tuple(self.queue_states.values()),
             running=tuple(self.running_states.values()),
             pods=tuple(self._pod_state(inst) for inst in self.instances),
-            slice_tokens=self.cfg.slice_tokens,
-            starvation_bound_s=self.cfg.starvation_bound_s,
             recent_output_tokens=tuple(self.recent),
             completed=len(self.done),
         )

@@ -46,6 +46,7 @@ class Faults:
 @dataclass
 class FakeSidecar(sidecar_pb2_grpc.SidecarServicer):
     token_delay_s: float = 0.001
+    first_token_delay_s: float = 0.0  # extra wait before a slice's first token (its prefill)
     max_model_len: int = 512
     max_num_seqs: int = 4
     group: str = ""
@@ -68,6 +69,8 @@ class FakeSidecar(sidecar_pb2_grpc.SidecarServicer):
                 self.samplings.append(item.sampling)
                 ctx = [*item.prompt_token_ids, *item.generated_token_ids]
                 done_before = len(item.generated_token_ids)
+                if self.first_token_delay_s:
+                    await asyncio.sleep(self.first_token_delay_s)
                 for i in range(item.max_tokens):
                     if f.client_error:
                         yield _done(item.request_id, "error", f.client_error, client_error=True)

@@ -51,7 +51,7 @@ async def test_deadline_follows_the_dispatcher_clock():
 async def test_held_queue_serves_short_predicted_requests_first():
     """`ltr` holds requests at the dispatcher and releases the shortest predicted first."""
     pod = await start_fake_pod(token_delay_s=0.005, max_num_seqs=1)
-    d = await _dispatcher(make_policy("ltr"), [pod], slice_tokens=1000)
+    d = await _dispatcher(make_policy("ltr"), [pod])
     try:
         blocker = await d.submit(GenerateSpec(max_tokens=40, prompt_ids=(9,), ignore_eos=True))
         await wait_for_condition(lambda: blocker.request_id in d.running, 10)
@@ -143,6 +143,30 @@ async def test_online_ranker_learns_from_naturally_ended_text_requests():
         assert after.estimate is not None and after.estimate.expected_tokens == 2
         exact = await d.submit(GenerateSpec(max_tokens=7, prompt_ids=(3,), ignore_eos=True))
         assert exact.estimate is not None and exact.estimate.expected_tokens == 7
+    finally:
+        await d.stop(0)
+        await pod.stop()
+
+
+async def test_prefill_pacing_holds_the_next_prompt_until_the_first_token():
+    """With pacing, a pod still prefilling one prompt gets no second one that would overflow the
+    budget: the dispatcher releases it when the first slice's first token arrives."""
+    pod = await start_fake_pod(token_delay_s=0.001, first_token_delay_s=0.3)
+    d = await _dispatcher(make_policy("llmfleet", prefill_pace_tokens=300), [pod])
+    try:
+        first = await d.submit(GenerateSpec(max_tokens=5, prompt_ids=tuple(range(1, 201)), ignore_eos=True))
+        await wait_for_condition(lambda: first.request_id in d.running, 10, what="first released")
+        second = await d.submit(GenerateSpec(max_tokens=5, prompt_ids=tuple(range(2, 202)), ignore_eos=True))
+        conn = d.pods["p0"]
+        assert conn.state(d.clock.now()).pending_prefill_tokens == 200
+        await asyncio.sleep(0.1)  # scheduling points pass; the pod is still prefilling
+        assert second.request_id in d.queue and not first.generated
+        await wait_for_condition(lambda: second.request_id in d.running, 10, what="second released")
+        assert first.generated  # released only once the first prompt produced a token
+        for req in (first, second):
+            ids, end = await _drain(req)
+            assert isinstance(end, FinishEvent) and len(ids) == 5
+        assert conn.state(d.clock.now()).pending_prefill_tokens == 0
     finally:
         await d.stop(0)
         await pod.stop()

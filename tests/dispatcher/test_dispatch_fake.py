@@ -57,8 +57,8 @@ async def test_failures_resume_without_lost_or_duplicated_tokens(fake_pods, faul
     fake_pods[0].servicer.faults = Faults(**faults)
     handle = await serve_dispatcher(
         pods={"pod-0": fake_pods[0].address},
-        config=SchedulingConfig(policy="scls"),
-        settings=DispatcherSettings(slice_tokens=8, pod_cooldown_s=0.05),
+        config=SchedulingConfig(policy="scls", slice_tokens=8),
+        settings=DispatcherSettings(pod_cooldown_s=0.05),
     )
     await handle.wait_ready(1, timeout_s=10)
     try:

@@ -129,10 +129,11 @@ def test_scheduling_config_round_trips_through_the_shared_model() -> None:
     cm = _children()[("ConfigMap", "llama-8b-scheduling")]
     config = SchedulingConfig.from_yaml(cm["data"]["scheduling.yaml"])
     assert config.policy == "llmfleet" and config.slice_tokens == 256 and config.max_queue == 8192
-    assert isinstance(config.length_groups, list) and [g.name for g in config.length_groups] == ["short", "medium", "long"]
+    assert config.length_groups is not None and config.length_groups.names() == ["short", "medium", "long"]
     assert config.ranker == r.RANKER_DIR
     auto = _children("auto-groups.yaml")[("ConfigMap", "llama-8b-scheduling")]
-    assert SchedulingConfig.from_yaml(auto["data"]["scheduling.yaml"]).length_groups == "auto"
+    groups = SchedulingConfig.from_yaml(auto["data"]["scheduling.yaml"]).length_groups
+    assert groups is not None and groups.auto is not None and groups.names() == [f"g{i}" for i in range(groups.auto.groups)]
 
 
 def test_policy_change_rolls_the_dispatcher_through_the_config_hash() -> None:

@@ -52,13 +52,34 @@ def test_least_load(pods, expected) -> None:
     [
         ([pod("a"), pod("b", cached=frozenset({1, 2, 3}))], "b"),
         ([pod("a", cached=frozenset({1})), pod("b", cached=frozenset({1, 2}))], "b"),
-        # b holds the whole prefix but is far busier: 2*1 + 0 + kv < 2*(2/3) + 1 + kv on a
-        ([pod("a", cached=frozenset({1, 2})), pod("b", running=10, cached=frozenset({1, 2, 3}))], "a"),
-        ([pod("a", cached=frozenset({2, 3})), pod("b", running=1)], "a"),  # no leading match: load decides
+        # llm-d's queue scorer reads the engine's *waiting* queue: 3*(2/3) + 2*1 beats 3*1 + 2*0
+        ([pod("a", cached=frozenset({1, 2})), pod("b", waiting=5, cached=frozenset({1, 2, 3}))], "a"),
+        # running requests are not queueing, so they do not count against b (only KV would)
+        ([pod("a", cached=frozenset({1, 2})), pod("b", running=3, cached=frozenset({1, 2, 3}))], "b"),
+        ([pod("a", cached=frozenset({2, 3})), pod("b", waiting=1)], "a"),  # no leading match: load decides
+        ([pod("a", kv_used=60_000), pod("b", kv_used=10_000)], "b"),  # KV-cache utilisation, weight 2
     ],
 )
-def test_prefix(pods, expected) -> None:
-    got = placed(make_policy("prefix").decide(view([req("r", 0, hash_ids=(1, 2, 3))], pods)))
+def test_llm_d(pods, expected) -> None:
+    got = placed(make_policy("llm-d").decide(view([req("r", 0, hash_ids=(1, 2, 3))], pods)))
+    assert got == [("r", expected, ALL)]
+
+
+@pytest.mark.parametrize(
+    ("prompt", "pods", "expected"),
+    [
+        # cost = uncached prefill blocks + active decode blocks (+ the request's own, the same everywhere)
+        (1536, [pod("a", kv_used=16 * 50), pod("b", kv_used=16 * 10)], "b"),
+        # a caches two 512-token blocks: 32 fewer prefill blocks outweigh 30 more active ones
+        (1536, [pod("a", kv_used=16 * 40, cached=frozenset({1, 2})), pod("b", kv_used=16 * 10)], "a"),
+        # ... but not 80 more active ones
+        (1536, [pod("a", kv_used=16 * 90, cached=frozenset({1, 2})), pod("b", kv_used=16 * 10)], "b"),
+        # queue depth alone does not enter Dynamo's cost
+        (1536, [pod("a", waiting=9), pod("b", kv_used=16 * 1)], "a"),
+    ],
+)
+def test_dynamo_kv_router_cost(prompt, pods, expected) -> None:
+    got = placed(make_policy("dynamo").decide(view([req("r", 0, prompt=prompt, hash_ids=(1, 2, 3))], pods)))
     assert got == [("r", expected, ALL)]
 
 
@@ -103,11 +124,10 @@ def test_static_batching(name, pods, prompts, expected) -> None:
 
 
 def test_scls_uses_the_configured_slice_length() -> None:
-    got = placed(make_policy("scls").decide(view([req("r", 0)], [pod("a")], slice_tokens=32)))
+    got = placed(make_policy("scls", slice_tokens=32).decide(view([req("r", 0)], [pod("a")])))
     assert got == [("r", "a", 32)]
-    assert placed(make_policy("scls", slice_tokens=7).decide(view([req("r", 0)], [pod("a")]))) == [
-        ("r", "a", 7)
-    ]
+    # slice-only policies fall back to the one documented S when the config sets none
+    assert placed(make_policy("scls").decide(view([req("r", 0)], [pod("a")]))) == [("r", "a", 128)]
 
 
 # ------------------------------------------------------------------------------ ltr
@@ -129,7 +149,7 @@ LTR_QUEUE = [
     ],
 )
 def test_ltr(now, pods, expected) -> None:
-    got = placed(make_policy("ltr").decide(view(LTR_QUEUE, pods, now=now)))
+    got = placed(make_policy("ltr", starvation_bound_seconds=30).decide(view(LTR_QUEUE, pods, now=now)))
     assert [r for r, _, _ in got] == expected
     assert all(m == ALL for _, _, m in got)
 
@@ -137,7 +157,7 @@ def test_ltr(now, pods, expected) -> None:
 # ------------------------------------------------------------------------------ oracle-srpt
 def test_oracle_srpt_orders_by_true_remaining_and_slices() -> None:
     queue = [req("a", 0, true_out=500), req("b", 1, true_out=300, generated=250), req("c", 2, true_out=100)]
-    got = placed(make_policy("oracle-srpt").decide(view(queue, [pod("p", running=2)], slice_tokens=64)))
+    got = placed(make_policy("oracle-srpt", slice_tokens=64).decide(view(queue, [pod("p", running=2)])))
     assert got == [("b", "p", 64), ("c", "p", 64)]
     with pytest.raises(ValueError, match="true output"):
         make_policy("oracle-srpt").decide(view([req("x", 0)], [pod("p")]))
@@ -155,7 +175,9 @@ def test_alise_orders_by_estimated_remaining_time_with_aging() -> None:
     young = placed(make_policy("alise").decide(view(queue, [pod("p", running=3)], now=100.0)))
     assert [r for r, _, _ in young] == ["new-short"]
     # with strong aging the old request wins
-    aged = placed(make_policy("alise", aging=1.0).decide(view(queue, [pod("p", running=3)], now=100.0)))
+    from llmfleet.policies.alise import Alise
+
+    aged = placed(Alise(aging=1.0).decide(view(queue, [pod("p", running=3)], now=100.0)))
     assert [r for r, _, _ in aged] == ["old-long"]
 
 
@@ -188,8 +210,24 @@ def test_l4_routes_by_generated_length_and_cuts_slices_at_group_bounds() -> None
     pods = [pod("a"), pod("b"), pod("c")]
     # fewer than 64 observations: default bounds 0 / S / 4S with one pod per group
     queue = [req("new", 0), req("grown", 1, generated=200), req("huge", 2, generated=600)]
-    got = placed(make_policy("l4", max_groups=3).decide(view(queue, pods, slice_tokens=128)))
+    l4 = make_policy("l4", length_groups={"auto": {"groups": 3}})
+    got = placed(l4.decide(view(queue, pods)))
     assert got == [("new", "a", 128), ("grown", "b", 512 - 200), ("huge", "c", ALL)]
+
+
+def test_l4_uses_the_configured_ranges_shortest_first_whatever_their_names() -> None:
+    # "long" sorts before "short" as text; the ranges, not the names, decide the order.
+    groups = {
+        "ranges": [
+            {"name": "long", "minTokens": 300},
+            {"name": "short", "minTokens": 0, "maxTokens": 100},
+            {"name": "mid", "minTokens": 100, "maxTokens": 300},
+        ]
+    }
+    pods = [pod("p-long", group="long"), pod("p-short", group="short"), pod("p-mid", group="mid")]
+    queue = [req("new", 0), req("grown", 1, generated=150), req("huge", 2, generated=600)]
+    got = placed(make_policy("l4", length_groups=groups).decide(view(queue, pods)))
+    assert got == [("new", "p-short", 100), ("grown", "p-mid", 150), ("huge", "p-long", ALL)]
 
 
 def test_l4_partition_balances_observed_load() -> None:
@@ -232,28 +270,56 @@ def test_llmfleet_default(now, pods, expected) -> None:
         req("short", 1, expected=10, arrival=0.5, hash_ids=(7,)),
         req("mid", 2, expected=100, arrival=0.6),
     ]
-    got = placed(make_policy("llmfleet").decide(view(queue, pods, now=now, bound=60.0)))
+    policy = make_policy("llmfleet", starvation_bound_seconds=60, slowdown_bound=None)
+    got = placed(policy.decide(view(queue, pods, now=now)))
     assert [(r, p) for r, p, _ in got] == expected
 
 
+# The pod's pace: est_s / (est_s / 0.03) tokens = 0.03 s per token of throughput, times the 2
+# requests it runs = 0.06 s per token for each request. "long" (500 tokens) has 30 s of service,
+# "mid" (100 tokens) 6 s, "short" (10 tokens) 0.6 s, floored at 1 s. Guarded requests go
+# earliest deadline first, ahead of the rest, which go shortest first.
 @pytest.mark.parametrize(
-    ("now", "expected"),
+    ("now", "slowdown", "bound", "mid_arrival", "short_arrival", "expected"),
     [
-        (1.0, ["short", "mid"]),  # nobody is at risk yet: shortest predicted first
-        # "long" (p90 900 tokens * 0.07 s = 63 s of work) must start by 0 + 90 - 63 = 27 s
-        (27.0, ["long", "short"]),
-        (26.9, ["short", "mid"]),
+        (10.0, 4.0, 86400, 0.6, 9.0, ["short", "mid"]),  # nobody has waited 4x their service
+        (24.7, 4.0, 86400, 0.6, 24.0, ["mid", "short"]),  # mid is due at 0.6 + 4 * 6 = 24.6 s
+        (120.1, 4.0, 86400, 119.0, 120.0, ["long", "short"]),  # long is due at 0 + 4 * 30 = 120 s
+        (60.1, 2.0, 86400, 59.0, 60.0, ["long", "short"]),  # a tighter bound: long due at 60 s
+        (50.1, 4.0, 50.0, 49.0, 50.0, ["long", "short"]),  # the absolute bound caps the relative one
+        (50.1, None, 86400, 49.0, 50.0, ["short", "mid"]),  # neither guard binds: shortest first
+        (24.7, 4.0, 86400, 0.6, 0.5, ["short", "mid"]),  # both due: earliest deadline (short's 4.5 s) first
     ],
 )
-def test_llmfleet_deadline_guard_starts_long_requests_in_time(now, expected) -> None:
+def test_llmfleet_guard_bounds_slowdown(now, slowdown, bound, mid_arrival, short_arrival, expected) -> None:
     queue = [
-        req("long", 0, expected=450, arrival=0.0),
-        req("short", 1, expected=10, arrival=0.5),
-        req("mid", 2, expected=100, arrival=0.6),
+        req("long", 0, expected=500, arrival=0.0),
+        req("short", 1, expected=10, arrival=short_arrival),
+        req("mid", 2, expected=100, arrival=mid_arrival),
     ]
-    policy = make_policy("llmfleet", deadline_s=90.0)
-    got = placed(policy.decide(view(queue, [pod("a", running=2)], now=now, bound=1e9)))
+    policy = make_policy("llmfleet", slowdown_bound=slowdown, starvation_bound_seconds=bound)
+    got = placed(policy.decide(view(queue, [pod("a", running=2, est_s=6.0)], now=now)))
     assert [r for r, _, _ in got] == expected
+
+
+def test_llmfleet_guard_keeps_each_requests_wait_within_its_bound() -> None:
+    """Property on hand-built views: whatever the queue, a request past its guard deadline is
+    never passed over for one that is not."""
+    import random
+
+    rng = random.Random(3)
+    policy = make_policy("llmfleet", slowdown_bound=3.0, starvation_bound_seconds=86400)
+    for _ in range(200):
+        queue = [
+            req(f"r{i}", i, expected=rng.choice([5, 50, 500]), arrival=rng.uniform(0, 100)) for i in range(8)
+        ]
+        p = pod("a", running=3, est_s=6.0)  # one free slot; 0.03 * 3 = 0.09 s per token
+        now = 100.0
+        (got,) = placed(policy.decide(view(queue, [p], now=now)))
+        due = {r.request_id: r.arrival_s + 3.0 * max(1.0, r.estimate.expected_tokens * 0.09) for r in queue}
+        overdue = [rid for rid, d in due.items() if d <= now]
+        if overdue:
+            assert got[0] == min(overdue, key=lambda rid: due[rid])
 
 
 def test_llmfleet_ranks_grown_requests_as_longer() -> None:

@@ -9,12 +9,13 @@ from llmfleet.policies.registry import POLICIES, make_policy, policy_names
 ISSUE_POLICIES = [
     "fcfs-rr",
     "least-load",
+    "llm-d",
+    "dynamo",
     "sls",
     "scls",
     "ltr",
     "alise",
     "l4",
-    "prefix",
     "oracle-srpt",
     "llmfleet",
 ]
@@ -34,3 +35,13 @@ def test_descriptions_are_one_line_and_policies_carry_their_name(name: str) -> N
 def test_unknown_policy_lists_the_known_ones() -> None:
     with pytest.raises(ValueError, match="fcfs-rr"):
         make_policy("nope")
+
+
+def test_make_policy_takes_a_config_and_settings_override_it() -> None:
+    from llmfleet.core.config import SchedulingConfig
+
+    config = SchedulingConfig(policy="scls", slice_tokens=32)
+    assert make_policy(config).slice_tokens == 32  # type: ignore[attr-defined]
+    assert make_policy(config, slice_tokens=8).slice_tokens == 8  # type: ignore[attr-defined]
+    with pytest.raises(ValueError, match="greater than or equal to 1"):
+        make_policy(config, slice_tokens=0)

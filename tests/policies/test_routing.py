@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llmfleet.policies.routing import FILTERS, PICKERS, SCORERS, RoutingProfile, Tentative
+from llmfleet.policies.routing import FILTERS, PICKERS, SCORERS, RoutingProfile, Tentative, pace_prefill
 
 from .views import pod, req, view
 
@@ -40,6 +40,9 @@ def test_filters(name, request_, expected) -> None:
         ("prefix", req("r", 0), [0.0, 0.0, 0.0]),
         ("affinity", req("r", 0, pod="b"), [0.0, 1.0, 0.0]),
         ("remaining-work", req("r", 0), [1.0, 1.0, 1.0]),
+        ("waiting-queue", req("r", 0), [1.0, 0.0, 1.0]),  # only requests queued inside the engine count
+        # Dynamo's cost in 16-token blocks: 100/16 to prefill + (kv used + 100)/16 active
+        ("kv-router", req("r", 0), [(5637.5 - 1262.5) / 5625, 0.0, 1.0]),
     ],
 )
 def test_scorers(name, request_, expected) -> None:
@@ -95,3 +98,40 @@ def test_tentative_counts_placements() -> None:
     assert (t.pods[0].running, t.pods[0].kv_used_tokens, t.free_slots()) == (4, 51, 1)
     t.place(req("s", 1), t.pods[0])  # beyond max_running it queues inside the engine
     assert (t.pods[0].running, t.pods[0].waiting) == (4, 1)
+
+
+P_IDLE = pod("idle")
+P_BUSY = pod("busy", prefilling=3000)
+P_SMALL = pod("small", prefilling=500)
+P_CACHED_BUSY = pod("cached-busy", prefilling=3000, cached=frozenset({1, 2}))
+
+
+@pytest.mark.parametrize(
+    ("request_", "pods", "expected"),
+    [
+        (req("r", 0, prompt=1000), [P_IDLE, P_BUSY, P_SMALL], ["idle", "small"]),  # 500 + 1000 <= 2048
+        (req("r", 0, prompt=1600), [P_IDLE, P_BUSY, P_SMALL], ["idle"]),  # 500 + 1600 > 2048
+        (req("r", 0, prompt=9000), [P_IDLE, P_BUSY], ["idle"]),  # a big prompt still goes to an idle pod
+        (req("r", 0, prompt=9000), [P_BUSY, P_SMALL], []),  # nowhere idle enough: it waits
+        # the busy pod caches 1,024 of its 1,600 tokens: 3000 + 576 > 2048, so it is paced out, and
+        # the request waits for it rather than lose the hit on the idle pod
+        (req("r", 0, prompt=1600, hash_ids=(1, 2, 3)), [P_IDLE, P_CACHED_BUSY], []),
+        # ... unless an eligible pod caches as much
+        (req("r", 0, prompt=1600, hash_ids=(1, 2, 3)), [pod("c2", cached=frozenset({1, 2})), P_CACHED_BUSY], ["c2"]),
+        # no prefix involved: the idle pod takes it
+        (req("r", 0, prompt=1600, hash_ids=(7,)), [P_IDLE, P_CACHED_BUSY], ["idle"]),
+    ],
+)
+def test_prefill_pacing(request_, pods, expected) -> None:
+    assert [p.pod_id for p in pace_prefill(request_, pods, 2048)] == expected
+
+
+def test_profile_paces_after_its_filters_and_tentative_counts_the_new_prefill() -> None:
+    profile = RoutingProfile(filters=("healthy",), scorers=(("queue", 1.0),), prefill_pace_tokens=2048)
+    r1, r2 = req("r1", 0, prompt=1500), req("r2", 1, prompt=1500)
+    tent = Tentative([pod("a"), pod("b", healthy=False)])
+    first = profile.pick(view(), r1, tent.pods)
+    assert first is not None and first.pod_id == "a"
+    tent.place(r1, first)
+    assert tent.pods[0].pending_prefill_tokens == 1500
+    assert profile.pick(view(), r2, tent.pods) is None  # a is still prefilling r1; b is unhealthy

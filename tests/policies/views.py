@@ -51,6 +51,8 @@ def pod(
     healthy: bool = True,
     recompute: float = 1e-4,
     swap: float = 1e-6,
+    prefilling: int = 0,
+    block: int = 512,
 ) -> PodState:
     return PodState(
         pod_id=pid,
@@ -66,19 +68,17 @@ def pod(
         recompute_s_per_token=recompute,
         swap_s_per_token=swap,
         healthy=healthy,
+        pending_prefill_tokens=prefilling,
+        prefix_block_tokens=block,
     )
 
 
-def view(
-    queue=(), pods=(), running=(), now: float = 0.0, slice_tokens: int = 128, bound: float = 30.0, recent=()
-) -> SchedulerView:
+def view(queue=(), pods=(), running=(), now: float = 0.0, recent=()) -> SchedulerView:
     return SchedulerView(
         now=now,
         queue=tuple(queue),
         running=tuple(running),
         pods=tuple(pods),
-        slice_tokens=slice_tokens,
-        starvation_bound_s=bound,
         recent_output_tokens=tuple(recent),
         completed=len(recent),
     )

@@ -22,7 +22,8 @@ def _main(argv: list[str]) -> int:
 def test_policies_lists_every_policy(capsys) -> None:
     assert _main(["policies", "--json"]) == 0
     listed = json.loads(capsys.readouterr().out)
-    assert [p["name"] for p in listed][:2] == ["fcfs-rr", "least-load"] and len(listed) == 10
+    names = [p["name"] for p in listed]
+    assert names[:4] == ["fcfs-rr", "least-load", "llm-d", "dynamo"] and len(listed) == 11
     assert _main(["policies"]) == 0
     assert "oracle-srpt" in capsys.readouterr().out
 
@@ -36,7 +37,7 @@ def test_run_writes_the_documented_json_shape(tmp_path, capsys) -> None:
             "--trace",
             "conv",
             "--policies",
-            "fcfs-rr,llmfleet",
+            "fcfs-rr,llm-d,dynamo,llmfleet,oracle-srpt",
             "--instances",
             "2",
             "--limit",
@@ -54,9 +55,10 @@ def test_run_writes_the_documented_json_shape(tmp_path, capsys) -> None:
     doc = json.loads(out.read_text())
     assert set(doc) == {"trace", "instances", "rate_scale", "results"}
     assert (doc["trace"], doc["instances"], doc["rate_scale"]) == ("conv", 2, 2.0)
-    assert [r["policy"] for r in doc["results"]] == ["fcfs-rr", "llmfleet"]
+    assert [r["policy"] for r in doc["results"]] == ["fcfs-rr", "llm-d", "dynamo", "llmfleet", "oracle-srpt"]
     for r in doc["results"]:
         assert tuple(r) == RESULT_KEYS
+        assert 0.0 <= r["slo_attainment"] <= 1.0
         assert r["completed"] == 150
         assert 0 < r["p50_latency_s"] <= r["p99_latency_s"]
         assert r["mean_ttft_s"] <= r["mean_latency_s"]
@@ -72,7 +74,7 @@ def test_sweep_draws_both_plots(tmp_path) -> None:
             "--trace",
             "mooncake",
             "--policies",
-            "least-load,prefix",
+            "least-load,llm-d",
             "--limit",
             "60",
             "--instances",
@@ -110,9 +112,13 @@ def test_sweep_draws_both_plots(tmp_path) -> None:
             ],
             "ranker",
         ),
+        (["run", "--trace", "conv", "--limit", "5", "--config", "CONFIG", "--no-progress"], "unknown policy"),
     ],
 )
-def test_run_reports_bad_input_in_one_line(argv, message, capsys) -> None:
+def test_run_reports_bad_input_in_one_line(argv, message, capsys, tmp_path) -> None:
+    config = tmp_path / "scheduling.yaml"
+    config.write_text("policy: shortest-first-please\n")
+    argv = [str(config) if a == "CONFIG" else a for a in argv]
     assert _main(argv) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err
@@ -121,3 +127,26 @@ def test_run_reports_bad_input_in_one_line(argv, message, capsys) -> None:
 def test_unknown_policy_is_rejected() -> None:
     with pytest.raises(SystemExit, match="unknown policies"):
         _main(["run", "--trace", "conv", "--policies", "fcfs-rr,nope"])
+
+
+def test_capacity_finds_goodput_and_the_overload_point(tmp_path, capsys) -> None:
+    out, png = tmp_path / "cap.json", tmp_path / "cap.png"
+    argv = ["capacity", "--trace", "conv", "--limit", "300", "--instances", "2", "--policies", "fcfs-rr,llmfleet"]
+    rc = _main([*argv, "--ttft-slo", "1.5", "--tpot-slo", "0.12", "--out", str(out), "--plot", str(png), "--no-progress"])
+    assert rc == 0
+    doc = json.loads(out.read_text())
+    assert set(doc) == {"trace", "instances", "slo", "overload_rate_scale", "results"}
+    assert doc["slo"] == {"ttft_s": 1.5, "tpot_s": 0.12, "attainment": 0.9}
+    assert [r["policy"] for r in doc["results"]] == ["fcfs-rr", "llmfleet"]
+    overload = doc["overload_rate_scale"]
+    for r in doc["results"]:
+        assert set(r) == {"policy", "goodput_rate_scale", "curve", "at_overload"}
+        assert tuple(r["at_overload"]) == RESULT_KEYS
+        curve = dict((s, a) for s, a in r["curve"])
+        # the goodput load meets 90%; every probe above it that was measured falls short
+        assert curve[round(r["goodput_rate_scale"], 4)] >= 0.9
+        assert all(a < 0.9 for s, a in curve.items() if s > r["goodput_rate_scale"] * 1.03)
+    base_curve = dict((s, a) for s, a in doc["results"][0]["curve"])
+    assert 0.3 <= base_curve[overload] <= 0.7  # about half of fcfs-rr's requests meet the SLO there
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert "goodput" in capsys.readouterr().out

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from llmfleet.core.noise_predictor import NoisyOraclePredictor
 from llmfleet.policies.registry import make_policy, policy_names
 from llmfleet.sim.costmodel import fit_splitwise, linear_cost_model
-from llmfleet.sim.engine import EngineConfig
+from llmfleet.sim.instance import EngineConfig
 from llmfleet.sim.simulator import SimConfig, Simulator
 from llmfleet.sim.traces import TraceRequest
 

@@ -11,7 +11,7 @@ import pytest
 
 from llmfleet.policies.registry import make_policy
 from llmfleet.sim.costmodel import linear_cost_model
-from llmfleet.sim.engine import EngineConfig
+from llmfleet.sim.instance import EngineConfig
 from llmfleet.sim.simulator import SimConfig, Simulator
 from llmfleet.sim.traces import TraceRequest
 

@@ -118,7 +118,7 @@ def test_config_validation() -> None:
 
 
 def test_kv_too_small_for_one_request_is_explained() -> None:
-    from llmfleet.sim.engine import EngineConfig
+    from llmfleet.sim.instance import EngineConfig
 
     cfg = SimConfig(instances=1, engine=EngineConfig(kv_capacity_tokens=64))
     with pytest.raises(RuntimeError, match="KV"):

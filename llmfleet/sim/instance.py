@@ -1,4 +1,4 @@
-"""One simulated vLLM engine: continuous batching, a token budget, KV blocks, recompute
+"""One simulated vLLM instance: continuous batching, a token budget, KV blocks, recompute
 preemption and an LRU prefix cache keyed by prefix hashes.
 
 Model (vLLM V1-like):

@@ -1,0 +1,31 @@
+"""`dynamo`: NVIDIA Dynamo's KV router (`--router-mode kv`) with its defaults.
+
+For each worker the router computes a cost in KV blocks,
+
+    cost = kv_overlap_score_weight * potential prefill blocks + potential decode blocks,
+
+where the prefill blocks are the prompt's blocks the worker does not already cache and the
+decode blocks are the worker's active blocks plus the request's own. With the default weight
+1.0 and router temperature 0 it picks the lowest cost. Requests go to the worker at once, where
+vLLM's FCFS continuous batching runs them to completion.
+"""
+
+from __future__ import annotations
+
+from llmfleet.core.config import SchedulingFields
+from llmfleet.core.scheduling import Decision, SchedulerView
+from llmfleet.policies.base import dispatch_in_order
+from llmfleet.policies.routing import RoutingProfile
+
+PROFILE = RoutingProfile(filters=("healthy",), scorers=(("kv-router", 1.0),), picker="max-score")
+
+
+class DynamoKvRouter:
+    name = "dynamo"
+
+    def __init__(self, config: SchedulingFields | None = None, profile: RoutingProfile = PROFILE) -> None:
+        del config  # routing only: nothing in the scheduling settings applies
+        self.profile = profile
+
+    def decide(self, view: SchedulerView) -> tuple[Decision, ...]:
+        return dispatch_in_order(view, view.queue, self.profile)

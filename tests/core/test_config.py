@@ -1,0 +1,80 @@
+"""The scheduling configuration has one owner, and every CRD scheduling field reaches the policy:
+each row sets one field in an LLMFleet spec, runs it through the operator's rendering into the
+ConfigMap's YAML, loads that as the dispatcher does, builds the policy with `make_policy`, and
+shows the decision changes on a hand-built view."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from llmfleet.core.config import SchedulingConfig
+from llmfleet.core.scheduling import SchedulerView
+from llmfleet.operator import render
+from llmfleet.operator.spec import FleetSpec, SchedulingSpec
+from llmfleet.policies.registry import make_policy
+from tests.policies.views import placed, pod, req, view
+
+
+def _through_the_crd(scheduling: dict[str, Any]) -> SchedulingConfig:
+    spec = FleetSpec.model_validate({"model": {"name": "m"}, "replicas": 3, "scheduling": scheduling})
+    cm = render.render_config_map(render.FleetRef(name="f", namespace="ns", uid="uid"), spec)
+    return SchedulingConfig.from_yaml(cm["data"]["scheduling.yaml"])
+
+
+def _decide(scheduling: dict[str, Any], v: SchedulerView) -> list[tuple[str, str, int]]:
+    return placed(make_policy(_through_the_crd(scheduling)).decide(v))
+
+
+GUARD_QUEUE = [req("long", 0, expected=500, arrival=0.0), req("short", 1, expected=10, arrival=39.0)]
+GUARD_VIEW = view(GUARD_QUEUE, [pod("a", running=3, est_s=6.0)], now=40.0)  # 0.09 s per token
+L4_PODS = [pod("p0", group="short"), pod("p1", group="long")]
+L4_VIEW = view([req("r", 0, generated=150)], L4_PODS)
+
+
+@pytest.mark.parametrize(
+    ("field", "before", "after", "v"),
+    [
+        ("policy", {"policy": "llmfleet"}, {"policy": "fcfs-rr"}, view([req("r", 0)], [pod("a", running=4)])),
+        ("sliceTokens", {}, {"sliceTokens": 16}, view([req("r", 0, expected=50)], [pod("a")])),
+        # long: 500 tokens x 0.09 s = 45 s of service; waited 40 s
+        ("slowdownBound", {"slowdownBound": 8}, {"slowdownBound": 0.5}, GUARD_VIEW),
+        ("starvationBoundSeconds", {"slowdownBound": None}, {"slowdownBound": None, "starvationBoundSeconds": 30}, GUARD_VIEW),
+        (
+            "prefillPaceTokens",
+            {},
+            {"prefillPaceTokens": 4096},
+            view([req("r", 0, prompt=1000)], [pod("a", prefilling=1500)]),  # 1500 + 1000 > 2048
+        ),
+        (
+            "lengthGroups",
+            {"policy": "l4", "lengthGroups": {"ranges": [{"name": "short", "minTokens": 0, "maxTokens": 100}, {"name": "long", "minTokens": 100}]}},
+            {"policy": "l4", "lengthGroups": {"ranges": [{"name": "short", "minTokens": 0, "maxTokens": 200}, {"name": "long", "minTokens": 200}]}},
+            L4_VIEW,
+        ),
+    ],
+)
+def test_each_crd_scheduling_field_changes_what_the_policy_decides(field, before, after, v) -> None:
+    assert _decide(before, v) != _decide(after, v), field
+
+
+def test_the_values_arrive_unchanged() -> None:
+    config = _through_the_crd({"sliceTokens": 64, "starvationBoundSeconds": 12.5, "slowdownBound": 3, "maxQueue": 7})
+    assert (config.slice_tokens, config.starvation_bound_seconds, config.slowdown_bound, config.max_queue) == (64, 12.5, 3, 7)
+    policy = make_policy(config)
+    assert (policy.slice_tokens, policy.starvation_bound_s, policy.slowdown_bound) == (64, 12.5, 3)  # type: ignore[attr-defined]
+
+
+def test_defaults_live_in_one_place() -> None:
+    # The CRD's scheduling block is the config's fields plus a ranker reference: same defaults.
+    crd, config = SchedulingSpec(), SchedulingConfig()
+    assert crd.model_dump(exclude={"ranker"}) == config.model_dump(exclude={"ranker"})
+    assert config.slice_tokens is None and config.slice_or_fallback == 128
+
+
+def test_an_unknown_policy_is_refused_with_the_known_names() -> None:
+    with pytest.raises(ValueError, match="unknown policy 'srpt'; known: fcfs-rr"):
+        SchedulingConfig(policy="srpt")
+    with pytest.raises(ValueError, match="unknown policy"):
+        FleetSpec.model_validate({"model": {"name": "m"}, "scheduling": {"policy": "srpt"}})
