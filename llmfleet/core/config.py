@@ -104,17 +104,11 @@ class SchedulingFields(_Camel):
     )
     length_groups: LengthGroups | None = Field(default=None, description="l4's length-specialised pod groups.")
     starvation_bound_seconds: float = Field(
-        default=60.0,
+        default=30.0,
         gt=0,
         le=86400,
-        description="No request waits longer than this after arrival before it goes ahead of shorter ones.",
-    )
-    slowdown_bound: float | None = Field(
-        default=8.0,
-        gt=0,
-        le=1000,
-        description="llmfleet's guard: a request also goes first once it has waited this many times its own "
-        "predicted service time. Unset leaves only the absolute bound.",
+        description="Starvation guard: a request that has waited this long after arrival goes ahead of every "
+        "shorter one (oldest first).",
     )
     prefill_pace_tokens: int | None = Field(
         default=2048,

@@ -12,14 +12,7 @@ import heapq
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from llmfleet.core.scheduling import (
-    ALL_REMAINING,
-    FALLBACK_S_PER_TOKEN,
-    Assignment,
-    Decision,
-    RequestState,
-    SchedulerView,
-)
+from llmfleet.core.scheduling import ALL_REMAINING, Assignment, Decision, RequestState, SchedulerView
 from llmfleet.policies.routing import RoutingProfile, Tentative
 
 # Hold requests at the dispatcher and only release one when a pod can start it now: the
@@ -65,17 +58,3 @@ def dispatch_ranked(
     # margin covers requests that no pod can fit (KV room) being skipped.
     ordered = heapq.nsmallest(slots * 2 + 8, view.queue, key=key)
     return dispatch_in_order(view, ordered, profile, max_tokens)
-
-
-def decode_pace_s(view: SchedulerView) -> float:
-    """Seconds per output token one request sees now (the fleet's median decode step).
-
-    A pod's `est_remaining_s / est_remaining_tokens` is engine seconds per token of throughput;
-    times the batch it is spread over, it is the step time each running request waits per token.
-    """
-    paces = sorted(
-        p.est_remaining_s / p.est_remaining_tokens * max(1, min(p.max_running, p.running + p.waiting))
-        for p in view.pods
-        if p.healthy and p.est_remaining_tokens > 0
-    )
-    return paces[len(paces) // 2] if paces else FALLBACK_S_PER_TOKEN

@@ -60,14 +60,14 @@ def _add_sim_args(p: argparse.ArgumentParser, rate: bool = True) -> None:
         "--config",
         default=None,
         help="scheduling config YAML, the CRD's scheduling block (sliceTokens, starvationBoundSeconds, "
-        "slowdownBound, lengthGroups, ranker); the flags below override it",
+        "prefillPaceTokens, lengthGroups, ranker); the flags below override it",
     )
     p.add_argument("--slice-tokens", type=_positive_int, default=None, help="slice length S (default: none)")
     p.add_argument(
         "--starvation-bound", type=_positive_float, default=None, help="absolute starvation guard, seconds"
     )
     p.add_argument(
-        "--slowdown-bound", type=_positive_float, default=None, help="llmfleet's size-relative guard"
+        "--prefill-pace", type=_positive_int, default=None, help="llmfleet's prefill pacing budget, tokens"
     )
     p.add_argument(
         "--cost-model",
@@ -198,7 +198,7 @@ def _configs(args: argparse.Namespace, names: list[str]):  # type: ignore[no-unt
     flags = {
         "slice_tokens": args.slice_tokens,
         "starvation_bound_seconds": args.starvation_bound,
-        "slowdown_bound": args.slowdown_bound,
+        "prefill_pace_tokens": args.prefill_pace,
         "ranker": args.ranker,
     }
     return [base.with_changes(policy=name, **flags) for name in names]

@@ -28,7 +28,7 @@ def _decide(scheduling: dict[str, Any], v: SchedulerView) -> list[tuple[str, str
 
 
 GUARD_QUEUE = [req("long", 0, expected=500, arrival=0.0), req("short", 1, expected=10, arrival=39.0)]
-GUARD_VIEW = view(GUARD_QUEUE, [pod("a", running=3, est_s=6.0)], now=40.0)  # 0.09 s per token
+GUARD_VIEW = view(GUARD_QUEUE, [pod("a", running=3)], now=40.0)
 L4_PODS = [pod("p0", group="short"), pod("p1", group="long")]
 L4_VIEW = view([req("r", 0, generated=150)], L4_PODS)
 
@@ -38,9 +38,7 @@ L4_VIEW = view([req("r", 0, generated=150)], L4_PODS)
     [
         ("policy", {"policy": "llmfleet"}, {"policy": "fcfs-rr"}, view([req("r", 0)], [pod("a", running=4)])),
         ("sliceTokens", {}, {"sliceTokens": 16}, view([req("r", 0, expected=50)], [pod("a")])),
-        # long: 500 tokens x 0.09 s = 45 s of service; waited 40 s
-        ("slowdownBound", {"slowdownBound": 8}, {"slowdownBound": 0.5}, GUARD_VIEW),
-        ("starvationBoundSeconds", {"slowdownBound": None}, {"slowdownBound": None, "starvationBoundSeconds": 30}, GUARD_VIEW),
+        ("starvationBoundSeconds", {}, {"starvationBoundSeconds": 60}, GUARD_VIEW),  # "long" waited 40 s
         (
             "prefillPaceTokens",
             {},
@@ -60,10 +58,10 @@ def test_each_crd_scheduling_field_changes_what_the_policy_decides(field, before
 
 
 def test_the_values_arrive_unchanged() -> None:
-    config = _through_the_crd({"sliceTokens": 64, "starvationBoundSeconds": 12.5, "slowdownBound": 3, "maxQueue": 7})
-    assert (config.slice_tokens, config.starvation_bound_seconds, config.slowdown_bound, config.max_queue) == (64, 12.5, 3, 7)
+    config = _through_the_crd({"sliceTokens": 64, "starvationBoundSeconds": 12.5, "prefillPaceTokens": 99, "maxQueue": 7})
+    assert (config.slice_tokens, config.starvation_bound_seconds, config.prefill_pace_tokens, config.max_queue) == (64, 12.5, 99, 7)
     policy = make_policy(config)
-    assert (policy.slice_tokens, policy.starvation_bound_s, policy.slowdown_bound) == (64, 12.5, 3)  # type: ignore[attr-defined]
+    assert (policy.slice_tokens, policy.starvation_bound_s, policy.profile.prefill_pace_tokens) == (64, 12.5, 99)  # type: ignore[attr-defined]
 
 
 def test_defaults_live_in_one_place() -> None:

@@ -54,7 +54,6 @@ def test_invariants_hold_on_random_workloads(
         engine=EngineConfig(
             max_running=max_running, token_budget=512, kv_capacity_tokens=kv_tokens, prefix_block_tokens=512
         ),
-        slice_tokens=slice_tokens,
         check_invariants=True,
     )
     times: list[float] = []
@@ -70,7 +69,7 @@ def test_invariants_hold_on_random_workloads(
             tokens_seen[req.rid] = req.generated
 
     predictor = NoisyOraclePredictor.fitted([r.output_tokens for r in trace], tau=0.5)
-    result = Simulator(trace, make_policy(policy), cost, cfg, predictor=predictor, observer=observe).run()
+    result = Simulator(trace, make_policy(policy, slice_tokens=slice_tokens), cost, cfg, predictor=predictor, observer=observe).run()
 
     assert sorted(finished) == sorted(r.request_id for r in trace)  # each completes exactly once
     by_id = {r.request_id: r for r in result.records}

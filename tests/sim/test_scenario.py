@@ -19,13 +19,12 @@ A = 0.001  # s per prefill token
 D = 0.01  # s per decode step
 
 
-def _run(trace: list[TraceRequest], policy: str = "fcfs-rr", **cfg_kw):
+def _run(trace: list[TraceRequest], policy: str = "fcfs-rr", **settings):
     cfg = SimConfig(
         instances=1,
         engine=EngineConfig(max_running=8, token_budget=100_000, kv_capacity_tokens=1 << 20),
-        **cfg_kw,
     )
-    result = Simulator(trace, make_policy(policy), linear_cost_model(A, D), cfg).run()
+    result = Simulator(trace, make_policy(policy, **settings), linear_cost_model(A, D), cfg).run()
     return {r.request_id: r for r in result.records}, result
 
 
