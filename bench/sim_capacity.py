@@ -4,6 +4,8 @@ bench/results/capacity_<regime>.json and .png, and prints the targets table.
 
     .venv/bin/python bench/sim_capacity.py                     # all three regimes
     .venv/bin/python bench/sim_capacity.py --regime conv       # one
+    .venv/bin/python bench/sim_capacity.py --ablation          # llmfleet with each part switched off
+    .venv/bin/python bench/sim_capacity.py --ranker .cache/ranker --policies fcfs-rr,llm-d,llmfleet
 
 Regimes (what real deployment each stands for):
 
@@ -45,6 +47,16 @@ REGIMES = {
     "memory": {"trace": "mooncake", "cost": "llama2-70b-tp4-h100", "max_running": 256, "ttft": 6.0},
 }
 PEERS = ("fcfs-rr", "least-load", "llm-d", "dynamo")
+# llmfleet with one part switched off at a time (label -> scheduling settings).
+ABLATION = {
+    "fcfs-rr": {"policy": "fcfs-rr"},
+    "llm-d": {"policy": "llm-d"},
+    "llmfleet": {"policy": "llmfleet"},
+    "llmfleet, no prefill pacing": {"policy": "llmfleet", "prefill_pace_tokens": None},
+    "llmfleet, 60 s starvation bound": {"policy": "llmfleet", "starvation_bound_seconds": 60},
+    "llmfleet, slices of 128": {"policy": "llmfleet", "slice_tokens": 128},
+    "ltr (rank order only)": {"policy": "ltr"},
+}
 
 
 def targets(doc: dict) -> list[dict]:
@@ -78,17 +90,23 @@ def main() -> int:
     ap.add_argument("--tau", type=float, default=0.6)
     ap.add_argument("--ranker", default=None, help="learned ranker artifact (adds no rows; replaces the stand-in)")
     ap.add_argument("--limit", type=int, default=None)
+    ap.add_argument("--ablation", action="store_true", help="run llmfleet with each part switched off instead")
     ap.add_argument("--out-dir", default=str(ROOT / "bench" / "results"))
     args = ap.parse_args()
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    names = [n for n in args.policies.split(",") if n]
+    if args.ablation:
+        names = list(ABLATION)
+        configs = [SchedulingConfig(**ABLATION[n], ranker=args.ranker) for n in names]
+    else:
+        names = [n for n in args.policies.split(",") if n]
+        configs = [SchedulingConfig(policy=n, ranker=args.ranker) for n in names]
     for regime in args.regime or list(REGIMES):
         r = REGIMES[regime]
         t0 = time.time()
         study = CapacityStudy(
             trace=str(r["trace"]),
-            configs=[SchedulingConfig(policy=n, ranker=args.ranker) for n in names],
+            configs=configs,
             labels=names,
             cost=load_cost_model(str(r["cost"])),
             cfg=SimConfig(instances=4, engine=EngineConfig(max_running=int(r["max_running"]))),
@@ -101,9 +119,10 @@ def main() -> int:
         doc = study.measure()
         doc["regime"] = regime
         doc["setup"] = {**r, "instances": 4, "tau": args.tau, "ranker": args.ranker, "limit": args.limit}
-        doc["targets"] = targets(doc)
+        if not args.ablation:
+            doc["targets"] = targets(doc)
         doc["wall_s"] = round(time.time() - t0, 1)
-        stem = f"capacity_{regime}" + ("_ranker" if args.ranker else "")
+        stem = f"capacity_{regime}" + ("_ranker" if args.ranker else "") + ("_ablation" if args.ablation else "")
         (out / f"{stem}.json").write_text(json.dumps(doc, indent=2) + "\n")
         attainment_vs_load(doc, out / f"{stem}.png", f"{regime}: {r['trace']}, {r['cost']}, max_num_seqs {r['max_running']}")
         print(f"== {regime} (overload x{doc['overload_rate_scale']})")
@@ -111,7 +130,7 @@ def main() -> int:
             o = res["at_overload"]
             print(f"  {res['policy']:12s} goodput x{res['goodput_rate_scale']:<7.3f} overload: SLO {o['slo_attainment']:.3f} "
                   f"TTFT {o['mean_ttft_s']:.2f} mean {o['mean_latency_s']:.2f} p99 {o['p99_latency_s']:.2f} tok/s {o['throughput_tok_s']:.0f}")
-        for t in doc["targets"]:
+        for t in doc.get("targets", []):
             print(f"  {t['metric']:45s} {t['value']:.3f} (vs {t['against']})")
     return 0
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmfleet.core.config import SchedulingConfig
+from llmfleet.core.prediction import LengthEstimate, LengthPredictor, PredictionInput
 from llmfleet.sim.costmodel import CostModel
 from llmfleet.sim.metrics import RESULT_KEYS, Slo
 from llmfleet.sim.runner import PolicyRun, find_threshold, load_predictor, run_policies
@@ -25,6 +26,22 @@ from llmfleet.sim.traces import load_trace
 BASELINE = "fcfs-rr"
 OVERLOAD_ATTAINMENT = 0.5
 GRID = (0.5, 0.75, 0.9, 1.0, 1.1)  # multiples of the overload point every policy is run at
+
+
+class MemoPredictor:
+    """A predictor that asks the one it wraps about each request id once."""
+
+    def __init__(self, inner: LengthPredictor) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self._memo: dict[str, LengthEstimate] = {}
+
+    def predict(self, items: Sequence[PredictionInput]) -> list[LengthEstimate]:
+        new = [it for it in items if it.request_id not in self._memo]
+        if new:
+            for it, est in zip(new, self.inner.predict(new), strict=True):
+                self._memo[it.request_id] = est
+        return [self._memo[it.request_id] for it in items]
 
 
 @dataclass
@@ -46,6 +63,7 @@ class CapacityStudy:
         if BASELINE not in self.labels:
             raise ValueError(f"capacity needs {BASELINE!r} among the policies: it defines the overload point")
         self._runs: dict[tuple[str, float], PolicyRun] = {}
+        self._predictor: MemoPredictor | None = None
 
     def run(self, label: str, scale: float) -> PolicyRun:
         scale = round(scale, 4)
@@ -53,8 +71,13 @@ class CapacityStudy:
         if key not in self._runs:
             config = self.configs[list(self.labels).index(label)]
             trace = load_trace(self.trace, rate_scale=scale, limit=self.limit)
-            predictor = load_predictor(self.ranker, trace, self.tau, self.seed)
-            (run,) = run_policies(trace, [config], self.cost, self.cfg, predictor, slo=self.slo, labels=[label])
+            if self._predictor is None:
+                # A request's estimate depends on the request, not on the load: one predictor,
+                # memoised, serves every probe (a learned ranker predicts each request once).
+                self._predictor = MemoPredictor(load_predictor(self.ranker, trace, self.tau, self.seed))
+            (run,) = run_policies(
+                trace, [config], self.cost, self.cfg, self._predictor, slo=self.slo, labels=[label]
+            )
             self._runs[key] = run
             if self.on_run is not None:
                 self.on_run(label, scale, run.summary)

@@ -64,9 +64,19 @@ def attainment_vs_load(doc: Mapping, out: str | Path, title: str) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 4.6))
     target = doc["slo"]["attainment"]
-    for r in doc["results"]:
+    colors = plt.cm.tab20.colors  # more policies than the default cycle has colours
+    for i, r in enumerate(doc["results"]):
         xs = [p[0] for p in r["curve"]]
-        line = ax.plot(xs, [p[1] for p in r["curve"]], marker="o", markersize=3, label=r["policy"])[0]
+        ours = r["policy"] == "llmfleet"
+        line = ax.plot(
+            xs,
+            [p[1] for p in r["curve"]],
+            marker="o",
+            markersize=3,
+            label=r["policy"],
+            color="black" if ours else colors[(2 * i) % 20 + (i // 10) % 2],
+            linewidth=2.4 if ours else 1.2,
+        )[0]
         if r["goodput_rate_scale"] > 0:
             ax.axvline(r["goodput_rate_scale"], color=line.get_color(), alpha=0.35, linestyle=":")
     ax.axhline(target, color="black", linewidth=0.8, linestyle="--", label=f"{target:.0%} target")
