@@ -58,3 +58,20 @@ def dispatch_ranked(
     # margin covers requests that no pod can fit (KV room) being skipped.
     ordered = heapq.nsmallest(slots * 2 + 8, view.queue, key=key)
     return dispatch_in_order(view, ordered, profile, max_tokens)
+
+
+class RoutedFcfs:
+    """The shape of the routing-only baselines (least-load, llm-d, dynamo): every queued request
+    goes to a pod at once, in arrival order, where the engine's own FCFS batching runs it to
+    completion. Subclasses name themselves and their routing profile; no scheduling setting
+    applies to them."""
+
+    name = "routed-fcfs"
+    PROFILE: RoutingProfile = RoutingProfile()
+
+    def __init__(self, config: object = None, profile: RoutingProfile | None = None) -> None:
+        del config  # routing only
+        self.profile = profile or self.PROFILE
+
+    def decide(self, view: SchedulerView) -> tuple[Decision, ...]:
+        return dispatch_in_order(view, view.queue, self.profile)

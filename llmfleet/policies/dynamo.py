@@ -12,20 +12,12 @@ vLLM's FCFS continuous batching runs them to completion.
 
 from __future__ import annotations
 
-from llmfleet.core.config import SchedulingFields
-from llmfleet.core.scheduling import Decision, SchedulerView
-from llmfleet.policies.base import dispatch_in_order
+from llmfleet.policies.base import RoutedFcfs
 from llmfleet.policies.routing import RoutingProfile
 
 PROFILE = RoutingProfile(filters=("healthy",), scorers=(("kv-router", 1.0),), picker="max-score")
 
 
-class DynamoKvRouter:
+class DynamoKvRouter(RoutedFcfs):
     name = "dynamo"
-
-    def __init__(self, config: SchedulingFields | None = None, profile: RoutingProfile = PROFILE) -> None:
-        del config  # routing only: nothing in the scheduling settings applies
-        self.profile = profile
-
-    def decide(self, view: SchedulerView) -> tuple[Decision, ...]:
-        return dispatch_in_order(view, view.queue, self.profile)
+    PROFILE = PROFILE

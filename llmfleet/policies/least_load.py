@@ -4,18 +4,12 @@ then runs its own FCFS continuous batching."""
 
 from __future__ import annotations
 
-from llmfleet.core.scheduling import Decision, SchedulerView
-from llmfleet.policies.base import dispatch_in_order
+from llmfleet.policies.base import RoutedFcfs
 from llmfleet.policies.routing import RoutingProfile
 
 PROFILE = RoutingProfile(filters=("healthy",), scorers=(("queue", 1.0), ("kv-cache", 1.0)))
 
 
-class LeastLoad:
+class LeastLoad(RoutedFcfs):
     name = "least-load"
-
-    def __init__(self, profile: RoutingProfile = PROFILE) -> None:
-        self.profile = profile
-
-    def decide(self, view: SchedulerView) -> tuple[Decision, ...]:
-        return dispatch_in_order(view, view.queue, self.profile)
+    PROFILE = PROFILE

@@ -15,9 +15,7 @@ own FCFS continuous batching runs it to completion.
 
 from __future__ import annotations
 
-from llmfleet.core.config import SchedulingFields
-from llmfleet.core.scheduling import Decision, SchedulerView
-from llmfleet.policies.base import dispatch_in_order
+from llmfleet.policies.base import RoutedFcfs
 from llmfleet.policies.routing import RoutingProfile
 
 PROFILE = RoutingProfile(
@@ -26,12 +24,6 @@ PROFILE = RoutingProfile(
 )
 
 
-class LlmD:
+class LlmD(RoutedFcfs):
     name = "llm-d"
-
-    def __init__(self, config: SchedulingFields | None = None, profile: RoutingProfile = PROFILE) -> None:
-        del config  # routing only: nothing in the scheduling settings applies
-        self.profile = profile
-
-    def decide(self, view: SchedulerView) -> tuple[Decision, ...]:
-        return dispatch_in_order(view, view.queue, self.profile)
+    PROFILE = PROFILE
