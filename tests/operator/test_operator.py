@@ -175,6 +175,16 @@ async def test_invalid_spec_degrades_with_an_event_and_no_retry_storm(emulator: 
     await _ready(emulator, name)
 
 
+async def test_an_unknown_policy_degrades_the_fleet_instead_of_crash_looping_its_dispatcher(
+    emulator: KubeEmulator, operator: Any
+) -> None:
+    name = _create(emulator, scheduling={"policy": "shortest-first"})  # passes the CRD's name pattern
+    await eventually(lambda: _condition(emulator, name, "Degraded").get("status") == "True", "Degraded")
+    message = _condition(emulator, name, "Degraded")["message"]
+    assert "unknown policy 'shortest-first'" in message and "llmfleet" in message
+    assert _children(emulator) == [], "no dispatcher is started with a policy it cannot build"
+
+
 async def test_deleting_the_fleet_removes_everything(emulator: KubeEmulator, operator: Any) -> None:
     assert not emulator.gc, "garbage collection stays off: the operator's own cleanup is under test"
     name = _create(emulator, "full.yaml")
