@@ -18,10 +18,10 @@ import platform
 import sys
 from pathlib import Path
 
-from llmfleet.demo.fleet import FleetSpec
 from llmfleet.demo.report import plot, ratio_rows, results_json
 from llmfleet.demo.run import DEFAULT_RANKER_DIR, DemoOptions, ensure_ranker, run_demo
 from llmfleet.demo.workload import WorkloadSpec
+from llmfleet.fleet.local import FleetSpec
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -30,8 +30,8 @@ import grpc
 import httpx
 
 from llmfleet.core.config import SchedulingConfig
-from llmfleet.demo.fleet import LlmfleetProcess
 from llmfleet.engine.process import free_port
+from llmfleet.fleet.local import LlmfleetProcess
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

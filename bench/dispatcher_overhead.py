@@ -24,8 +24,8 @@ import grpc
 import numpy as np
 
 from llmfleet.core.config import SchedulingConfig
-from llmfleet.demo.fleet import FleetSpec, LocalFleet
 from llmfleet.engine.client import EngineClient
+from llmfleet.fleet.local import FleetSpec, LocalFleet
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

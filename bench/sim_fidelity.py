@@ -22,10 +22,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from llmfleet.core.config import SchedulingConfig
-from llmfleet.demo.fleet import FleetSpec, LocalFleet
 from llmfleet.demo.replay import replay
 from llmfleet.demo.report import summarize_outcomes
 from llmfleet.demo.workload import WorkloadSpec, build_workload
+from llmfleet.fleet.local import FleetSpec, LocalFleet
 from llmfleet.sim.calibrate import calibrate_engine
 from llmfleet.sim.instance import EngineConfig
 from llmfleet.sim.runner import load_predictor, run_policies

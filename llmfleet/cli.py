@@ -18,6 +18,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("engine", "llmfleet.engine.cli", "Build the tiny model, serve real vLLM, query an engine."),
     ("sim", "llmfleet.sim.cli", "Trace-driven simulator: run, sweep and calibrate scheduling policies."),
     ("ranker", "llmfleet.ranker.cli", "Train and evaluate the learned output-length ranker."),
+    ("fleet", "llmfleet.fleet.cli", "Run a local fleet (real vLLM or simulated engines) until Ctrl-C."),
     ("dispatcher", "llmfleet.dispatcher.cli", "Run the gRPC dispatcher (slice-level scheduling, offloading)."),
     ("sidecar", "llmfleet.sidecar.cli", "Run the sidecar that executes slices on its local vLLM."),
     ("client", "llmfleet.client.cli", "Send requests to a dispatcher from the shell."),

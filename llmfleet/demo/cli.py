@@ -50,9 +50,9 @@ def register(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from llmfleet.demo.fleet import FleetSpec
     from llmfleet.demo.run import DemoOptions, run_demo
     from llmfleet.demo.workload import WorkloadSpec
+    from llmfleet.fleet.local import FleetSpec
 
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     if not policies:

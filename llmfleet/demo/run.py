@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 from llmfleet.core.config import SchedulingConfig
-from llmfleet.demo.fleet import FleetSpec, LocalFleet
 from llmfleet.demo.replay import Outcome, replay
 from llmfleet.demo.report import plot, print_table, results_json, summarize_outcomes, write_results
 from llmfleet.demo.workload import WorkloadRequest, WorkloadSpec, build_workload
+from llmfleet.fleet.local import FleetSpec, LocalFleet
 
 
 @dataclass

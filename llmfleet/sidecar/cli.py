@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -17,6 +18,13 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--port", type=int, default=50061, help="gRPC port (default 50061)")
     parser.add_argument("--host", default="[::]", help="address to bind (default all interfaces)")
+    parser.add_argument(
+        "--engine",
+        choices=("vllm", "simulated"),
+        default="vllm",
+        help="vllm: the vLLM server at --engine-url (default); simulated: an in-process simulated engine "
+        "(deterministic tokens, a step time that grows with the batch), for local work and tests",
+    )
     parser.add_argument("--engine-url", default="http://127.0.0.1:8000", help="the local vLLM server")
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (off if unset)")
     parser.add_argument("--group", default="", help="length group this pod belongs to (L4 policy)")
@@ -49,8 +57,14 @@ def _serve(args: argparse.Namespace) -> int:
     tls = TlsFiles(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
 
     async def main() -> None:
+        engine: Any = args.engine_url
+        if args.engine == "simulated":
+            from llmfleet.engine.simulated import SimulatedEngineClient, SimulatedEngineConfig
+
+            config = SimulatedEngineConfig(max_num_seqs=args.max_num_seqs or 32, name=f"port{args.port}")
+            engine = SimulatedEngineClient(config)
         handle = await serve_sidecar(
-            args.engine_url,
+            engine,
             port=args.port,
             host=args.host,
             metrics_port=args.metrics_port,
@@ -59,7 +73,8 @@ def _serve(args: argparse.Namespace) -> int:
             load_interval_s=args.load_interval,
             tls=tls,
         )
-        print(f"sidecar serving on port {handle.port} for engine {args.engine_url}", flush=True)
+        what = "a simulated engine" if args.engine == "simulated" else f"engine {args.engine_url}"
+        print(f"sidecar serving on port {handle.port} for {what}", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):

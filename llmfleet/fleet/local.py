@@ -1,4 +1,5 @@
-"""A local fleet on this machine: real vLLM engines, one sidecar each, and a dispatcher.
+"""A local fleet on this machine: engines (real vLLM, or the simulated engine inside each
+sidecar), one sidecar each, and a dispatcher.
 
 Every part is a child process in its own process group, started through the same `llmfleet`
 commands a Kubernetes pod runs, and stopped by PID, so nothing outlives the fleet, even on
@@ -48,9 +49,13 @@ class LlmfleetProcess(ManagedProcess):
         self.wait_until(lambda: grpc_serving(self.address), timeout, "serving")
 
 
+ENGINES = ("vllm", "simulated")
+
+
 @dataclass
 class FleetSpec:
     engines: int = 2
+    engine: str = "vllm"  # "vllm": real vLLM servers; "simulated": each sidecar runs the simulated engine
     max_num_seqs: int = 8
     max_model_len: int = 2048
     engine_args: list[str] = field(default_factory=list)
@@ -68,6 +73,11 @@ class LocalFleet:
         self.dispatcher: LlmfleetProcess | None = None
 
     def start(self, engine_timeout_s: float = 300.0) -> None:
+        if self.spec.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {', '.join(ENGINES)}, not {self.spec.engine!r}")
+        if self.spec.engine == "simulated":
+            self._start_sidecars([["--engine", "simulated"]] * self.spec.engines)
+            return
         args = ["--max-num-seqs", str(self.spec.max_num_seqs), "--max-model-len", str(self.spec.max_model_len)]
         for i in range(self.spec.engines):
             engine = EngineProcess(
@@ -77,11 +87,14 @@ class LocalFleet:
             engine.start()  # all engines boot in parallel
         for engine in self.engines:
             engine.wait_healthy(engine_timeout_s)
-        for i, engine in enumerate(self.engines):
+        self._start_sidecars([["--engine-url", e.url] for e in self.engines])
+
+    def _start_sidecars(self, engine_args: list[list[str]]) -> None:
+        for i, engine in enumerate(engine_args):
             port = free_port()
             sidecar = LlmfleetProcess(
                 f"sidecar-{i}",
-                ["sidecar", "--host", "127.0.0.1", "--port", str(port), "--engine-url", engine.url,
+                ["sidecar", "--host", "127.0.0.1", "--port", str(port), *engine,
                  "--max-num-seqs", str(self.spec.max_num_seqs), "--group", "default"],
                 port,
                 self.log_dir / f"sidecar-{i}.log",
@@ -91,10 +104,10 @@ class LocalFleet:
         for sidecar in self.sidecars:
             sidecar.wait_serving()
 
-    def start_dispatcher(self, config: SchedulingConfig) -> LlmfleetProcess:
+    def start_dispatcher(self, config: SchedulingConfig, port: int | None = None) -> LlmfleetProcess:
         """(Re)start the dispatcher with a scheduling config; returns it once it serves."""
         self.stop_dispatcher()
-        port = free_port()
+        port = port or free_port()
         config_path = self.log_dir / f"scheduling-{config.policy}.yaml"
         config_path.write_text(config.to_yaml())
         pods = ",".join(s.address for s in self.sidecars)

@@ -1,0 +1,113 @@
+"""`llmfleet fleet up` as a user runs it: a child process that prints its dispatcher's address,
+serves `llmfleet client` calls, and leaves nothing running after SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from llmfleet.fleet.local import grpc_serving
+
+
+def _start(args: list[str], log_dir: Path) -> tuple[subprocess.Popen[str], queue.Queue[str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "llmfleet.cli", "fleet", "up", *args, "--log-dir", str(log_dir)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return proc, lines
+
+
+def _address(proc: subprocess.Popen[str], lines: queue.Queue[str], timeout_s: float) -> str:
+    deadline = time.monotonic() + timeout_s
+    seen: list[str] = []
+    while time.monotonic() < deadline:
+        try:
+            line = lines.get(timeout=0.5)
+        except queue.Empty:
+            if proc.poll() is not None:
+                break
+            continue
+        seen.append(line)
+        m = re.search(r"dispatcher: (\S+)", line)
+        if m:
+            return m.group(1)
+    raise AssertionError(f"the fleet printed no dispatcher address within {timeout_s} s:\n{''.join(seen)}")
+
+
+def _client(address: str, *args: str) -> dict:
+    out = subprocess.run(
+        [sys.executable, "-m", "llmfleet.cli", "client", "--target", address, *args, "--json"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _sidecar_addresses(log_dir: Path) -> list[str]:
+    ports = []
+    for log in sorted(log_dir.glob("sidecar-*.log")):
+        m = re.search(r"serving on port (\d+)", log.read_text())
+        assert m, f"{log.name} has no serving line"
+        ports.append(f"127.0.0.1:{m.group(1)}")
+    return ports
+
+
+def _stop_and_check(proc: subprocess.Popen[str], log_dir: Path, sidecars: list[str]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    for address in sidecars:
+        assert not grpc_serving(address), f"sidecar {address} outlived the fleet"
+
+
+def _run(args: list[str], tmp_path: Path, start_timeout_s: float) -> None:
+    log_dir = tmp_path / "logs"
+    proc, lines = _start(args, log_dir)
+    try:
+        address = _address(proc, lines, start_timeout_s)
+        g = _client(address, "generate", "--token-ids", "5,6,7", "--max-tokens", "12", "--ignore-eos")
+        assert len(g["token_ids"]) == 12 and g["finish_reason"] == "length"
+        t = _client(address, "generate", "Hello, fleet", "--max-tokens", "4", "--ignore-eos")
+        assert len(t["token_ids"]) == 4
+        sidecars = _sidecar_addresses(log_dir)
+        assert len(sidecars) == int(args[args.index("--engines") + 1])
+        _stop_and_check(proc, log_dir, sidecars)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_fleet_up_with_simulated_engines(tmp_path: Path) -> None:
+    _run(["--engine", "simulated", "--engines", "2"], tmp_path, start_timeout_s=60)
+
+
+@pytest.mark.engine
+def test_fleet_up_with_real_vllm(tmp_path: Path) -> None:
+    _run(["--engine", "vllm", "--engines", "1", "--max-num-seqs", "4"], tmp_path, start_timeout_s=300)
+
+
+def test_fleet_up_refuses_a_bad_config_in_one_line(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "llmfleet.cli", "fleet", "up", "--engine", "simulated", "--policy", "nope"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2 and "unknown policy 'nope'" in out.stderr
