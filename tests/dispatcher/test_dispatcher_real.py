@@ -106,11 +106,16 @@ async def test_cancellation_and_deadlines_free_the_engine(engine, sidecar_a):
         async with DispatcherClient(handle.address) as c:
             call = c.stream(prompt_ids=PROMPTS[0], max_tokens=1500, ignore_eos=True)
             await call.read()
-            assert await _engine_running(engine) == 1
-            call.cancel()
+
+            async def busy() -> bool:
+                return await _engine_running(engine) == 1
 
             async def idle() -> bool:
                 return await _engine_running(engine) == 0
+
+            # vLLM's gauges follow its engine loop, a moment after the first token: poll, never race.
+            await wait_for_condition(busy, 30, what="the engine reports the request running")
+            call.cancel()
 
             await wait_for_condition(idle, 30, what="engine running count drops to 0 after cancel")
             with pytest.raises(grpc.aio.AioRpcError) as err:

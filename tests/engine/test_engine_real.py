@@ -66,29 +66,39 @@ async def test_scraper_sees_waiting_when_slots_are_full(engine: EngineProcess) -
 
 
 async def test_priority_changes_order_of_service(engine: EngineProcess) -> None:
-    """With all 4 slots busy, a later high-priority request starts before an earlier low-priority one."""
-    async with EngineClient(engine.url, timeout=180) as client:
-        # Blockers of different lengths free their slots one at a time, and are long enough that
-        # none finishes before both test requests are queued, even on a quiet machine.
+    """With all 4 slots busy, a later high-priority request starts before an earlier low-priority one.
+
+    The test, not the clock, frees the slots: the blockers are too long to finish during the test
+    (1,900 tokens), and cancelling one (vLLM aborts a request whose client goes away) frees exactly
+    one slot. So the outcome does not depend on how fast a busy machine runs the engine."""
+    async with EngineClient(engine.url, timeout=600) as client:
         blockers = [
-            asyncio.create_task(client.complete(f"blocker {i}", 1000 + 150 * i, ignore_eos=True, priority=0))
-            for i in range(4)
+            asyncio.create_task(client.complete(f"blocker {i}", 1900, ignore_eos=True, priority=0)) for i in range(4)
         ]
-        await wait_for_condition(
-            lambda: _running_at_least(client, 4), timeout=60, interval=0.05, what="4 running"
-        )
         first_token_at: dict[str, float] = {}
 
         async def timed(name: str, priority: int) -> None:
             async for _chunk in client.stream(f"request {name}", 8, ignore_eos=True, priority=priority):
                 first_token_at.setdefault(name, time.monotonic())
 
-        low = asyncio.create_task(timed("low", 100))
-        await wait_for_condition(lambda: _waiting_at_least(client, 1), timeout=30, what="low queued")
-        high = asyncio.create_task(timed("high", -100))
-        await wait_for_condition(lambda: _waiting_at_least(client, 2), timeout=30, what="high queued")
-        await asyncio.gather(low, high, *blockers)
-        assert first_token_at["high"] < first_token_at["low"]
+        try:
+            await wait_for_condition(lambda: _running_at_least(client, 4), timeout=60, interval=0.05, what="4 running")
+            low = asyncio.create_task(timed("low", 100))
+            await wait_for_condition(lambda: _waiting_at_least(client, 1), timeout=60, what="low queued")
+            high = asyncio.create_task(timed("high", -100))
+            await wait_for_condition(lambda: _waiting_at_least(client, 2), timeout=60, what="high queued")
+            assert not first_token_at, "nothing may start while every slot is held"
+            blockers[0].cancel()  # one slot frees: the engine must give it to the high-priority request
+            await wait_for_condition(lambda: "high" in first_token_at, timeout=60, what="high started")
+            assert "low" not in first_token_at, "the earlier low-priority request took the freed slot"
+            for b in blockers[1:]:
+                b.cancel()
+            await asyncio.gather(low, high)
+            assert first_token_at["high"] < first_token_at["low"]
+        finally:
+            for b in blockers:
+                b.cancel()
+            await asyncio.gather(*blockers, return_exceptions=True)
 
 
 async def _running_at_least(client: EngineClient, n: int) -> bool:
