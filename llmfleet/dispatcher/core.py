@@ -19,6 +19,7 @@ import collections
 import contextlib
 import logging
 import uuid
+from dataclasses import replace
 
 from llmfleet.core.clock import Clock
 from llmfleet.core.prediction import LengthEstimate, LengthPredictor, PredictionInput
@@ -338,7 +339,12 @@ class Dispatcher(SliceExecution):
     def schedule_once(self) -> int:
         """One scheduling point: decide and apply. Returns the number of slices started."""
         started = self.clock.now()
-        decisions = self.policy.decide(self.view())
+        view = self.view()
+        try:
+            decisions = self.policy.decide(view)
+        except Exception as exc:  # a policy bug fails the requests it chokes on, not the dispatcher
+            self._isolate_policy_failure(view, exc)
+            return 0
         seen: set[str] = set()
         launched = 0
         for d in decisions:
@@ -353,6 +359,29 @@ class Dispatcher(SliceExecution):
         self.metrics.decision_seconds.observe(max(0.0, self.clock.now() - started))
         self._update_gauges()
         return launched
+
+    def _isolate_policy_failure(self, view: SchedulerView, exc: Exception) -> None:
+        """`decide()` raised: find the queued requests it raises on, alone, and fail them.
+
+        Each queued request is offered to the policy in a view of its own; those it still raises
+        on end with INTERNAL and the policy's error, and the rest stay queued for the next
+        scheduling point. When no single request reproduces the error, every queued request is
+        failed, so nothing waits forever on a policy that cannot decide.
+        """
+        self.metrics.policy_failures.inc()
+        log.error("policy %s raised; isolating the requests concerned: %r", getattr(self.policy, "name", "?"), exc)
+        culprits: list[tuple[str, Exception]] = []
+        for state in view.queue:
+            try:
+                self.policy.decide(replace(view, queue=(state,)))
+            except Exception as alone:
+                culprits.append((state.request_id, alone))
+        if not culprits:
+            culprits = [(s.request_id, exc) for s in view.queue]
+        for request_id, error in culprits:
+            req = self.queue.get(request_id)
+            if req is not None:
+                self._fail(req, "INTERNAL", f"the scheduling policy failed on this request: {error}")
 
     # ----- observability ------------------------------------------------------------------------
     def _update_gauges(self) -> None:

@@ -42,6 +42,11 @@ class DispatcherMetrics:
         self.policy_errors = Counter(
             "llmfleet_dispatcher_policy_errors", "Decisions ignored (unknown id, duplicate, unhealthy pod)", registry=r
         )
+        self.policy_failures = Counter(
+            "llmfleet_dispatcher_policy_failures",
+            "Scheduling points at which the policy raised (the requests it raised on were failed)",
+            registry=r,
+        )
         self.tokens = Counter("llmfleet_dispatcher_tokens", "Output tokens streamed to clients", registry=r)
         self.pod_inflight = Gauge("llmfleet_dispatcher_pod_inflight", "Slices running on each pod", ["pod"], registry=r)
         self.pod_running = Gauge("llmfleet_dispatcher_pod_engine_running", "Engine running requests", ["pod"], registry=r)

@@ -170,3 +170,35 @@ async def test_prefill_pacing_holds_the_next_prompt_until_the_first_token():
     finally:
         await d.stop(0)
         await pod.stop()
+
+
+class RaisesOnPoison:
+    """Test policy: FCFS to the first pod, but raises whenever a request with priority 666 is queued."""
+
+    name = "test-raises"
+
+    def decide(self, view: SchedulerView) -> tuple[Decision, ...]:
+        if any(r.priority == 666 for r in view.queue):
+            raise ValueError("cannot rank priority 666")
+        return tuple(Assignment(r.request_id, view.pods[0].pod_id, ALL_REMAINING) for r in view.queue)
+
+
+async def test_a_policy_that_raises_fails_only_the_requests_it_raises_on():
+    pod = await start_fake_pod(token_delay_s=0.001)
+    d = await _dispatcher(RaisesOnPoison(), [pod])
+    try:
+        poison = await d.submit(GenerateSpec(max_tokens=4, prompt_ids=(1,), ignore_eos=True, priority=666))
+        fine = await d.submit(GenerateSpec(max_tokens=4, prompt_ids=(2,), ignore_eos=True))
+        ids, end = await asyncio.wait_for(_drain(poison), 10)
+        assert isinstance(end, FailEvent) and end.code == "INTERNAL"
+        assert "cannot rank priority 666" in end.message and not ids
+        ids, end = await asyncio.wait_for(_drain(fine), 10)
+        assert isinstance(end, FinishEvent) and ids == reference((2,), 4)
+        # the loop survived: a later request is scheduled as usual
+        later = await d.submit(GenerateSpec(max_tokens=3, prompt_ids=(3,), ignore_eos=True))
+        ids, end = await asyncio.wait_for(_drain(later), 10)
+        assert isinstance(end, FinishEvent) and len(ids) == 3
+        assert d.metrics.policy_failures._value.get() >= 1
+    finally:
+        await d.stop(0)
+        await pod.stop()
