@@ -13,6 +13,7 @@ from llmfleet.core.scheduling import RequestState
 from llmfleet.engine.client import SamplingParams
 
 MAX_REQUEST_ID_LEN = 256
+PRIORITY_LIMIT = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -83,6 +84,9 @@ class GenerateSpec:
             raise InvalidRequest(f"top_k must be >= 1 (or unset), got {s.top_k}")
         if self.deadline_s is not None and self.deadline_s <= 0:
             raise InvalidRequest(f"deadline must be positive, got {self.deadline_s * 1000:.0f} ms")
+        if not -PRIORITY_LIMIT <= self.priority <= PRIORITY_LIMIT:
+            # vLLM takes the negated priority as a 32-bit int: -2**31 would not survive the negation.
+            raise InvalidRequest(f"priority must be within +-{PRIORITY_LIMIT}, got {self.priority}")
         if self.request_id is not None and not 0 < len(self.request_id) <= MAX_REQUEST_ID_LEN:
             raise InvalidRequest(f"request_id must have 1 to {MAX_REQUEST_ID_LEN} characters")
 

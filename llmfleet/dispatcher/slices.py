@@ -116,6 +116,9 @@ class SliceExecution:
             failure = exc
         except asyncio.CancelledError:
             pass  # cancel, deadline, preemption or shutdown; handled below
+        except Exception as exc:  # e.g. a channel closed under the call: resume elsewhere, never hang
+            log.warning("slice of %s on %s broke unexpectedly: %r", req.request_id, pod.pod_id, exc)
+            failure = PodFailure(f"slice on {pod.pod_id} broke: {exc!r}")
         finally:
             pod.remove_inflight(req.request_id)
             # Closing the stream cancels the gRPC call, which aborts the engine work behind it.

@@ -46,6 +46,7 @@ async def fleet(fake_pods):
         (dict(prompt_ids=PROMPT, max_tokens=5, top_p=1.5), "top_p must be in (0, 1]"),
         (dict(prompt_ids=PROMPT, max_tokens=5, top_k=-2), "top_k must be >= 0"),
         (dict(prompt_ids=PROMPT, max_tokens=5, deadline_ms=-1), "must not be negative"),
+        (dict(prompt_ids=PROMPT, max_tokens=5, priority=-(2**31)), "priority must be within"),
         (dict(prompt="x" * 600, max_tokens=5), "prompt is 600 tokens long but the model's context is 512 tokens"),
         (dict(prompt_ids=list(range(500)), max_tokens=20), "set max_tokens to at most 12"),
     ],

@@ -202,3 +202,32 @@ async def test_a_policy_that_raises_fails_only_the_requests_it_raises_on():
     finally:
         await d.stop(0)
         await pod.stop()
+
+
+async def test_an_unexpected_error_in_a_slice_resumes_elsewhere_instead_of_hanging():
+    """Not an RPC error (e.g. a channel closed under the call): the slice counts as a pod failure,
+    so the request resumes on another pod with its tokens exact, rather than staying running."""
+    pods = [await start_fake_pod(token_delay_s=0.001), await start_fake_pod(token_delay_s=0.001)]
+    d = await _dispatcher(make_policy("fcfs-rr"), pods)
+    try:
+        broken = d.pods["p0"]
+        original = broken.run_slice
+
+        def run_slice(*args, **kwargs):
+            async def fail():
+                raise RuntimeError("Channel closed!")
+                yield  # an async generator, like the real stream
+
+            broken.run_slice = original  # type: ignore[method-assign]  # only the first call breaks
+            return fail()
+
+        broken.run_slice = run_slice  # type: ignore[method-assign]
+        req = await d.submit(GenerateSpec(max_tokens=6, prompt_ids=(4, 5), ignore_eos=True))
+        ids, end = await asyncio.wait_for(_drain(req), 10)
+        assert isinstance(end, FinishEvent) and ids == reference((4, 5), 6)
+        assert broken.run_slice == original, "the broken slice was never tried"
+        assert d.failovers >= 1 and not d.running
+    finally:
+        await d.stop(0)
+        for p in pods:
+            await p.stop()
