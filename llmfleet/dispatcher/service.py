@@ -35,6 +35,7 @@ from llmfleet.sidecar.serving import (
     TlsFiles,
     add_health_and_reflection,
     bind,
+    metrics_addr,
     set_health,
 )
 from llmfleet.v1 import dispatcher_pb2, dispatcher_pb2_grpc
@@ -303,7 +304,9 @@ async def serve_dispatcher(
             await asyncio.sleep(0.1)
 
     health_task = asyncio.create_task(follow_health(), name="dispatcher-health")
-    metrics_server = MetricsServer(dispatcher.metrics.registry, metrics_port) if metrics_port is not None else None
+    metrics_server = (
+        MetricsServer(dispatcher.metrics.registry, metrics_port, metrics_addr(host)) if metrics_port is not None else None
+    )
     log.info("dispatcher on port %d, policy %s, slice %s tokens", bound, config.policy, config.slice_tokens or "no")
     return DispatcherHandle(
         server=server,

@@ -14,6 +14,7 @@ from llmfleet.sidecar.serving import (
     TlsFiles,
     add_health_and_reflection,
     bind,
+    metrics_addr,
     set_health,
 )
 from llmfleet.v1 import sidecar_pb2_grpc
@@ -69,7 +70,9 @@ async def serve_sidecar(
     await set_health(service.health, [SERVICE], False)  # SERVING once the engine answers
     bound = bind(server, host, port, tls)
     await server.start()
-    metrics_server = MetricsServer(service.metrics.registry, metrics_port) if metrics_port is not None else None
+    metrics_server = (
+        MetricsServer(service.metrics.registry, metrics_port, metrics_addr(host)) if metrics_port is not None else None
+    )
     service.start()
     return SidecarHandle(
         server=server,

@@ -128,12 +128,20 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         )
 
 
+def metrics_addr(grpc_host: str) -> str:
+    """The address metrics bind to for a server bound to `grpc_host`: the same interface, so a
+    server kept on loopback does not publish its metrics (pod addresses, load) to the network."""
+    host = grpc_host.strip("[]")
+    return "0.0.0.0" if host in ("", "::", "0.0.0.0") else host
+
+
 class MetricsServer:
     """Prometheus exposition of one registry on its own port (0 picks a free port)."""
 
     def __init__(self, registry: CollectorRegistry, port: int, addr: str = "0.0.0.0") -> None:
         self._httpd, self._thread = start_http_server(port, addr=addr, registry=registry)
         self.port = int(self._httpd.server_port)
+        self.addr = str(self._httpd.server_address[0])
 
     def stop(self) -> None:
         self._httpd.shutdown()

@@ -278,3 +278,18 @@ async def test_a_burst_beyond_grpc_cores_pending_limit_is_served_without_error()
     finally:
         await handle.stop()
         await pod.stop()
+
+
+@pytest.mark.parametrize(("host", "expected"), [("127.0.0.1", "127.0.0.1"), ("[::]", "0.0.0.0"), ("0.0.0.0", "0.0.0.0")])
+def test_metrics_bind_where_the_server_binds(host, expected):
+    from llmfleet.sidecar.serving import metrics_addr
+
+    assert metrics_addr(host) == expected
+
+
+async def test_a_loopback_dispatcher_keeps_its_metrics_on_loopback(fake_pods):
+    handle = await serve_dispatcher(pods={"a": fake_pods[0].address}, host="127.0.0.1", metrics_port=0)
+    try:
+        assert handle._metrics_server is not None and handle._metrics_server.addr == "127.0.0.1"
+    finally:
+        await handle.stop()
