@@ -22,9 +22,14 @@ def test_run_rejects_both_scopes() -> None:
 
 
 def test_render_prints_the_children(capsys: pytest.CaptureFixture[str]) -> None:
+    # The example names no namespace (it must apply to any cluster): `kubectl apply -n` or --namespace.
+    assert "namespace" not in yaml.safe_load((REPO / "examples" / "full.yaml").read_text())["metadata"]
     assert main(["operator", "render", str(REPO / "examples" / "full.yaml")]) == 0
     docs = list(yaml.safe_load_all(capsys.readouterr().out))
-    assert len(docs) == 13 and {d["metadata"]["namespace"] for d in docs} == {"inference"}
+    assert len(docs) == 13 and {d["metadata"]["namespace"] for d in docs} == {"default"}
+    assert main(["operator", "render", str(REPO / "examples" / "full.yaml"), "--namespace", "inference"]) == 0
+    docs = list(yaml.safe_load_all(capsys.readouterr().out))
+    assert {d["metadata"]["namespace"] for d in docs} == {"inference"}
 
 
 def test_render_explains_an_invalid_fleet(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
