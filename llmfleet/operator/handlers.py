@@ -54,6 +54,7 @@ class OperatorState:
     kube: KubeClient
     defaults: Defaults = field(default_factory=Defaults)
     workers: int = 8
+    clusterwide: bool = False
     # Status writes of one fleet are serialised and always computed from the newest index
     # contents, so a slow writer can never overwrite a newer status with an older one.
     status_locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
@@ -118,6 +119,9 @@ def register(registry: kopf.OperatorRegistry, resync_seconds: float = 300.0) -> 
         settings.execution.max_workers = _state(memo).workers
         settings.watching.server_timeout = 600
         settings.networking.error_backoffs = [1, 2, 5, 10]
+        # Watching named namespaces needs neither the namespace list nor the CRD list; without
+        # this kopf scans both cluster-wide, which a namespaced Role forbids (403s and backoff).
+        settings.scanning.disabled = not _state(memo).clusterwide
 
     @kopf.on.login(registry=registry, id="login")
     def login(memo: Any, **_: Any) -> kopf.ConnectionInfo:

@@ -51,7 +51,9 @@ def run(options: RunOptions, stop_flag: Any = None, ready_flag: Any = None) -> N
 
     options.check()
     api = load_api_client(options.kubeconfig, options.context)
-    state = handlers.OperatorState(kube=KubeClient(api), defaults=options.defaults, workers=options.workers)
+    state = handlers.OperatorState(
+        kube=KubeClient(api), defaults=options.defaults, workers=options.workers, clusterwide=options.all_namespaces
+    )
     registry = handlers.register(kopf.OperatorRegistry(), resync_seconds=options.resync_seconds)
     if options.metrics_port:
         _serve_metrics(options.metrics_port)
