@@ -108,3 +108,35 @@ async def test_namespaced_operator_with_the_charts_rbac_reconciles_without_forbi
         await op.stop()
     forbidden = [r.getMessage() for r in caplog.records if "403" in r.getMessage() or "orbidden" in r.getMessage()]
     assert not forbidden, f"calls the chart's RBAC forbids: {forbidden[:3]}"
+
+
+@pytest.mark.parametrize("example", ["minimal.yaml", "full.yaml"])
+def test_applied_children_read_back_from_the_server_are_not_drift(control_plane: Path, example: str) -> None:
+    """The server normalises what it stores (drops `env: []`, writes `nvidia.com/gpu: 1` as "1",
+    defaults every field we leave out): none of that is drift. A hand edit of a field we own is."""
+    from llmfleet.operator.drift import drifted
+    from llmfleet.operator.handlers import parse_spec
+    from llmfleet.operator.kube import KubeClient, load_api_client
+    from llmfleet.operator.render import FleetRef, render_children
+
+    ns = f"drift-{example.split('.')[0]}"
+    kubectl(control_plane, "create", "namespace", ns)
+    doc = load_example(example)
+    spec = parse_spec(doc["spec"])
+    children = render_children(FleetRef(name=doc["metadata"]["name"], namespace=ns, uid="0"), spec)
+    for child in children:
+        child["metadata"].pop("ownerReferences", None)  # no owner object exists on this server
+    api = load_api_client(str(control_plane), None)
+    kube = KubeClient(api)
+    try:
+        for child in children:
+            kube.apply(child)
+        for child in children:
+            live = kube.get(child["kind"], ns, child["metadata"]["name"])
+            assert not drifted(child, live), f"{child['kind']} {child['metadata']['name']} reads back as drifted"
+        engine = next(c for c in children if c["kind"] == "Deployment" and "dispatcher" not in c["metadata"]["name"])
+        name = engine["metadata"]["name"]
+        kubectl(control_plane, "set", "image", f"deployment/{name}", "-n", ns, "vllm=vllm/vllm-openai:hand-edited")
+        assert drifted(engine, kube.get("Deployment", ns, name)), "a hand-edited image must be drift"
+    finally:
+        api.close()
