@@ -10,6 +10,9 @@ from llmfleet.core.scheduling import ALL_REMAINING, Assignment, Decision, Schedu
 class FcfsRoundRobin:
     name = "fcfs-rr"
 
+    def __init__(self, config: object = None) -> None:
+        del config  # routing only: no scheduling setting applies
+
     def decide(self, view: SchedulerView) -> tuple[Decision, ...]:
         pods = [p for p in view.pods if p.healthy]
         if not pods:

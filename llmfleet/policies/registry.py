@@ -8,6 +8,7 @@ unchanged. Routing-only baselines (fcfs-rr, least-load, llm-d, dynamo) take none
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -29,70 +30,27 @@ class PolicySpec:
     kind: Literal["product", "peer", "research", "bound"] = "research"
 
 
-def _fcfs_rr(config: SchedulingFields, **kw: Any) -> Policy:
-    from llmfleet.policies.fcfs_rr import FcfsRoundRobin
+def _lazy(module: str, cls: str) -> Callable[..., Policy]:
+    """A factory that imports the policy's module only when the policy is built (fast CLI start)."""
 
-    return FcfsRoundRobin(**kw)
+    def factory(config: SchedulingFields, **kw: Any) -> Policy:
+        policy: Policy = getattr(importlib.import_module(f"llmfleet.policies.{module}"), cls)(config, **kw)
+        return policy
 
-
-def _least_load(config: SchedulingFields, **kw: Any) -> Policy:
-    from llmfleet.policies.least_load import LeastLoad
-
-    return LeastLoad(**kw)
+    return factory
 
 
-def _llm_d(config: SchedulingFields, **kw: Any) -> Policy:
-    from llmfleet.policies.llm_d import LlmD
-
-    return LlmD(config, **kw)
-
-
-def _dynamo(config: SchedulingFields, **kw: Any) -> Policy:
-    from llmfleet.policies.dynamo import DynamoKvRouter
-
-    return DynamoKvRouter(config, **kw)
-
-
-def _sls(config: SchedulingFields, **kw: Any) -> Policy:
-    from llmfleet.policies.sls import SequenceLevelStatic
-
-    return SequenceLevelStatic(**kw)
-
-
-def _scls(config: SchedulingFields, **kw: Any) -> Policy:
-    from llmfleet.policies.scls import SliceLevel
-
-    return SliceLevel(config, **kw)
-
-
-def _ltr(config: SchedulingFields, **kw: Any) -> Policy:
-    from llmfleet.policies.ltr import LearningToRank
-
-    return LearningToRank(config, **kw)
-
-
-def _alise(config: SchedulingFields, **kw: Any) -> Policy:
-    from llmfleet.policies.alise import Alise
-
-    return Alise(config, **kw)
-
-
-def _l4(config: SchedulingFields, **kw: Any) -> Policy:
-    from llmfleet.policies.l4 import LengthGroups
-
-    return LengthGroups(config, **kw)
-
-
-def _oracle(config: SchedulingFields, **kw: Any) -> Policy:
-    from llmfleet.policies.oracle_srpt import OracleSrpt
-
-    return OracleSrpt(config, **kw)
-
-
-def _llmfleet(config: SchedulingFields, **kw: Any) -> Policy:
-    from llmfleet.policies.llmfleet_default import LLMFleetDefault
-
-    return LLMFleetDefault(config, **kw)
+_fcfs_rr = _lazy("fcfs_rr", "FcfsRoundRobin")
+_least_load = _lazy("least_load", "LeastLoad")
+_llm_d = _lazy("llm_d", "LlmD")
+_dynamo = _lazy("dynamo", "DynamoKvRouter")
+_sls = _lazy("sls", "SequenceLevelStatic")
+_scls = _lazy("scls", "SliceLevel")
+_ltr = _lazy("ltr", "LearningToRank")
+_alise = _lazy("alise", "Alise")
+_l4 = _lazy("l4", "LengthGroups")
+_oracle = _lazy("oracle_srpt", "OracleSrpt")
+_llmfleet = _lazy("llmfleet_default", "LLMFleetDefault")
 
 
 POLICIES: dict[str, PolicySpec] = {

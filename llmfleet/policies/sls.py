@@ -11,5 +11,8 @@ from llmfleet.policies.batching import form_batches
 class SequenceLevelStatic:
     name = "sls"
 
+    def __init__(self, config: object = None) -> None:
+        del config  # whole requests in static batches: no slice length or guard applies
+
     def decide(self, view: SchedulerView) -> tuple[Decision, ...]:
         return form_batches(view, view.queue, ALL_REMAINING, reserve_tokens=None)
