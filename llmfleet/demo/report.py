@@ -32,23 +32,16 @@ def summarize_outcomes(policy: str, outcomes: Sequence[Outcome], busy_s: Sequenc
         "p99_ttft_s": float(np.percentile(ttft, 99)) if ttft.size else math.nan,
         "throughput_tok_s": tokens / span if span > 0 else math.nan,
         "load_imbalance": max(busy_s) / mean_busy if mean_busy > 0 else 1.0,
-        "slo_attainment": _attainment(done, Slo()),
+        "slo_attainment": Slo().attainment(
+            (o.first_token_s - o.arrival_s, o.finish_s - o.arrival_s, o.tokens)
+            for o in done
+            if o.first_token_s is not None and o.finish_s is not None
+        ),
         # Diagnostics beyond the schema, dropped by `results_json`.
         "failed": len(outcomes) - len(done),
         "wrong_length": sum(1 for o in done if o.tokens != o.expected_tokens),
         "retries": sum(o.retries for o in outcomes),
     }
-
-
-def _attainment(done: Sequence[Outcome], slo: Slo) -> float:
-    ok = [o for o in done if o.finish_s is not None and o.first_token_s is not None]
-    if not ok:
-        return math.nan
-    met = 0
-    for o in ok:
-        assert o.first_token_s is not None and o.finish_s is not None
-        met += slo.met(o.first_token_s - o.arrival_s, o.finish_s - o.arrival_s, o.tokens)
-    return met / len(ok)
 
 
 def results_json(trace: str, instances: int, rate_scale: float, results: Sequence[dict[str, Any]]) -> dict[str, Any]:

@@ -52,7 +52,6 @@ def _serve(args: argparse.Namespace) -> int:
     from llmfleet.core.config import SchedulingConfig
     from llmfleet.dispatcher.discovery import EndpointSliceDiscovery, StaticDiscovery, parse_static
     from llmfleet.dispatcher.service import serve_dispatcher
-    from llmfleet.policies.registry import policy_spec
     from llmfleet.sidecar.serving import TlsFiles, read_token_file
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -61,8 +60,6 @@ def _serve(args: argparse.Namespace) -> int:
         config = config.with_changes(policy=args.policy, slice_tokens=args.slice_tokens, max_queue=args.max_queue)
     except (OSError, ValueError) as exc:
         raise SystemExit(f"bad scheduling config: {exc}") from exc
-    if policy_spec(config.policy).needs_true_lengths:
-        raise SystemExit(f"policy {config.policy!r} needs true output lengths; only the simulator can run it")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise SystemExit("--tls-cert and --tls-key go together")
     tls = TlsFiles(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None

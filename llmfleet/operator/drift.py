@@ -26,7 +26,8 @@ def _quantity(value: Any) -> Decimal | None:
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
         return None
     try:
-        return Decimal(parse_quantity(value))
+        quantity: Decimal = parse_quantity(value)
+        return quantity
     except (ValueError, TypeError, ArithmeticError):
         return None
 

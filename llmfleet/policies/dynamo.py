@@ -15,7 +15,7 @@ from __future__ import annotations
 from llmfleet.policies.base import RoutedFcfs
 from llmfleet.policies.routing import RoutingProfile
 
-PROFILE = RoutingProfile(filters=("healthy",), scorers=(("kv-router", 1.0),), picker="max-score")
+PROFILE = RoutingProfile(filters=("healthy",), scorers=(("kv-router", 1.0),))
 
 
 class DynamoKvRouter(RoutedFcfs):

@@ -77,16 +77,15 @@ def pace_prefill(req: RequestState, pods: Sequence[PodState], budget: int) -> li
     its prompt than any eligible pod is only held back by pacing, the request waits for it
     (an empty result keeps it queued).
     """
-    ok = [
-        p
-        for p in pods
-        if p.pending_prefill_tokens == 0
-        or p.pending_prefill_tokens + req.context_tokens - prefix_hit_tokens(req, p) <= budget
+    hits = [prefix_hit_tokens(req, p) for p in pods]
+    eligible = [
+        p.pending_prefill_tokens == 0 or p.pending_prefill_tokens + req.context_tokens - hit <= budget
+        for p, hit in zip(pods, hits, strict=True)
     ]
-    if req.hash_ids and len(ok) < len(pods):
-        if max(prefix_hit_tokens(req, p) for p in pods) > max((prefix_hit_tokens(req, p) for p in ok), default=0):
-            return []
-    return ok
+    best_eligible = max((hit for hit, ok in zip(hits, eligible, strict=True) if ok), default=0)
+    if hits and max(hits) > best_eligible:
+        return []
+    return [p for p, ok in zip(pods, eligible, strict=True) if ok]
 
 
 # ----------------------------------------------------------------------------- scorers

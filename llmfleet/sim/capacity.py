@@ -62,6 +62,7 @@ class CapacityStudy:
     def __post_init__(self) -> None:
         if BASELINE not in self.labels:
             raise ValueError(f"capacity needs {BASELINE!r} among the policies: it defines the overload point")
+        self._configs = dict(zip(self.labels, self.configs, strict=True))
         self._runs: dict[tuple[str, float], PolicyRun] = {}
         self._predictor: MemoPredictor | None = None
 
@@ -69,7 +70,7 @@ class CapacityStudy:
         scale = round(scale, 4)
         key = (label, scale)
         if key not in self._runs:
-            config = self.configs[list(self.labels).index(label)]
+            config = self._configs[label]
             trace = load_trace(self.trace, rate_scale=scale, limit=self.limit)
             if self._predictor is None:
                 # A request's estimate depends on the request, not on the load: one predictor,

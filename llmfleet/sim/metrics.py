@@ -8,6 +8,7 @@ most ``Slo.ttft_s`` and time per output token (after the first) at most ``Slo.tp
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,12 +46,10 @@ class Slo:
             return True
         return (latency_s - ttft_s) / (output_tokens - 1) <= self.tpot_s
 
-
-def slo_attainment(records: list[Any], slo: Slo) -> float:
-    if not records:
-        return math.nan
-    met = sum(1 for r in records if slo.met(r.ttft_s, r.latency_s, r.output_tokens))
-    return met / len(records)
+    def attainment(self, samples: Iterable[tuple[float, float, int]]) -> float:
+        """Share of (ttft_s, latency_s, output_tokens) samples that met the SLO (NaN for none)."""
+        outcomes = [self.met(*s) for s in samples]
+        return sum(outcomes) / len(outcomes) if outcomes else math.nan
 
 
 def _percentile(sorted_xs: list[float], q: float) -> float:
@@ -84,7 +83,7 @@ def summarize(result: SimResult, slo: Slo | None = None) -> dict[str, Any]:
         "p99_ttft_s": _percentile(ttft, 99),
         "throughput_tok_s": tokens / span if span > 0 else math.nan,
         "load_imbalance": max(busy) / mean_busy if mean_busy > 0 else 1.0,
-        "slo_attainment": slo_attainment(recs, slo or Slo()),
+        "slo_attainment": (slo or Slo()).attainment((r.ttft_s, r.latency_s, r.output_tokens) for r in recs),
     }
 
 

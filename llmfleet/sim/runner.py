@@ -84,8 +84,8 @@ def find_threshold(
 
     Attainment falls with load (more queueing, fuller batches), so: step the load up (or down)
     by factors of two from `start` until the target is bracketed, then bisect to a relative
-    `tolerance`. Returns 0.0 when even `floor` misses the target. `attainment_at` is called at
-    most once per load (callers memoise to draw curves from the probes).
+    `tolerance`. Returns 0.0 when even `floor` misses the target. `attainment_at` may be asked
+    about one load more than once: callers memoise it (and draw curves from the probes).
     """
     lo, hi = start, start
     if attainment_at(start) >= target:

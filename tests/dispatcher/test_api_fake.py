@@ -293,3 +293,8 @@ async def test_a_loopback_dispatcher_keeps_its_metrics_on_loopback(fake_pods):
         assert handle._metrics_server is not None and handle._metrics_server.addr == "127.0.0.1"
     finally:
         await handle.stop()
+
+
+async def test_a_policy_that_needs_true_lengths_is_refused_at_start(fake_pods):
+    with pytest.raises(ValueError, match="'oracle-srpt' needs true output lengths"):
+        await serve_dispatcher(pods={"a": fake_pods[0].address}, config=SchedulingConfig(policy="oracle-srpt"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -150,3 +151,15 @@ def test_capacity_finds_goodput_and_the_overload_point(tmp_path, capsys) -> None
     assert 0.3 <= base_curve[overload] <= 0.7  # about half of fcfs-rr's requests meet the SLO there
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert "goodput" in capsys.readouterr().out
+
+
+def test_slo_attainment_counts_ttft_and_time_per_output_token() -> None:
+    from llmfleet.sim.metrics import Slo
+
+    slo = Slo(ttft_s=2.0, tpot_s=0.1)
+    # (ttft, latency, output tokens): met; TTFT too late; 0.2 s per token; one token needs only TTFT
+    samples = [(1.0, 2.0, 11), (2.5, 3.0, 5), (1.0, 3.0, 11), (1.5, 1.5, 1)]
+    assert slo.attainment(samples) == 0.5
+    assert math.isnan(slo.attainment([]))
+    with pytest.raises(ValueError, match="positive"):
+        Slo(ttft_s=0)
