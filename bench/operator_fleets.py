@@ -1,10 +1,11 @@
-"""Benchmark: reconcile N LLMFleets against the Kubernetes API test double.
+"""Benchmark: reconcile N LLMFleets on a real kube-apiserver and controller manager.
 
-The emulator runs in this process (with its Deployment-controller stand-in marking each rollout
-available after --rollout-delay seconds); the operator runs as a separate process, exactly as
-`llmfleet operator run`, so its memory is measured on its own. All N fleets are created at once;
-the clock stops when every fleet reports phase Ready. Peak memory is the operator process's
-VmHWM (peak resident set) from /proc.
+The control plane comes from ../shared/k8s (or LLMFLEET_K8S_DIR) and runs on free local ports;
+a stand-in kubelet in this process marks every Pod Ready as soon as it exists, so the real
+ReplicaSet and Deployment controllers report each rollout. The operator runs as a separate
+process, exactly as `llmfleet operator run`, so its memory is measured on its own. All N fleets
+are created at once; the clock stops when every fleet reports phase Ready. Peak memory is the
+operator process's VmHWM (peak resident set) from /proc.
 
 Reproduce (writes bench/results/operator_fleets.{json,png}):
     .venv/bin/python bench/operator_fleets.py --fleets 100
@@ -26,14 +27,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import kmock
-import yaml
-
 from llmfleet.operator.crd import crd_manifest
-from llmfleet.testing.kube_emulator import KubeEmulator
+from llmfleet.operator.kube import CHILD_KINDS, KubeClient
+from llmfleet.testing.cluster import ControlPlane, FakeKubelet, Namespace, install_crd
 
-FLEETS = dict(group="llmfleet.io", version="v1alpha1")
 NS = "bench"
+WRITES = ("POST", "PUT", "PATCH", "APPLY", "DELETE")
 
 
 def _free_port() -> int:
@@ -80,16 +79,40 @@ async def _http_ok(url: str) -> bool:
         return False
 
 
+def _api_writes(kube: KubeClient) -> dict[str, int]:
+    """Writes the API server has served so far, by resource (its own apiserver_request_total)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    resp = kube.api.call_api("GET", kube.api.configuration.host + "/metrics",
+                             header_params={"Authorization": kube.api.configuration.get_api_key_with_prefix("BearerToken")})  # fmt: skip
+    out: dict[str, int] = {}
+    for family in text_string_to_metric_families(resp.read().decode()):
+        if family.name != "apiserver_request":
+            continue
+        for sample in family.samples:
+            labels = sample.labels
+            if sample.name == "apiserver_request_total" and labels.get("verb") in WRITES:
+                key = labels.get("resource", "") + (f"/{labels['subresource']}" if labels.get("subresource") else "")
+                out[key] = out.get(key, 0) + int(sample.value)
+    return out
+
+
+def _start_plane(workdir: Path) -> tuple[ControlPlane, KubeClient, Namespace]:
+    plane = ControlPlane.start(workdir / "control-plane")
+    kube = plane.client()
+    install_crd(kube, crd_manifest())
+    return plane, kube, Namespace.create(kube, NS)
+
+
 async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     load_at_start = os.getloadavg()[0]
-    async with KubeEmulator(rollout_delay=args.rollout_delay, history=100_000) as emu, kmock.Server(emu):
-        emu.register_crd(crd_manifest())
-        emu.create_object("namespaces", None, {"metadata": {"name": NS}})
-        workdir = Path(tempfile.mkdtemp(prefix="llmfleet-bench-"))
-        kubeconfig = workdir / "kubeconfig.yaml"
-        kubeconfig.write_text(yaml.safe_dump(emu.kubeconfig()))
+    workdir = Path(tempfile.mkdtemp(prefix="llmfleet-bench-"))
+    plane, kube, ns = _start_plane(workdir)
+    kubelet = FakeKubelet(kube, [NS], interval=0.2).start()
+    try:
+        kubeconfig = plane.kubeconfig
         health = f"http://127.0.0.1:{_free_port()}/healthz"
         log = open(workdir / "operator.log", "w")  # noqa: SIM115 - closed below
         cmd = [sys.executable, "-m", "llmfleet.cli", "operator", "run", "--namespace", NS, "--kubeconfig", str(kubeconfig),
@@ -105,18 +128,18 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             idle_rss = _proc_kib(proc.pid, "VmRSS")
             cpu_before = _cpu_seconds(proc.pid)
             bench_cpu_before = time.process_time()
-            writes_before = sum(emu.writes.values())
+            writes_before = _api_writes(kube)
 
             t0 = time.monotonic()
             for i in range(args.fleets):
-                emu.create_object("llmfleets", NS, _fleet(i), **FLEETS)
+                ns.create_object("LLMFleet", _fleet(i))
             ready_at: dict[str, float] = {}
             with Progress(TextColumn("fleets Ready"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as bar:
                 task = bar.add_task("ready", total=args.fleets)
                 while len(ready_at) < args.fleets:
                     now = time.monotonic() - t0
                     samples.append((now, _proc_kib(proc.pid, "VmRSS")))
-                    for f in emu.list_objects("llmfleets", NS, **FLEETS):
+                    for f in ns.objects("LLMFleet"):
                         name = f["metadata"]["name"]
                         if name not in ready_at and (f.get("status") or {}).get("phase") == "Ready":
                             ready_at[name] = now
@@ -125,15 +148,13 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                         raise RuntimeError(f"only {len(ready_at)}/{args.fleets} fleets Ready after {args.timeout}s")
                     if proc.poll() is not None:
                         raise RuntimeError(f"operator exited; see {workdir / 'operator.log'}")
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.2)
             all_ready = max(ready_at.values())
             peak_rss = _proc_kib(proc.pid, "VmHWM")
             operator_cpu = _cpu_seconds(proc.pid) - cpu_before
-            emulator_cpu = time.process_time() - bench_cpu_before
-            children = sum(len(emu.list_objects(p, NS, group=g)) for p, g in [
-                ("deployments", "apps"), ("services", ""), ("configmaps", ""), ("serviceaccounts", ""),
-                ("poddisruptionbudgets", "policy"), ("roles", "rbac.authorization.k8s.io"),
-                ("rolebindings", "rbac.authorization.k8s.io")])  # fmt: skip
+            poller_cpu = time.process_time() - bench_cpu_before
+            children = sum(len(ns.objects(kind, "app.kubernetes.io/managed-by=llmfleet-operator")) for kind in CHILD_KINDS)
+            writes_after = _api_writes(kube)
         finally:
             proc.terminate()
             try:
@@ -141,29 +162,34 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
             except subprocess.TimeoutExpired:
                 proc.kill()
             log.close()
-        shutil.rmtree(workdir, ignore_errors=True)  # kept only when the run failed, for its operator.log
-        times = sorted(ready_at.values())
-        return {
-            "benchmark": "operator_fleets",
-            "command": " ".join(["python", "bench/operator_fleets.py", *sys.argv[1:]]),
-            "fleets": args.fleets,
-            "workers": args.workers,
-            "rollout_delay_s": args.rollout_delay,
-            "time_to_all_ready_s": round(all_ready, 3),
-            "time_to_ready_p50_s": round(times[len(times) // 2], 3),
-            "time_to_ready_p90_s": round(times[int(len(times) * 0.9) - 1], 3),
-            "operator_idle_rss_mib": round(idle_rss / 1024, 1),
-            "operator_peak_rss_mib": round(peak_rss / 1024, 1),
-            "operator_cpu_s": round(operator_cpu, 2),
-            "emulator_and_poller_cpu_s": round(emulator_cpu, 2),
-            "children_created": children,
-            "api_writes": sum(emu.writes.values()) - writes_before,
-            "api_writes_by_kind": {f"{p}/{e}": n for (p, e), n in sorted(emu.writes.items())},
-            "ready_times_s": [round(t, 3) for t in times],
-            "rss_samples": [(round(t, 2), round(kib / 1024, 1)) for t, kib in samples[:: max(1, len(samples) // 400)]],
-            "load_average_1m_at_start": round(load_at_start, 2),
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
-        }
+    finally:
+        kubelet.stop()
+        kube.api.close()
+        plane.stop()
+    shutil.rmtree(workdir, ignore_errors=True)  # kept only when the run failed, for its operator.log
+    writes = {k: v - writes_before.get(k, 0) for k, v in sorted(writes_after.items()) if v > writes_before.get(k, 0)}
+    times = sorted(ready_at.values())
+    return {
+        "benchmark": "operator_fleets",
+        "command": " ".join(["python", "bench/operator_fleets.py", *sys.argv[1:]]),
+        "fleets": args.fleets,
+        "workers": args.workers,
+        "control_plane": "kube-apiserver and kube-controller-manager v1.36.2, etcd v3.6.8 (../shared/k8s)",
+        "time_to_all_ready_s": round(all_ready, 3),
+        "time_to_ready_p50_s": round(times[len(times) // 2], 3),
+        "time_to_ready_p90_s": round(times[int(len(times) * 0.9) - 1], 3),
+        "operator_idle_rss_mib": round(idle_rss / 1024, 1),
+        "operator_peak_rss_mib": round(peak_rss / 1024, 1),
+        "operator_cpu_s": round(operator_cpu, 2),
+        "kubelet_and_poller_cpu_s": round(poller_cpu, 2),
+        "children_created": children,
+        "api_writes_all_clients": sum(writes.values()),
+        "api_writes_by_resource": writes,
+        "ready_times_s": [round(t, 3) for t in times],
+        "rss_samples": [(round(t, 2), round(kib / 1024, 1)) for t, kib in samples[:: max(1, len(samples) // 400)]],
+        "load_average_1m_at_start": round(load_at_start, 2),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+    }
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
@@ -195,7 +221,6 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fleets", type=int, default=100)
     parser.add_argument("--workers", type=int, default=8, help="operator handler threads")
-    parser.add_argument("--rollout-delay", type=float, default=0.2, help="seconds until a Deployment generation is available")
     parser.add_argument("--timeout", type=float, default=600)
     parser.add_argument("--repeat", type=int, default=3, help="runs; the median run (by time to all-ready) is reported")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")

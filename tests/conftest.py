@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
+import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from llmfleet.engine.process import EngineProcess, default_model_dir
+from llmfleet.operator.crd import crd_manifest
+from llmfleet.operator.kube import KubeClient
 from llmfleet.sim.costmodel import DATA_DIR as SHARED_DATA
+from llmfleet.testing.cluster import ControlPlane, Namespace, install_crd, k8s_dir
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +60,47 @@ def engine(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
     )
     yield proc
     proc.stop()
+
+
+@pytest.fixture(scope="session")
+def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ControlPlane]:
+    """A real kube-apiserver, kube-controller-manager and etcd (../shared/k8s), once per session.
+
+    Skips with the reason when the folder is absent, except under CI, where it is always present.
+    """
+    if not (k8s_dir() / "control-plane").exists():
+        reason = f"no Kubernetes control plane at {k8s_dir()} (set LLMFLEET_K8S_DIR)"
+        if os.environ.get("CI"):
+            pytest.fail(reason + "; CI always has ../shared/k8s")
+        pytest.skip(reason)
+    plane = ControlPlane.start(tmp_path_factory.mktemp("control-plane"))
+    try:
+        kube = plane.client()
+        install_crd(kube, crd_manifest())
+        kube.api.close()
+        yield plane
+    finally:
+        plane.stop()
+
+
+@pytest.fixture()
+def kube(control_plane: ControlPlane) -> Iterator[KubeClient]:
+    client = control_plane.client()
+    yield client
+    client.api.close()
+
+
+@pytest.fixture()
+def namespace(kube: KubeClient, request: pytest.FixtureRequest) -> Iterator[Namespace]:
+    """A fresh namespace per test, named after it, so tests never see each other's objects.
+
+    Its fleets are deleted afterwards (the garbage collector takes their children), so an operator
+    watching all namespaces in a later test meets no leftovers.
+    """
+    base = re.sub(r"[^a-z0-9-]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    ns = Namespace.create(kube, f"{base}-{next(_NS_COUNTER)}")
+    yield ns
+    ns.clear("LLMFleet")
+
+
+_NS_COUNTER = itertools.count()

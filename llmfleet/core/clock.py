@@ -81,3 +81,12 @@ async def wait_for_condition(predicate, timeout: float, interval: float = 0.05, 
         if time.monotonic() >= deadline:
             raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
         await asyncio.sleep(interval)
+
+
+def wait_for_condition_sync(predicate, timeout: float, what: str = "condition", interval: float = 0.05) -> None:
+    """`wait_for_condition` for code outside an event loop (fixtures, CLIs): poll with a deadline."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() >= deadline:
+            raise TimeoutError(f"timed out after {timeout:.1f}s waiting for {what}")
+        time.sleep(interval)

@@ -169,6 +169,6 @@ def repo_crd_paths(root: Path) -> list[Path]:
 
 
 def spec_schema_for_validation() -> dict[str, Any]:
-    """The full openAPIV3Schema, for validating example manifests with jsonschema."""
+    """The full openAPIV3Schema as one tree (for structural checks of the schema itself)."""
     schema: dict[str, Any] = crd_manifest()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     return schema

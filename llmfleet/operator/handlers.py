@@ -2,7 +2,9 @@
 
 Flow: a fleet event parses the spec into `FleetSpec`, renders its children, server-side applies
 them with one field manager, prunes children of removed groups and writes the derived status
-through kopf's `patch`. Child events (edits, deletions, Deployment progress) look the fleet up in
+through kopf's `patch`. A child the server refuses (a hand edit it cannot merge, admission) does
+not hold back the others; the fleet goes Degraded naming it, as it does when a Deployment's
+rollout fails, and the apply is retried. Child events (edits, deletions, Deployment progress) look the fleet up in
 a kopf index, re-apply only a child that drifted, and refresh the fleet's status. A spec the
 operator cannot run gets a Degraded condition, a Warning event and a PermanentError: no retries
 until the spec changes. Deleting a fleet deletes its children explicitly (behind a finalizer);
@@ -59,6 +61,9 @@ class OperatorState:
     # contents, so a slow writer can never overwrite a newer status with an older one.
     status_locks: dict[tuple[str, str], threading.Lock] = field(default_factory=dict)
     written: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    # The children the server last refused, per fleet: kept until an apply of them succeeds, so
+    # a Deployment event in between does not report the fleet healthy.
+    refused: dict[tuple[str, str], dict[tuple[str, str], str]] = field(default_factory=dict)
     _guard: threading.Lock = field(default_factory=threading.Lock)
 
     def status_lock(self, key: tuple[str, str]) -> threading.Lock:
@@ -69,6 +74,7 @@ class OperatorState:
         with self._guard:
             self.status_locks.pop(key, None)
             self.written.pop(key, None)
+            self.refused.pop(key, None)
 
 
 def _now() -> str:
@@ -166,24 +172,25 @@ def register(registry: kopf.OperatorRegistry, resync_seconds: float = 300.0) -> 
             children = render_children(ref, fleet, state.defaults)
         except InvalidFleet as exc:
             metrics.RECONCILES.labels(result="invalid").inc()
-            degraded = status_invalid(generation, "InvalidSpec", str(exc), dict(status), _now())
+            degraded = status_invalid(generation, "InvalidSpec", str(exc), dict(status), _now(), _spec_replicas(spec))
             with state.status_lock((namespace, name)):
                 state.written[(namespace, name)] = degraded
             patch.status.update(degraded)
             kopf.warn(body, reason="InvalidSpec", message=str(exc))
             raise kopf.PermanentError(f"invalid spec: {exc}") from exc
         try:
-            for child in children:
-                state.kube.apply(child)
-                metrics.APPLIES.labels(kind=child["kind"]).inc()
-            _prune(state.kube, ref, children, logger)
+            applied = _apply_all(state.kube, children)
+            refused = _refusals(applied)
+            if not refused:
+                _prune(state.kube, ref, children, logger)
+            _refresh_status(state, ref, fleet, generation, dict(status), deployment_index, applied)
         except KubeApiError as exc:
             metrics.RECONCILES.labels(result="retry").inc()
             raise _retryable(exc) from exc
-        try:
-            _refresh_status(state, ref, fleet, generation, dict(status), deployment_index)
-        except KubeApiError as exc:
-            raise _retryable(exc) from exc
+        if refused:
+            # Degraded with the refusal already written; retry slowly, as a hand edit may be undone.
+            metrics.RECONCILES.labels(result="refused").inc()
+            raise kopf.TemporaryError(f"the API server refused {'; '.join(refused)}", delay=RETRY_DELAY)
         metrics.RECONCILES.labels(result="applied").inc()
         metrics.RECONCILE_SECONDS.observe(time.perf_counter() - started)
         logger.info("applied %d children", len(children))
@@ -193,15 +200,14 @@ def register(registry: kopf.OperatorRegistry, resync_seconds: float = 300.0) -> 
         @kopf.timer(*fleets, registry=registry, id="resync", interval=resync_seconds, initial_delay=resync_seconds)
         def resync(spec: kopf.Spec, status: kopf.Status, namespace: str | None, name: str, uid: str, memo: Any,
                    logger: Any, **kwargs: Any) -> None:  # fmt: skip
-            if not namespace or (status.get("phase") == "Degraded"):
-                return  # a Degraded fleet waits for a spec change, not for the clock
+            if not namespace or _invalid_spec(status):
+                return  # an invalid spec waits for a spec change, not for the clock
             state = _state(memo)
             ref = FleetRef(name=name, namespace=namespace, uid=uid)
             try:
                 fleet = parse_spec(spec)
-                for child in render_children(ref, fleet, state.defaults):
-                    state.kube.apply(child)
-                _refresh_status(state, ref, fleet, None, dict(status), kwargs["deployment_index"])
+                applied = _apply_all(state.kube, render_children(ref, fleet, state.defaults))
+                _refresh_status(state, ref, fleet, None, dict(status), kwargs["deployment_index"], applied)
             except InvalidFleet:
                 return
             except KubeApiError as exc:
@@ -229,6 +235,42 @@ def register(registry: kopf.OperatorRegistry, resync_seconds: float = 300.0) -> 
             _child_handler(kind)
         )
     return registry
+
+
+Applied = dict[tuple[str, str], str | None]
+
+
+def _apply_all(kube: KubeClient, children: list[dict[str, Any]]) -> Applied:
+    """Apply every child; map each to None, or to the refusal that needs a person (`Kind name: reason`).
+
+    One refused child does not hold the others back: each is independent, and a stale engine
+    Deployment behind a broken Service is worse than either alone. Retryable errors propagate.
+    """
+    outcome: Applied = {}
+    for child in children:
+        try:
+            kube.apply(child)
+            metrics.APPLIES.labels(kind=child["kind"]).inc()
+            outcome[child_key(child)] = None
+        except KubeApiError as exc:
+            if not exc.needs_a_person:
+                raise
+            outcome[child_key(child)] = f"{child['kind']} {child['metadata']['name']}: {exc}"
+    return outcome
+
+
+def _refusals(applied: Applied) -> list[str]:
+    return [why for why in applied.values() if why]
+
+
+def _invalid_spec(status: Any) -> bool:
+    conditions = (status or {}).get("conditions") or []
+    return any(c.get("type") == "Degraded" and c.get("status") == "True" and c.get("reason") == "InvalidSpec" for c in conditions)
+
+
+def _spec_replicas(spec: Any) -> int | None:
+    replicas = dict(spec).get("replicas", 1)
+    return replicas if isinstance(replicas, int) else None
 
 
 def _owned_by(obj: dict[str, Any], uid: str) -> bool:
@@ -266,13 +308,15 @@ def _child_handler(kind: str):
             return  # the fleet is Degraded; its handler already said why
         actual = None if event.get("type") == "DELETED" else dict(body)
         desired = children.get((kind, body["metadata"]["name"]))
+        applied: Applied = {}
         try:
             if desired is not None and drifted(desired, actual):
                 logger.info("restoring %s %s (%s)", kind, body["metadata"]["name"], "deleted" if actual is None else "edited")
-                state.kube.apply(desired)
-                metrics.DRIFT_RESTORED.labels(kind=kind).inc()
-            if kind == "Deployment":
-                _refresh_status(state, ref, fleet, None, fleet_body.get("status") or {}, deployment_index)
+                applied = _apply_all(state.kube, [desired])
+                if not _refusals(applied):
+                    metrics.DRIFT_RESTORED.labels(kind=kind).inc()
+            if kind == "Deployment" or applied:
+                _refresh_status(state, ref, fleet, None, fleet_body.get("status") or {}, deployment_index, applied)
         except KubeApiError as exc:
             logger.warning("could not reconcile %s %s: %s", kind, body["metadata"]["name"], exc)
 
@@ -287,19 +331,28 @@ def _refresh_status(
     generation: int | None,
     stored: dict[str, Any],
     deployment_index: Any,
+    applied: Applied | None = None,
 ) -> None:
     """Derive the status from the newest child observations and write it if it changed.
 
     `generation` is given only by the fleet handler, which has just applied that generation;
-    child events keep the observedGeneration that was last written.
+    child events keep the observedGeneration that was last written. `applied` is the outcome of
+    the applies just made; refusals of children not applied this time stand until they are.
     """
     key = (ref.namespace, ref.name)
     with state.status_lock(key):
+        known = state.refused.setdefault(key, {})
+        for child, why in (applied or {}).items():
+            if why:
+                known[child] = why
+            else:
+                known.pop(child, None)
+        refused = list(known.values())
         old = state.written.get(key) or stored
         if generation is None:
             generation = int(old.get("observedGeneration") or 1)
         observed = _observations(deployment_index, ref.namespace, ref.name)
-        new = status_from_children(ref, fleet, generation, observed, old, _now())
+        new = status_from_children(ref, fleet, generation, observed, old, _now(), refused)
         if status_changed(old, new) or key not in state.written:
             state.kube.patch_status("LLMFleet", ref.namespace, ref.name, new)
             metrics.STATUS_WRITES.inc()

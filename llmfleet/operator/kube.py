@@ -26,6 +26,12 @@ KINDS: dict[str, tuple[str, str, str]] = {
 }
 CHILD_KINDS = [k for k in KINDS if k != "LLMFleet"]
 
+# List fields whose merge key a hand edit can change, such as a Service port's number. The server
+# then keeps the edited entry (owned by another field manager) beside the one we apply, and rejects
+# the object for a duplicate port name, forever. Replacing the whole list puts ours back and drops
+# the other manager's claim on it; after that, apply works again.
+REPLACE_ON_INVALID: dict[str, tuple[str, ...]] = {"Service": ("spec", "ports")}
+
 
 class KubeApiError(Exception):
     def __init__(self, status: int, reason: str, message: str) -> None:
@@ -33,6 +39,13 @@ class KubeApiError(Exception):
         self.status = status
         self.reason = reason
         self.message = message
+
+    @property
+    def needs_a_person(self) -> bool:
+        """The server refused the object itself (invalid, forbidden by RBAC or admission): retrying
+        the same write cannot help until someone changes the spec, the cluster or a hand edit.
+        Everything else (conflicts, throttling, timeouts, 5xx) is worth retrying as it is."""
+        return self.status in (400, 403, 422)
 
 
 def load_api_client(kubeconfig: str | None = None, context: str | None = None) -> Any:
@@ -95,11 +108,26 @@ class KubeClient:
         return json.loads(data) if data else None
 
     def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Server-side apply with force: the result is exactly our intent for every field we manage."""
+        """Server-side apply with force: the result is exactly our intent for every field we manage.
+
+        A 422 on a kind listed in REPLACE_ON_INVALID is repaired once by replacing that list.
+        """
         meta = obj["metadata"]
         path = resource_path(obj["kind"], meta.get("namespace"), meta["name"])
         query = [("fieldManager", self.field_manager), ("force", "true")]
-        result: dict[str, Any] = self.request("PATCH", path, obj, query, content_type="application/apply-patch+yaml")
+        try:
+            result: dict[str, Any] = self.request("PATCH", path, obj, query, content_type="application/apply-patch+yaml")
+            return result
+        except KubeApiError as exc:
+            field = REPLACE_ON_INVALID.get(obj["kind"])
+            if exc.status != 422 or field is None:
+                raise
+        value: Any = obj
+        for part in field:
+            value = value[part]
+        replace = [{"op": "replace", "path": "/" + "/".join(field), "value": value}]
+        self.request("PATCH", path, replace, [("fieldManager", self.field_manager)], content_type="application/json-patch+json")
+        result = self.request("PATCH", path, obj, query, content_type="application/apply-patch+yaml")
         return result
 
     def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client import Counter, Histogram
 
 RECONCILES = Counter(
-    "llmfleet_operator_reconciles_total", "Fleet reconciliations by outcome (applied, invalid, retry).", ["result"]
+    "llmfleet_operator_reconciles_total", "Fleet reconciliations by outcome (applied, invalid, refused, retry).", ["result"]
 )
 RECONCILE_SECONDS = Histogram(
     "llmfleet_operator_reconcile_seconds",

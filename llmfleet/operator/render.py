@@ -176,8 +176,17 @@ def _engine_args(spec: s.FleetSpec) -> list[str]:
     ]  # fmt: skip
 
 
+# vLLM's image runs as root; engine pods pass Pod Security `restricted` by running it as this
+# non-root user (the llmfleet images' own uid), with a writable home for the model and compile caches.
+ENGINE_UID = 65532
+ENGINE_HOME = "/home/vllm"
+
+
 def _env(spec: s.FleetSpec) -> list[dict[str, Any]]:
-    return [v.model_dump(by_alias=True, exclude_none=True) for v in spec.engine.env]
+    """Our HOME unless the user sets their own; env is merged by name, so no name may repeat."""
+    user = [v.model_dump(by_alias=True, exclude_none=True) for v in spec.engine.env]
+    ours = [{"name": "HOME", "value": ENGINE_HOME}]
+    return [v for v in ours if v["name"] not in {u["name"] for u in user}] + user
 
 
 def render_engine_deployment(
@@ -199,8 +208,8 @@ def render_engine_deployment(
         "startupProbe": {**http_probe, "periodSeconds": 10, "failureThreshold": 180},
         "readinessProbe": {**http_probe, "periodSeconds": 5, "failureThreshold": 3},
         "livenessProbe": {**http_probe, "periodSeconds": 10, "failureThreshold": 6},
-        "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}],
-        "securityContext": {"allowPrivilegeEscalation": False},
+        "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}, {"name": "home", "mountPath": ENGINE_HOME}],
+        "securityContext": {**_RESTRICTED, "runAsUser": ENGINE_UID, "runAsGroup": ENGINE_UID},
     }
     sidecar = {
         "name": "sidecar",
@@ -230,7 +239,8 @@ def render_engine_deployment(
         "terminationGracePeriodSeconds": 120,
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,
-        "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory"}}],
+        "securityContext": {"runAsNonRoot": True, "fsGroup": ENGINE_UID, "seccompProfile": {"type": "RuntimeDefault"}},
+        "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory"}}, {"name": "home", "emptyDir": {}}],
     }
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)

@@ -157,7 +157,29 @@ class AutoscalingSpec(_Spec):
         return self
 
 
+# CEL spellings of "how many length groups" and "is k one of their names" (group_names() in CEL).
+_LG = "self.scheduling.lengthGroups"
+_NO_GROUPS = f"(!has(self.scheduling) || !has({_LG}))"
+_GROUP_COUNT = f"({_NO_GROUPS} ? 1 : has({_LG}.ranges) ? size({_LG}.ranges) : has({_LG}.auto) ? {_LG}.auto.groups : 1)"
+_IS_GROUP = (
+    f"({_NO_GROUPS} ? k == '{DEFAULT_GROUP}' : has({_LG}.ranges) ? {_LG}.ranges.exists(r, r.name == k)"
+    f" : has({_LG}.auto) && k.matches('^g(0|[1-9][0-9]*)$') && int(k.substring(1)) < {_LG}.auto.groups)"
+)
+_PINNED = "(has(self.replicasPerGroup) ? self.replicasPerGroup.map(k, self.replicasPerGroup[k]).sum() : 0)"
+_PINNED_GROUPS = "(has(self.replicasPerGroup) ? size(self.replicasPerGroup) : 0)"
+
 _SPEC_RULES = _cel(
+    (
+        f"!has(self.replicasPerGroup) || self.replicasPerGroup.all(k, {_IS_GROUP})",
+        "replicasPerGroup must name only the fleet's length groups",
+    ),
+    (f"{_PINNED} <= self.replicas", "replicasPerGroup pins more pods than replicas"),
+    (
+        # The pods left after the pinned groups are spread over the others: each needs one, or none get any.
+        f"self.replicas - {_PINNED} == 0 || {_GROUP_COUNT} - {_PINNED_GROUPS} <= 0"
+        f" || self.replicas - {_PINNED} >= {_GROUP_COUNT} - {_PINNED_GROUPS}",
+        "replicas must give every length group without a replicasPerGroup entry at least one pod (or be 0)",
+    ),
     (
         "!has(self.scheduling) || !has(self.scheduling.sliceTokens) || !has(self.engine)"
         " || self.scheduling.sliceTokens <= self.engine.maxModelLen",

@@ -32,6 +32,8 @@ class DeploymentObservation:
     updated: int
     generation: int
     observed_generation: int
+    # Why the rollout cannot finish, as the Deployment controller reports it (None while it can).
+    failure: str | None = None
 
     @property
     def rolled_out(self) -> bool:
@@ -50,7 +52,24 @@ class DeploymentObservation:
             updated=int(status.get("updatedReplicas", 0)),
             generation=int(meta.get("generation", 1)),
             observed_generation=int(status.get("observedGeneration", 0)),
+            failure=rollout_failure(status.get("conditions") or []),
         )
+
+
+def rollout_failure(conditions: list[dict[str, Any]]) -> str | None:
+    """The Deployment controller's own verdict that a rollout is stuck, as `Reason: message`.
+
+    ReplicaFailure=True means its ReplicaSet cannot create Pods (quota, Pod Security admission, a
+    missing ServiceAccount); Progressing=False with ProgressDeadlineExceeded means Pods were made
+    but never became ready in time. Both need a person, so they make the fleet Degraded.
+    """
+    for c in conditions:
+        if c.get("type") == "ReplicaFailure" and c.get("status") == "True":
+            return f"{c.get('reason', 'ReplicaFailure')}: {c.get('message', '')}".rstrip(": ")
+    for c in conditions:
+        if c.get("type") == "Progressing" and c.get("status") == "False" and c.get("reason") == "ProgressDeadlineExceeded":
+            return f"ProgressDeadlineExceeded: {c.get('message', '')}".rstrip(": ")
+    return None
 
 
 def _condition(
@@ -77,7 +96,10 @@ def status_from_children(
     observations: list[DeploymentObservation],
     previous: dict[str, Any] | None,
     now: str,
+    apply_errors: list[str] | None = None,
 ) -> dict[str, Any]:
+    """The status of a valid spec. Children the server refused (`apply_errors`) or whose rollout
+    the Deployment controller gave up on make it Degraded, naming the child and the reason."""
     prev_conditions = list((previous or {}).get("conditions") or [])
     wanted = group_replicas(spec)
     by_group = {o.group: o for o in observations if o.component == "engine" and o.group}
@@ -107,17 +129,26 @@ def status_from_children(
     ready_total = sum(g["readyReplicas"] for g in groups)
     ok = not waiting
     message = "all engine groups and the dispatcher are rolled out" if ok else "waiting for " + ", ".join(waiting)
-    conditions = [
-        _condition("Ready", ok, "AllReplicasReady" if ok else "ReplicasNotReady", message, generation, prev_conditions, now),
-        _condition(
-            "Progressing", not ok, "RollingOut" if not ok else "RolloutComplete", message, generation, prev_conditions, now
-        ),
-        _condition("Degraded", False, "AsExpected", "spec is valid", generation, prev_conditions, now),
-    ]
-    if not observations:
-        phase = "Pending"
+    problems = [f"applying {e}" for e in apply_errors or []]
+    problems += [f"Deployment {o.name}: {o.failure}" for o in observations if o.failure]
+    if problems:
+        reason = "ApplyFailed" if apply_errors else "RolloutFailed"
+        why = "; ".join(problems)
+        conditions = [
+            _condition("Ready", ok, "AllReplicasReady" if ok else reason, message if ok else why, generation, prev_conditions, now),
+            _condition("Progressing", False, reason, why, generation, prev_conditions, now),
+            _condition("Degraded", True, reason, why, generation, prev_conditions, now),
+        ]
+        phase = "Degraded"
     else:
-        phase = "Ready" if ok else "Progressing"
+        conditions = [
+            _condition("Ready", ok, "AllReplicasReady" if ok else "ReplicasNotReady", message, generation, prev_conditions, now),
+            _condition(
+                "Progressing", not ok, "RollingOut" if not ok else "RolloutComplete", message, generation, prev_conditions, now
+            ),
+            _condition("Degraded", False, "AsExpected", "spec is valid", generation, prev_conditions, now),
+        ]
+        phase = "Pending" if not observations else "Ready" if ok else "Progressing"
     return {
         "observedGeneration": generation,
         "phase": phase,
@@ -131,10 +162,22 @@ def status_from_children(
     }
 
 
-def status_invalid(generation: int, reason: str, message: str, previous: dict[str, Any] | None, now: str) -> dict[str, Any]:
-    """Status for a spec the operator refuses to run: Degraded with the reason, children left as they were."""
-    prev_conditions = list((previous or {}).get("conditions") or [])
+def status_invalid(
+    generation: int, reason: str, message: str, previous: dict[str, Any] | None, now: str, replicas: int | None = None
+) -> dict[str, Any]:
+    """Status for a spec the operator refuses to run: Degraded with the reason, children left as they were.
+
+    `replicas` is the spec's own count: /scale reads status.replicas, so it follows the spec even
+    while the operator cannot act on it; the ready count stays what was last observed.
+    """
+    prev = previous or {}
+    prev_conditions = list(prev.get("conditions") or [])
+    counts: dict[str, Any] = {}
+    if replicas is not None:
+        ready = int(prev.get("readyReplicas") or 0)
+        counts = {"replicas": replicas, "readyReplicas": ready, "ready": f"{ready}/{replicas}"}
     return {
+        **counts,
         "observedGeneration": generation,
         "phase": "Degraded",
         "conditions": [

@@ -1,1 +1,1 @@
-"""Test doubles shared across llmfleet tests (e.g. the Kubernetes API emulator)."""
+"""Test support shared by llmfleet's tests and benchmarks: a real Kubernetes control plane (`cluster`)."""

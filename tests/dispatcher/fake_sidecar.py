@@ -141,21 +141,22 @@ class FakePod:
     servicer: FakeSidecar
     server: grpc.aio.Server
     port: int
+    host: str = "127.0.0.1"
 
     @property
     def address(self) -> str:
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     async def stop(self) -> None:
         await self.server.stop(None)
 
 
-async def start_fake_pod(**kwargs) -> FakePod:
+async def start_fake_pod(host: str = "127.0.0.1", **kwargs) -> FakePod:
     servicer = FakeSidecar(**kwargs)
     server = grpc.aio.server()
     sidecar_pb2_grpc.add_SidecarServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, ["llmfleet.v1.Sidecar"])
     await set_health(health, ["llmfleet.v1.Sidecar"], True)
-    port = server.add_insecure_port("127.0.0.1:0")
+    port = server.add_insecure_port(f"{host}:0")
     await server.start()
-    return FakePod(servicer, server, port)
+    return FakePod(servicer, server, port, host)

@@ -1,21 +1,19 @@
-"""Pod discovery: the static list, and EndpointSlices watched through the Kubernetes API test
-double with the official `kubernetes` client (config loaded explicitly from the emulator)."""
+"""Pod discovery: the static list, and EndpointSlices watched on the real kube-apiserver with the
+official `kubernetes` client (config loaded explicitly from the test control plane's kubeconfig)."""
 
 from __future__ import annotations
 
-from pathlib import Path
+import socket
 from typing import Any
 
-import kmock
 import pytest
-import yaml
 
 from llmfleet.client import DispatcherClient
 from llmfleet.core.clock import wait_for_condition
 from llmfleet.dispatcher import serve_dispatcher
 from llmfleet.dispatcher.discovery import EndpointSliceDiscovery, endpoints_of, parse_static
-from llmfleet.testing.kube_emulator import KubeEmulator
-from tests.dispatcher.fake_sidecar import reference
+from llmfleet.testing.cluster import ControlPlane, Namespace
+from tests.dispatcher.fake_sidecar import reference, start_fake_pod
 
 NS = "fleet-ns"
 SELECTOR = "llmfleet.io/fleet=demo,llmfleet.io/component=engine"
@@ -60,23 +58,30 @@ def test_endpoints_of_keeps_ready_non_terminating_ones():
     assert endpoints_of(s, 7) == {"p1": "10.0.0.1:7", "[fd00::1]:7": "[fd00::1]:7"}
 
 
-async def test_endpointslice_discovery_follows_the_api(tmp_path: Path, fake_pods):
-    async with KubeEmulator() as emu, kmock.Server(emu):
-        emu.create_object("namespaces", None, {"metadata": {"name": NS}})
-        path = tmp_path / "kubeconfig.yaml"
-        path.write_text(yaml.safe_dump(emu.kubeconfig()))
-        from kubernetes import config
+def _host_ip() -> str:
+    """This machine's own non-loopback IPv4: the API server refuses loopback endpoint addresses."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        probe.connect(("192.0.2.1", 9))  # no packet is sent; this only picks the outgoing interface
+        ip: str = probe.getsockname()[0]
+    if ip.startswith("127."):
+        pytest.fail("no non-loopback IPv4 address to give the EndpointSlice")
+    return ip
 
-        api_client = config.new_client_from_config(config_file=str(path))
-        # Every pod's sidecar listens on the same port (as in a cluster): the first fake pod's.
-        port = fake_pods[0].port
-        emu.create_object("endpointslices", NS, _slice("demo-a", [("engine-0", "127.0.0.1", True)]), group="discovery.k8s.io")
-        emu.create_object(
-            "endpointslices", NS,
-            _slice("other", [("x", "10.9.9.9", True)], labels={"llmfleet.io/fleet": "other", "llmfleet.io/component": "engine"}),
-            group="discovery.k8s.io",
-        )  # fmt: skip
-        discovery = EndpointSliceDiscovery(NS, SELECTOR, port, api_client=api_client, watch_timeout_s=2)
+
+async def test_endpointslice_discovery_follows_the_api(control_plane: ControlPlane, namespace: Namespace) -> None:
+    ns = namespace
+    ip = _host_ip()
+    pod = await start_fake_pod(host=ip)
+    from kubernetes import config
+
+    api_client = config.new_client_from_config(config_file=str(control_plane.kubeconfig))
+    try:
+        # Every pod's sidecar listens on the same port, as in a cluster: this fake pod's.
+        port = pod.port
+        ns.create_object("EndpointSlice", _slice("demo-a", [("engine-0", ip, True)]))
+        other = {"llmfleet.io/fleet": "other", "llmfleet.io/component": "engine"}
+        ns.create_object("EndpointSlice", _slice("other", [("x", "10.9.9.9", True)], labels=other))
+        discovery = EndpointSliceDiscovery(ns.name, SELECTOR, port, api_client=api_client, watch_timeout_s=2)
         handle = await serve_dispatcher(discovery=discovery)
         try:
             d = handle.dispatcher
@@ -86,22 +91,17 @@ async def test_endpointslice_discovery_follows_the_api(tmp_path: Path, fake_pods
                 g = await c.generate(prompt_ids=[1, 2], max_tokens=4, timeout=10)
             assert g.token_ids == reference([1, 2], 4)
             # A second ready endpoint appears, a not-ready one is ignored.
-            emu.create_object(
-                "endpointslices", NS,
-                _slice("demo-b", [("engine-1", "127.0.0.2", True), ("engine-2", "127.0.0.3", False)]),
-                group="discovery.k8s.io",
-            )  # fmt: skip
+            ns.create_object("EndpointSlice", _slice("demo-b", [("engine-1", "10.0.0.2", True), ("engine-2", "10.0.0.3", False)]))
             await wait_for_condition(lambda: set(d.pods) == {"engine-0", "engine-1"}, 15, what="engine-1 discovered")
-            assert d.pods["engine-1"].address == f"127.0.0.2:{port}"
+            assert d.pods["engine-1"].address == f"10.0.0.2:{port}"
             # engine-0 turns not ready, then its slice goes away entirely.
-            emu.patch_object(
-                "endpointslices", NS, "demo-a",
-                {"endpoints": [{"addresses": ["127.0.0.1"], "conditions": {"ready": False}, "targetRef": {"name": "engine-0"}}]},
-                group="discovery.k8s.io",
-            )  # fmt: skip
+            not_ready = [{"addresses": [ip], "conditions": {"ready": False}, "targetRef": {"kind": "Pod", "name": "engine-0"}}]
+            ns.patch("EndpointSlice", "demo-a", {"endpoints": not_ready})
             await wait_for_condition(lambda: set(d.pods) == {"engine-1"}, 15, what="engine-0 gone")
-            emu.delete_object("endpointslices", NS, "demo-b", group="discovery.k8s.io")
+            ns.delete("EndpointSlice", "demo-b")
             await wait_for_condition(lambda: not d.pods, 15, what="all pods gone")
         finally:
             await handle.stop()
-            api_client.close()
+    finally:
+        api_client.close()
+        await pod.stop()

@@ -1,10 +1,11 @@
-"""Fixtures for the operator tests: the Kubernetes API test double and a real kopf operator in a thread."""
+"""Fixtures for the operator tests: a real kopf operator in a thread, against the real API server
+(the session's `control_plane`), watching the test's own namespace."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,32 +14,19 @@ import pytest_asyncio
 import yaml
 
 from llmfleet.core.clock import wait_for_condition
-from llmfleet.operator.crd import crd_manifest
+from llmfleet.operator.kube import KubeClient
 from llmfleet.operator.runner import RunOptions, run
-from llmfleet.testing.kube_emulator import KubeEmulator, running_emulator
+from llmfleet.testing.cluster import ControlPlane, FakeKubelet, Namespace
 
 REPO = Path(__file__).resolve().parents[2]
-FLEETS = dict(group="llmfleet.io", version="v1alpha1")
-NS = "team-a"
-
-
-@pytest_asyncio.fixture()
-async def emulator_and_kubeconfig(tmp_path: Path) -> AsyncIterator[tuple[KubeEmulator, Path]]:
-    async with running_emulator(tmp_path, rollout_delay=0.05) as (emu, path):
-        emu.register_crd(crd_manifest())
-        for ns in (NS, "team-b"):
-            emu.create_object("namespaces", None, {"metadata": {"name": ns}})
-        yield emu, path
 
 
 @pytest.fixture()
-def emulator(emulator_and_kubeconfig: tuple[KubeEmulator, Path]) -> KubeEmulator:
-    return emulator_and_kubeconfig[0]
-
-
-@pytest.fixture()
-def kubeconfig(emulator_and_kubeconfig: tuple[KubeEmulator, Path]) -> str:
-    return str(emulator_and_kubeconfig[1])
+def kubelet(kube: KubeClient, namespace: Namespace) -> Iterator[FakeKubelet]:
+    """Pods of the test's namespace turn Ready as soon as they exist (pause it to hold them Pending)."""
+    k = FakeKubelet(kube, [namespace.name]).start()
+    yield k
+    k.stop()
 
 
 class OperatorThread:
@@ -70,11 +58,11 @@ class OperatorThread:
 
 
 @pytest_asyncio.fixture()
-async def start_operator(kubeconfig: str) -> AsyncIterator[Callable[..., Any]]:
+async def start_operator(control_plane: ControlPlane, namespace: Namespace) -> AsyncIterator[Callable[..., Any]]:
     running: list[OperatorThread] = []
 
     async def start(**overrides: Any) -> OperatorThread:
-        options = RunOptions(namespaces=[NS], kubeconfig=kubeconfig, workers=4)
+        options = RunOptions(namespaces=[namespace.name], kubeconfig=str(control_plane.kubeconfig), workers=4)
         for key, value in overrides.items():
             setattr(options, key, value)
         op = OperatorThread(options)

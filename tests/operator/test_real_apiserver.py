@@ -1,69 +1,41 @@
-"""The operator against a real kube-apiserver (`../shared/k8s`, as controller-runtime's envtest
-does), with the chart's own namespaced RBAC: what a test double cannot show.
+"""The operator and the CRD against a real kube-apiserver (`../shared/k8s`, as controller-runtime's
+envtest does): the chart installed by the real helm and run with its own ServiceAccount's token,
+what the server stores read back as not-drift, and admission of every example and invalid object.
 
-The control plane starts once per session on free local ports. Set LLMFLEET_K8S_DIR to its
-folder; without it these tests skip, except under CI, where the folder is always present.
+The control plane starts once per session (tests/conftest.py); each test has its own namespace.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
 import os
-import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from llmfleet.engine.process import free_port
+from llmfleet.operator.handlers import parse_spec
+from llmfleet.operator.kube import KubeApiError, KubeClient
+from llmfleet.operator.render import FleetRef, InvalidFleet, render_children
 from llmfleet.operator.runner import RunOptions
+from llmfleet.testing.cluster import ControlPlane, Namespace
 
 from .conftest import REPO, OperatorThread, eventually, load_example
 
-K8S_DIR = Path(os.environ.get("LLMFLEET_K8S_DIR", REPO.parent / "shared" / "k8s"))
 KUBECTL = REPO / ".tools" / "bin" / "kubectl"
 HELM = REPO / ".tools" / "bin" / "helm"
+EXAMPLES = ["minimal.yaml", "full.yaml", "auto-groups.yaml"]
 
 
-@pytest.fixture(scope="session")
-def control_plane(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    script = K8S_DIR / "control-plane"
-    if not script.exists():
-        if os.environ.get("CI"):
-            pytest.fail(f"no Kubernetes control plane at {K8S_DIR}; CI always has ../shared/k8s")
-        pytest.skip(f"no Kubernetes control plane at {K8S_DIR} (set LLMFLEET_K8S_DIR)")
-    folder = tmp_path_factory.mktemp("control-plane")
-    env = {**os.environ, "KCP_API_PORT": str(free_port()), "KCP_KCM_PORT": str(free_port())}
-    env["KCP_ETCD_PORT"] = str(free_port())
-    up = subprocess.run([str(script), "up", str(folder), "--no-controller-manager"], env=env,
-                        capture_output=True, text=True, timeout=180)  # fmt: skip
-    if up.returncode != 0:
-        pytest.fail(f"the control plane did not start:\n{up.stdout}\n{up.stderr}")
-    try:
-        yield folder / "kubeconfig"
-    finally:
-        subprocess.run([str(script), "down", str(folder)], env=env, capture_output=True, timeout=60)
-
-
-def kubectl(kubeconfig: Path, *args: str, stdin: str | None = None) -> str:
-    out = subprocess.run([str(KUBECTL), "--kubeconfig", str(kubeconfig), *args], input=stdin,
+def kubectl(plane: ControlPlane, *args: str, stdin: str | None = None) -> str:
+    out = subprocess.run([str(KUBECTL), "--kubeconfig", str(plane.kubeconfig), *args], input=stdin,
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     if out.returncode != 0:
         raise AssertionError(f"kubectl {' '.join(args)} failed: {out.stderr}")
     return out.stdout
-
-
-def _chart_rbac(release_ns: str, watched: str, home: Path) -> list[dict[str, Any]]:
-    helm = shutil.which("helm", path=str(HELM.parent)) or "helm"
-    out = subprocess.run([helm, "template", "rel", str(REPO / "charts" / "llmfleet"), "--namespace", release_ns,
-                          "--set", f"watch.namespaces={{{watched}}}"],
-                         capture_output=True, text=True, timeout=60, env={**os.environ, "HOME": str(home)},
-                         check=True)  # fmt: skip
-    docs = [d for d in yaml.safe_load_all(out.stdout) if d]
-    return [d for d in docs if d["kind"] in ("ServiceAccount", "Role", "RoleBinding")]
 
 
 def _token_kubeconfig(admin: Path, token: str, path: Path) -> Path:
@@ -75,59 +47,55 @@ def _token_kubeconfig(admin: Path, token: str, path: Path) -> Path:
     return path
 
 
-async def test_namespaced_operator_with_the_charts_rbac_reconciles_without_forbidden_calls(
-    control_plane: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+async def test_the_chart_installed_by_helm_runs_the_operator_with_its_own_token_and_no_forbidden_call(
+    control_plane: ControlPlane, namespace: Namespace, kube: KubeClient, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    k = control_plane
-    kubectl(k, "apply", "--server-side", "-f", str(REPO / "crds" / "llmfleets.llmfleet.io.yaml"))
-    kubectl(k, "wait", "--for=condition=Established", "crd/llmfleets.llmfleet.io", "--timeout=60s")
-    for ns in ("llmfleet-system", "team-a"):
-        kubectl(k, "create", "namespace", ns)
-    rbac = _chart_rbac("llmfleet-system", "team-a", tmp_path)
-    assert {d["kind"] for d in rbac} == {"ServiceAccount", "Role", "RoleBinding"}, "namespaced mode has no ClusterRole"
-    kubectl(k, "apply", "-f", "-", stdin=yaml.safe_dump_all(rbac))
-    sa = next(d["metadata"]["name"] for d in rbac if d["kind"] == "ServiceAccount")
-    token = kubectl(k, "create", "token", sa, "-n", "llmfleet-system").strip()
-    as_operator = _token_kubeconfig(k, token, tmp_path / "operator.kubeconfig")
+    release = Namespace.create(kube, f"{namespace.name}-sys")
+    env = {**os.environ, "HOME": str(tmp_path), "KUBECONFIG": str(control_plane.kubeconfig)}
+    subprocess.run([str(HELM), "install", "rel", str(REPO / "charts" / "llmfleet"), "--namespace", release.name,
+                    "--set", f"watch.namespaces={{{namespace.name}}}", "--skip-crds"],  # the session installed it
+                   capture_output=True, text=True, timeout=120, env=env, check=True)  # fmt: skip
+    kinds = {(k, o["metadata"]["name"]) for k in ("ServiceAccount", "Role", "Deployment") for o in release.objects(k)}
+    assert ("Deployment", "rel-llmfleet") in kinds and ("ServiceAccount", "rel-llmfleet") in kinds, kinds
+    assert not kube.request("GET", "/apis/rbac.authorization.k8s.io/v1/clusterroles", query=[
+        ("labelSelector", "app.kubernetes.io/instance=rel")])["items"], "namespaced mode has no ClusterRole"  # fmt: skip
+    token = kubectl(control_plane, "create", "token", "rel-llmfleet", "-n", release.name).strip()
+    as_operator = _token_kubeconfig(control_plane.kubeconfig, token, tmp_path / "operator.kubeconfig")
 
     caplog.set_level(logging.WARNING)
-    op = OperatorThread(RunOptions(namespaces=["team-a"], kubeconfig=str(as_operator), workers=2))
+    op = OperatorThread(RunOptions(namespaces=[namespace.name], kubeconfig=str(as_operator), workers=2))
     await op.start()
     try:
-        fleet = load_example("minimal.yaml")
-        fleet["metadata"]["namespace"] = "team-a"
-        kubectl(k, "apply", "-f", "-", stdin=yaml.safe_dump(fleet))
+        fleet = load_example("full.yaml")
+        namespace.create_object("LLMFleet", fleet)
         name = fleet["metadata"]["name"]
 
         def applied() -> bool:
-            out = kubectl(k, "get", "configmap,deployment,service", "-n", "team-a", "-o", "name")
-            return f"configmap/{name}-scheduling" in out and f"deployment.apps/{name}-dispatcher" in out
+            return bool(namespace.get("ConfigMap", f"{name}-scheduling") and namespace.get("Deployment", f"{name}-dispatcher"))
 
         await eventually(applied, "the fleet's children applied with the chart's Role", timeout=60)
+        await eventually(lambda: (namespace.get("LLMFleet", name) or {}).get("status", {}).get("phase"), "a status written")
     finally:
         await op.stop()
     forbidden = [r.getMessage() for r in caplog.records if "403" in r.getMessage() or "orbidden" in r.getMessage()]
     assert not forbidden, f"calls the chart's RBAC forbids: {forbidden[:3]}"
 
 
-@pytest.mark.parametrize("example", ["minimal.yaml", "full.yaml"])
-def test_applied_children_read_back_from_the_server_are_not_drift(control_plane: Path, example: str) -> None:
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_applied_children_read_back_from_the_server_are_not_drift(
+    control_plane: ControlPlane, namespace: Namespace, example: str
+) -> None:
     """The server normalises what it stores (drops `env: []`, writes `nvidia.com/gpu: 1` as "1",
     defaults every field we leave out): none of that is drift. A hand edit of a field we own is."""
     from llmfleet.operator.drift import drifted
-    from llmfleet.operator.handlers import parse_spec
-    from llmfleet.operator.kube import KubeClient, load_api_client
-    from llmfleet.operator.render import FleetRef, render_children
 
-    ns = f"drift-{example.split('.')[0]}"
-    kubectl(control_plane, "create", "namespace", ns)
+    ns = namespace.name
     doc = load_example(example)
     spec = parse_spec(doc["spec"])
     children = render_children(FleetRef(name=doc["metadata"]["name"], namespace=ns, uid="0"), spec)
     for child in children:
         child["metadata"].pop("ownerReferences", None)  # no owner object exists on this server
-    api = load_api_client(str(control_plane), None)
-    kube = KubeClient(api)
+    kube = control_plane.client()
     try:
         for child in children:
             kube.apply(child)
@@ -139,4 +107,93 @@ def test_applied_children_read_back_from_the_server_are_not_drift(control_plane:
         kubectl(control_plane, "set", "image", f"deployment/{name}", "-n", ns, "vllm=vllm/vllm-openai:hand-edited")
         assert drifted(engine, kube.get("Deployment", ns, name)), "a hand-edited image must be drift"
     finally:
-        api.close()
+        kube.api.close()
+
+
+def _admit(ns: Namespace, doc: dict[str, Any]) -> str | None:
+    """The API server's verdict on creating `doc` (server-side dry run): None, or its message."""
+    try:
+        ns.create_object("LLMFleet", doc, dry_run=True)
+        return None
+    except KubeApiError as exc:
+        return exc.message
+
+
+def _operator_accepts(spec: dict[str, Any]) -> bool:
+    try:
+        render_children(FleetRef("x", "ns", "0"), parse_spec(spec))
+        return True
+    except InvalidFleet:
+        return False
+
+
+@pytest.mark.parametrize("example", EXAMPLES)
+def test_every_example_is_admitted_by_the_server_and_accepted_by_the_operator(namespace: Namespace, example: str) -> None:
+    doc = load_example(example)
+    assert "namespace" not in doc["metadata"], "examples apply to whatever namespace kubectl is pointed at"
+    assert _admit(namespace, doc) is None
+    assert _operator_accepts(doc["spec"])
+
+
+def _auto(s: dict[str, Any]) -> None:
+    s["scheduling"]["lengthGroups"] = {"auto": {"groups": 2}}
+    s.pop("replicasPerGroup", None)
+
+
+# Each mutation of examples/full.yaml, and a fragment of the server's refusal. Schema and CEL both.
+INVALID = [
+    ("kv cache dtype", lambda s: s["engine"].update(kvCacheDtype="int4"), "int4"),
+    ("gpu memory", lambda s: s["engine"].update(gpuMemoryUtilization=1.5), "gpuMemoryUtilization"),
+    ("negative replicas", lambda s: s.update(replicas=-1), "replicas"),
+    ("service type", lambda s: s["dispatcher"].update(serviceType="Ingress"), "Ingress"),
+    ("quantity", lambda s: s["resources"].update(memory="lots"), "memory"),
+    ("no model", lambda s: s.pop("model"), "model"),
+    ("group name", lambda s: s["scheduling"]["lengthGroups"]["ranges"][0].update(name="Short_Group"), "name"),
+    ("unknown field", lambda s: s["engine"].update(maxModelLength=10), "maxModelLength"),
+    ("policy pattern", lambda s: s["scheduling"].update(policy="Shortest First"), "policy"),
+    ("slice tokens", lambda s: s["scheduling"].update(sliceTokens=0), "sliceTokens"),
+    ("port", lambda s: s["dispatcher"].update(port=70000), "port"),
+    ("autoscaling bounds", lambda s: s["autoscaling"].update(minReplicas=13), "autoscaling.minReplicas must be <= maxReplicas"),
+    ("slice vs context", lambda s: s["scheduling"].update(sliceTokens=9000), "scheduling.sliceTokens must be <= engine.maxModelLen"),
+    ("tp vs gpus", lambda s: s["engine"].update(tensorParallelSize=2), "engine.tensorParallelSize must be <= resources.gpus"),
+    ("replicas vs autoscaling", lambda s: s.update(replicas=20), "replicas must lie within autoscaling"),
+    ("ranges and auto", lambda s: s["scheduling"]["lengthGroups"].update(auto={"groups": 2}), "set exactly one of ranges or auto"),
+    ("ranker source", lambda s: s["scheduling"]["ranker"].update(path="/models/ranker"), "set exactly one of configMap or path"),
+    ("range bounds", lambda s: s["scheduling"]["lengthGroups"]["ranges"][0].update(maxTokens=0), "maxTokens must be > minTokens"),
+    ("unknown pinned group", lambda s: s.update(replicasPerGroup={"huge": 1}), "replicasPerGroup must name only"),
+    ("pins too many", lambda s: s.update(replicas=2, replicasPerGroup={"short": 3}, autoscaling=None), "pins more pods"),
+    ("too few for auto groups", lambda s: (_auto(s), s.update(replicas=1, autoscaling=None)), "at least one pod"),
+    ("auto group name", lambda s: (_auto(s), s.update(replicasPerGroup={"g2": 1})), "replicasPerGroup must name only"),
+]
+
+
+@pytest.mark.parametrize("mutate, message", [pytest.param(m, msg, id=i) for i, m, msg in INVALID])
+def test_the_server_refuses_invalid_fleets_and_the_operator_agrees(namespace: Namespace, mutate: Any, message: str) -> None:
+    doc = load_example("full.yaml")
+    mutate(doc["spec"])
+    doc["spec"] = {k: v for k, v in doc["spec"].items() if v is not None}
+    refusal = _admit(namespace, doc)
+    assert refusal is not None and message in refusal, refusal
+    assert not _operator_accepts(doc["spec"]), "the same rule, enforced again where admission did not run"
+
+
+@pytest.mark.parametrize("replicas, pinned, groups, ok", [
+    (0, None, 2, True), (2, None, 2, True), (1, None, 2, False), (3, {"g0": 2}, 2, True), (2, {"g0": 2}, 2, True),
+    (3, {"g0": 1}, 3, True), (2, {"g0": 1}, 3, False), (1, {"g0": 1, "g1": 1}, 2, False),
+])  # fmt: skip
+def test_cel_and_the_operator_agree_on_how_replicas_spread(
+    namespace: Namespace, replicas: int, pinned: dict[str, int] | None, groups: int, ok: bool
+) -> None:
+    doc = load_example("auto-groups.yaml")
+    doc["spec"].update(replicas=replicas, scheduling={"lengthGroups": {"auto": {"groups": groups}}})
+    if pinned:
+        doc["spec"]["replicasPerGroup"] = pinned
+    assert (_admit(namespace, copy.deepcopy(doc)) is None) == _operator_accepts(doc["spec"]) == ok
+
+
+def test_kubectl_scale_below_the_group_count_is_refused(control_plane: ControlPlane, namespace: Namespace) -> None:
+    namespace.create_object("LLMFleet", load_example("auto-groups.yaml"))
+    with pytest.raises(AssertionError, match="at least one pod"):
+        kubectl(control_plane, "scale", "-n", namespace.name, "llmf/mistral-auto", "--replicas=1")
+    kubectl(control_plane, "scale", "-n", namespace.name, "llmf/mistral-auto", "--replicas=2")
+    assert (namespace.get("LLMFleet", "mistral-auto") or {})["spec"]["replicas"] == 2

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import pytest
+
 from llmfleet.operator.handlers import parse_spec
+from llmfleet.operator.kube import KubeApiError
 from llmfleet.operator.render import FleetRef
 from llmfleet.operator.status import (
     DeploymentObservation,
+    rollout_failure,
     status_changed,
     status_from_children,
     status_invalid,
@@ -71,3 +75,51 @@ def test_observation_from_a_deployment_body() -> None:
             "spec": {"replicas": 2}, "status": {"readyReplicas": 2, "updatedReplicas": 2, "observedGeneration": 3}}  # fmt: skip
     obs = DeploymentObservation.from_body(body)
     assert obs.group == "long" and obs.rolled_out
+
+
+RS_FAILED = {"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate", "message": "exceeded quota: q"}
+DEADLINE = {"type": "Progressing", "status": "False", "reason": "ProgressDeadlineExceeded", "message": "timed out"}
+PROGRESSING = {"type": "Progressing", "status": "True", "reason": "ReplicaSetUpdated", "message": "rolling"}
+
+
+@pytest.mark.parametrize("conditions, failure", [
+    ([], None),
+    ([PROGRESSING], None),
+    ([PROGRESSING, RS_FAILED], "FailedCreate: exceeded quota: q"),
+    ([DEADLINE], "ProgressDeadlineExceeded: timed out"),
+    ([DEADLINE, RS_FAILED], "FailedCreate: exceeded quota: q"),  # the more specific cause first
+    ([{**RS_FAILED, "status": "False"}], None),
+    ([{**DEADLINE, "reason": "ReplicaSetUpdated"}], None),
+])  # fmt: skip
+def test_rollout_failure_reads_the_deployment_controllers_verdict(conditions: list, failure: str | None) -> None:
+    assert rollout_failure(conditions) == failure
+
+
+def test_a_failed_rollout_or_a_refused_child_is_degraded_naming_it() -> None:
+    stuck = DeploymentObservation("f-default", "engine", "default", 2, 1, 1, 1, 1, failure="FailedCreate: exceeded quota")
+    obs = [stuck, _obs("f-dispatcher", "dispatcher", None, 1, 1)]
+    st = status_from_children(REF, SPEC, 2, obs, None, "t0")
+    assert st["phase"] == "Degraded" and st["ready"] == "1/2" and st["observedGeneration"] == 2
+    assert _cond(st, "Degraded").items() >= {"status": "True", "reason": "RolloutFailed",
+                                          "message": "Deployment f-default: FailedCreate: exceeded quota"}.items()  # fmt: skip
+    assert _cond(st, "Progressing")["status"] == "False" and _cond(st, "Ready")["status"] == "False"
+
+    ready = [_obs("f-default", "engine", "default", 2, 2), _obs("f-dispatcher", "dispatcher", None, 1, 1)]
+    st = status_from_children(REF, SPEC, 2, ready, st, "t1", ["Service f-dispatcher: 422 Invalid: duplicate"])
+    assert st["phase"] == "Degraded" and _cond(st, "Degraded")["reason"] == "ApplyFailed"
+    assert "applying Service f-dispatcher: 422" in _cond(st, "Degraded")["message"]
+    assert _cond(st, "Degraded")["lastTransitionTime"] == "t0", "still Degraded: no transition"
+    healed = status_from_children(REF, SPEC, 2, ready, st, "t2")
+    assert healed["phase"] == "Ready" and _cond(healed, "Degraded")["status"] == "False"
+
+
+def test_an_invalid_spec_keeps_scale_in_step_with_the_spec() -> None:
+    before = {"replicas": 2, "readyReplicas": 2, "ready": "2/2"}
+    st = status_invalid(5, "InvalidSpec", "bad", before, "t0", replicas=4)
+    assert (st["replicas"], st["readyReplicas"], st["ready"]) == (4, 2, "2/4")
+
+
+@pytest.mark.parametrize("status, person", [(400, True), (403, True), (422, True), (404, False), (409, False),
+                                            (429, False), (500, False), (503, False)])  # fmt: skip
+def test_which_refusals_need_a_person(status: int, person: bool) -> None:
+    assert KubeApiError(status, "Reason", "msg").needs_a_person is person
