@@ -127,6 +127,7 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                 await asyncio.sleep(0.1)
             idle_rss = _proc_kib(proc.pid, "VmRSS")
             cpu_before = _cpu_seconds(proc.pid)
+            plane_before = {name: _cpu_seconds(pid) for name, pid in plane.pids().items()}
             bench_cpu_before = time.process_time()
             writes_before = _api_writes(kube)
 
@@ -145,13 +146,15 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
                             ready_at[name] = now
                     bar.update(task, completed=len(ready_at))
                     if now > args.timeout:
-                        raise RuntimeError(f"only {len(ready_at)}/{args.fleets} fleets Ready after {args.timeout}s")
+                        raise RuntimeError(f"only {len(ready_at)}/{args.fleets} fleets Ready after {args.timeout}s;"
+                                           f" stand-in kubelet errors: {kubelet.errors[-3:]}")  # fmt: skip
                     if proc.poll() is not None:
                         raise RuntimeError(f"operator exited; see {workdir / 'operator.log'}")
                     await asyncio.sleep(0.2)
             all_ready = max(ready_at.values())
             peak_rss = _proc_kib(proc.pid, "VmHWM")
             operator_cpu = _cpu_seconds(proc.pid) - cpu_before
+            plane_cpu = {name: round(_cpu_seconds(pid) - plane_before.get(name, 0.0), 2) for name, pid in plane.pids().items()}
             poller_cpu = time.process_time() - bench_cpu_before
             children = sum(len(ns.objects(kind, "app.kubernetes.io/managed-by=llmfleet-operator")) for kind in CHILD_KINDS)
             writes_after = _api_writes(kube)
@@ -166,6 +169,8 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         kubelet.stop()
         kube.api.close()
         plane.stop()
+    if args.keep_log:
+        shutil.copy(workdir / "operator.log", args.keep_log)
     shutil.rmtree(workdir, ignore_errors=True)  # kept only when the run failed, for its operator.log
     writes = {k: v - writes_before.get(k, 0) for k, v in sorted(writes_after.items()) if v > writes_before.get(k, 0)}
     times = sorted(ready_at.values())
@@ -182,12 +187,14 @@ async def run_bench(args: argparse.Namespace) -> dict[str, Any]:
         "operator_peak_rss_mib": round(peak_rss / 1024, 1),
         "operator_cpu_s": round(operator_cpu, 2),
         "kubelet_and_poller_cpu_s": round(poller_cpu, 2),
+        "control_plane_cpu_s": plane_cpu,
         "children_created": children,
         "api_writes_all_clients": sum(writes.values()),
         "api_writes_by_resource": writes,
         "ready_times_s": [round(t, 3) for t in times],
         "rss_samples": [(round(t, 2), round(kib / 1024, 1)) for t, kib in samples[:: max(1, len(samples) // 400)]],
         "load_average_1m_at_start": round(load_at_start, 2),
+        "kubelet_errors": len(kubelet.errors),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
     }
 
@@ -222,6 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fleets", type=int, default=100)
     parser.add_argument("--workers", type=int, default=8, help="operator handler threads")
     parser.add_argument("--timeout", type=float, default=600)
+    parser.add_argument("--keep-log", type=Path, help="copy the operator's log here (the last run's)")
     parser.add_argument("--repeat", type=int, default=3, help="runs; the median run (by time to all-ready) is reported")
     parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
     args = parser.parse_args(argv)

@@ -145,8 +145,9 @@ def crd_manifest() -> dict[str, Any]:
                         {"name": "Model", "type": "string", "jsonPath": ".spec.model.name"},
                         {"name": "Ready", "type": "string", "jsonPath": ".status.ready"},
                         {"name": "Policy", "type": "string", "jsonPath": ".spec.scheduling.policy"},
-                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "priority": 1},
+                        {"name": "Phase", "type": "string", "jsonPath": ".status.phase"},
                         {"name": "Endpoint", "type": "string", "jsonPath": ".status.dispatcherEndpoint", "priority": 1},
+                        {"name": "Message", "type": "string", "jsonPath": ".status.message", "priority": 1},
                         {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
                     ],
                 }

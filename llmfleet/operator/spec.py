@@ -269,3 +269,6 @@ class FleetStatus(_Spec):
     ready: str | None = Field(default=None, description="ready/wanted engine pods, for kubectl.")
     selector: str | None = Field(default=None, description="Label selector of the engine pods (scale subresource).")
     dispatcher_endpoint: str | None = None
+    message: str | None = Field(
+        default=None, max_length=32768, description="What the fleet waits for, or why it is Degraded (child and reason)."
+    )

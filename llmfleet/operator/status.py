@@ -139,7 +139,7 @@ def status_from_children(
             _condition("Progressing", False, reason, why, generation, prev_conditions, now),
             _condition("Degraded", True, reason, why, generation, prev_conditions, now),
         ]
-        phase = "Degraded"
+        phase, summary = "Degraded", why
     else:
         conditions = [
             _condition("Ready", ok, "AllReplicasReady" if ok else "ReplicasNotReady", message, generation, prev_conditions, now),
@@ -149,6 +149,7 @@ def status_from_children(
             _condition("Degraded", False, "AsExpected", "spec is valid", generation, prev_conditions, now),
         ]
         phase = "Pending" if not observations else "Ready" if ok else "Progressing"
+        summary = message
     return {
         "observedGeneration": generation,
         "phase": phase,
@@ -159,6 +160,7 @@ def status_from_children(
         "ready": f"{ready_total}/{total}",
         "selector": f"{FLEET_LABEL}={ref.name},{COMPONENT_LABEL}=engine",
         "dispatcherEndpoint": dispatcher_endpoint(ref, spec),
+        "message": summary,
     }
 
 
@@ -180,6 +182,7 @@ def status_invalid(
         **counts,
         "observedGeneration": generation,
         "phase": "Degraded",
+        "message": message,
         "conditions": [
             _condition("Ready", False, reason, message, generation, prev_conditions, now),
             _condition("Progressing", False, reason, message, generation, prev_conditions, now),

@@ -9,9 +9,11 @@ the real ReplicaSet and Deployment controllers report rollouts exactly as they w
 
 from __future__ import annotations
 
+import itertools
 import os
 import subprocess
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ from llmfleet.engine.process import free_port
 from llmfleet.operator.kube import KINDS, KubeApiError, KubeClient, load_api_client
 
 REPO = Path(__file__).resolve().parents[2]
+KUBECTL = REPO / ".tools" / "bin" / "kubectl"  # installed by scripts/setup.sh
 
 # kind -> (group, version, plural) for what tests touch beyond the operator's own kinds.
 TEST_KINDS: dict[str, tuple[str, str, str]] = {
@@ -66,8 +69,26 @@ class ControlPlane:
             raise RuntimeError(f"the control plane did not start:\n{up.stdout}\n{up.stderr}")
         return plane
 
+    def pids(self) -> dict[str, int]:
+        """The PID of each running component (etcd, kube-apiserver, kube-controller-manager)."""
+        out = {}
+        for f in (self.folder / "run").glob("*.pid"):
+            try:
+                out[f.stem] = int(f.read_text().strip())
+            except (OSError, ValueError):
+                continue
+        return out
+
     def stop(self) -> None:
         subprocess.run([str(self.script), "down", str(self.folder)], env=self.env, capture_output=True, timeout=60)
+
+    def kubectl(self, *args: str, stdin: str | None = None) -> str:
+        """The real kubectl against this plane; its stderr becomes the error when it fails."""
+        out = subprocess.run([str(KUBECTL), "--kubeconfig", str(self.kubeconfig), *args], input=stdin,
+                             capture_output=True, text=True, timeout=60)  # fmt: skip
+        if out.returncode != 0:
+            raise AssertionError(f"kubectl {' '.join(args)} failed: {out.stderr}")
+        return out.stdout
 
     def client(self) -> KubeClient:
         return KubeClient(load_api_client(str(self.kubeconfig), None))
@@ -173,6 +194,8 @@ class FakeKubelet:
     namespaces: list[str]
     interval: float = 0.1
     paused: bool = False
+    errors: list[str] = field(default_factory=list)  # what went wrong, for a test or benchmark to report
+    _ips: Iterator[int] = field(default_factory=lambda: itertools.count(1))  # each Pod its own IP, as a CNI would
     _stop: threading.Event = field(default_factory=threading.Event)
     _thread: threading.Thread | None = None
 
@@ -190,24 +213,29 @@ class FakeKubelet:
         while not self._stop.wait(self.interval):
             if self.paused:
                 continue
-            for ns in self.namespaces:
+            for ns in list(self.namespaces):
                 try:
                     self.mark_ready(ns)
-                except KubeApiError:
-                    continue  # a Pod deleted under us, or the namespace going away: try again next tick
+                except Exception as exc:  # a Pod deleted under us, a timeout: a kubelet keeps going
+                    self.errors.append(f"{type(exc).__name__}: {exc}")
 
     def mark_ready(self, namespace: str) -> int:
-        pods = self.kube.request("GET", path_of("Pod", namespace))["items"]
+        # Only Pods not yet marked: a field selector keeps each tick cheap with hundreds of Pods.
+        pods = self.kube.request("GET", path_of("Pod", namespace), query=[("fieldSelector", "status.phase=Pending")])["items"]
         marked = 0
-        for i, pod in enumerate(pods):
+        for pod in pods:
             conditions = (pod.get("status") or {}).get("conditions") or []
             if any(c["type"] == "Ready" and c["status"] == "True" for c in conditions) or pod["metadata"].get("deletionTimestamp"):
                 continue
             now = pod["metadata"]["creationTimestamp"]
             ready = [{"type": t, "status": "True", "lastTransitionTime": now} for t in ("Ready", "ContainersReady")]
-            status = {"phase": "Running", "conditions": ready, "podIP": f"10.0.{len(pods) % 250}.{i + 1}", "startTime": now}
+            n = next(self._ips)
+            ip = f"10.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
+            status = {"phase": "Running", "conditions": ready, "podIP": ip, "podIPs": [{"ip": ip}], "startTime": now}
             path = path_of("Pod", namespace, pod["metadata"]["name"], "status")
-            self.kube.request("PATCH", path, {"status": status}, None, "application/merge-patch+json")
-            marked += 1
+            try:
+                self.kube.request("PATCH", path, {"status": status}, None, "application/merge-patch+json")
+                marked += 1
+            except KubeApiError as exc:  # one Pod (deleted under us, say) never stops the others
+                self.errors.append(str(exc))
         return marked
-

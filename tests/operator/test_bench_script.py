@@ -19,4 +19,5 @@ def test_operator_bench_runs_small(tmp_path: Path) -> None:
     result = json.loads((tmp_path / "operator_fleets.json").read_text())
     assert result["fleets"] == 3 and len(result["ready_times_s"]) == 3
     assert result["operator_peak_rss_mib"] > 10 and result["children_created"] >= 27
+    assert result["kubelet_errors"] == 0 and result["control_plane_cpu_s"]["kube-apiserver"] > 0
     assert (tmp_path / "operator_fleets.png").stat().st_size > 1000

@@ -80,12 +80,12 @@ def test_kubectl_conventions() -> None:
     assert doc["spec"]["names"]["shortNames"] == ["llmf"]
     version = doc["spec"]["versions"][0]
     columns = [c["name"] for c in version["additionalPrinterColumns"] if not c.get("priority")]
-    assert columns == ["Model", "Ready", "Policy", "Age"]
+    assert columns == ["Model", "Ready", "Policy", "Phase", "Age"]
     scale = version["subresources"]["scale"]
     assert scale == {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.replicas",
                      "labelSelectorPath": ".status.selector"}  # fmt: skip
     status = version["schema"]["openAPIV3Schema"]["properties"]["status"]["properties"]
-    assert {"observedGeneration", "phase", "conditions", "groups", "dispatcherEndpoint", "replicas", "selector"} <= set(status)
+    assert {"observedGeneration", "phase", "conditions", "groups", "dispatcherEndpoint", "replicas", "selector", "message"} <= set(status)
 
 
 def test_cel_rules_cover_the_cross_field_checks() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 from llmfleet.core.config import SchedulingConfig
 from llmfleet.operator.kube import CHILD_KINDS, KubeClient
 from llmfleet.operator.render import MANAGED_BY, OPERATOR_NAME
-from llmfleet.testing.cluster import FakeKubelet, Namespace
+from llmfleet.testing.cluster import ControlPlane, FakeKubelet, Namespace
 
 from .conftest import eventually, load_example, settle
 
@@ -47,6 +47,12 @@ def _create(ns: Namespace, example: str = "minimal.yaml", **spec: Any) -> str:
     return name
 
 
+def _drift_restored() -> float:
+    from prometheus_client import REGISTRY
+
+    return sum(REGISTRY.get_sample_value("llmfleet_operator_drift_restored_total", {"kind": k}) or 0.0 for k in CHILD_KINDS)
+
+
 async def _ready(ns: Namespace, name: str) -> None:
     await eventually(lambda: _status(ns, name).get("phase") == "Ready", f"fleet {ns.name}/{name} Ready", TIMEOUT)
 
@@ -58,6 +64,7 @@ async def _degraded(ns: Namespace, name: str, reason: str) -> dict[str, Any]:
 
 async def test_create_makes_every_child_and_status_converges(namespace: Namespace, kubelet: FakeKubelet, operator: Any) -> None:
     ns = namespace
+    restored_before = _drift_restored()
     name = _create(ns, "full.yaml", replicas=3, autoscaling={"minReplicas": 1, "maxReplicas": 6})
     await _ready(ns, name)
     assert _children(ns) == sorted([
@@ -77,6 +84,9 @@ async def test_create_makes_every_child_and_status_converges(namespace: Namespac
     assert _condition(ns, name, "Degraded")["status"] == "False"
     fleet = _fleet(ns, name)
     assert fleet["metadata"]["finalizers"] == ["llmfleet.io/cleanup"]
+    # Every Deployment event of the rollout compared its child with what the server stores
+    # (defaults added, `env: []` dropped, quantities rewritten): none of it was drift.
+    assert _drift_restored() == restored_before, "spurious drift restorations"
     for kind in CHILD_KINDS:
         for obj in ns.objects(kind, f"{MANAGED_BY}={OPERATOR_NAME}"):
             assert obj["metadata"]["ownerReferences"][0]["uid"] == fleet["metadata"]["uid"]
@@ -193,7 +203,7 @@ async def test_a_child_the_server_refuses_degrades_the_fleet_and_the_rest_is_app
 
 
 async def test_a_rollout_the_cluster_refuses_shows_as_degraded_with_the_child_and_reason(
-    namespace: Namespace, kubelet: FakeKubelet, operator: Any
+    control_plane: ControlPlane, namespace: Namespace, kubelet: FakeKubelet, operator: Any
 ) -> None:
     ns = namespace
     ns.create_object("ResourceQuota", {"metadata": {"name": "pods"}, "spec": {"hard": {"pods": "2"}}})
@@ -203,6 +213,10 @@ async def test_a_rollout_the_cluster_refuses_shows_as_degraded_with_the_child_an
     degraded = await _degraded(ns, name, "RolloutFailed")
     assert "Deployment qwen-small-default: FailedCreate" in degraded["message"] and "exceeded quota" in degraded["message"]
     assert _status(ns, name)["phase"] == "Degraded" and _condition(ns, name, "Ready")["status"] == "False"
+    table = control_plane.kubectl("get", "llmf", "-n", ns.name, "-o", "wide")
+    header, row = table.splitlines()[:2]
+    assert "PHASE" in header and "MESSAGE" in header, header
+    assert "Degraded" in row and "Deployment qwen-small-default: FailedCreate" in row, row
     ns.delete("ResourceQuota", "pods")
     await _ready(ns, name)
 

@@ -25,17 +25,12 @@ from llmfleet.testing.cluster import ControlPlane, Namespace
 
 from .conftest import REPO, OperatorThread, eventually, load_example
 
-KUBECTL = REPO / ".tools" / "bin" / "kubectl"
 HELM = REPO / ".tools" / "bin" / "helm"
 EXAMPLES = ["minimal.yaml", "full.yaml", "auto-groups.yaml"]
 
 
 def kubectl(plane: ControlPlane, *args: str, stdin: str | None = None) -> str:
-    out = subprocess.run([str(KUBECTL), "--kubeconfig", str(plane.kubeconfig), *args], input=stdin,
-                         capture_output=True, text=True, timeout=60)  # fmt: skip
-    if out.returncode != 0:
-        raise AssertionError(f"kubectl {' '.join(args)} failed: {out.stderr}")
-    return out.stdout
+    return plane.kubectl(*args, stdin=stdin)
 
 
 def _token_kubeconfig(admin: Path, token: str, path: Path) -> Path:
