@@ -66,6 +66,8 @@ class DispatcherClient:
         top_k: int = 0,
         seed: int | None = None,
         stop: Sequence[str] = (),
+        stop_token_ids: Sequence[int] = (),
+        include_stop_str_in_output: bool = False,
         min_tokens: int = 0,
         logit_bias: dict[int, float] | None = None,
         request_id: str = "",
@@ -76,7 +78,8 @@ class DispatcherClient:
     ) -> dispatcher_pb2.GenerateRequest:
         sampling = dispatcher_pb2.SamplingParams(
             temperature=temperature, top_p=top_p, top_k=top_k, stop=list(stop), min_tokens=min_tokens,
-            logit_bias=logit_bias or {},
+            logit_bias=logit_bias or {}, stop_token_ids=list(stop_token_ids),
+            include_stop_str_in_output=include_stop_str_in_output,
         )
         if seed is not None:
             sampling.seed = seed

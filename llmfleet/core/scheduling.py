@@ -21,12 +21,11 @@ request finishes on a pod, a pod sends a load report -- it:
    ``LengthPredictor`` once, at admission; policies never call a predictor themselves.
 2. Calls ``policy.decide(view)`` and applies the returned decisions **in order**:
 
-   * :class:`Preempt` ``(request_id, pod_id, mode)`` -- stop that running request on that pod
-     and put it back at the end of the dispatcher queue with its generated tokens kept.
-     ``mode="recompute"`` drops its KV (a later resume re-prefills prompt + generated tokens,
-     minus whatever the pod's prefix cache still holds); ``mode="swap"`` asks the pod to keep
-     the KV in host memory so a resume on the *same* pod only pays the swap-in. A mechanism
-     that cannot swap may treat ``swap`` as ``recompute``.
+   * :class:`Preempt` ``(request_id, pod_id)`` -- stop that running request on that pod
+     and put it back at the end of the dispatcher queue with its generated tokens kept. Its
+     KV is dropped: a later resume re-prefills prompt + generated tokens, minus whatever the
+     pod's prefix cache still holds. (There is no swap mode: vLLM's V1 engine cannot swap a
+     request's KV to host memory, so a decision to swap would mean something else.)
    * :class:`Assignment` ``(request_id, pod_id, max_tokens)`` -- remove the request from the
      queue and send it to the pod, asking for at most ``max_tokens`` *more* output tokens
      (the prompt sent is the original prompt plus every token generated so far). When the
@@ -71,7 +70,7 @@ logged, replayed, sent over gRPC and compared across mechanisms.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Protocol
 
 from llmfleet.core.prediction import LengthEstimate
 
@@ -103,7 +102,6 @@ class RequestState:
     assigned_s: float | None = None  # when the running slice was assigned (running requests only)
     slice_max_tokens: int | None = None  # max_tokens of the running slice (running requests only)
     slices: int = 0  # slices completed so far
-    swapped: bool = False  # its KV sits swapped out on `pod_id` (after a swap preemption)
 
     @property
     def context_tokens(self) -> int:
@@ -147,7 +145,6 @@ class PodState:
     cached_prefixes: frozenset[int] = frozenset()  # hash ids believed to be in its prefix cache
     prefix_block_tokens: int = 512  # tokens each hash id stands for
     recompute_s_per_token: float = 0.0  # cost hint: re-prefill seconds per context token
-    swap_s_per_token: float = 0.0  # cost hint: swap-out + swap-in seconds per context token
     healthy: bool = True
 
     @property
@@ -195,7 +192,6 @@ class Assignment:
             raise ValueError(f"Assignment.max_tokens must be >= 1, got {self.max_tokens}")
 
 
-PreemptMode = Literal["recompute", "swap"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +200,6 @@ class Preempt:
 
     request_id: str
     pod_id: str
-    mode: PreemptMode = "recompute"
 
 
 Decision = Assignment | Preempt

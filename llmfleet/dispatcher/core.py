@@ -34,6 +34,7 @@ from llmfleet.dispatcher.model import (
     LiveRequest,
     NoEngine,
     Overloaded,
+    TokenEvent,
     prefix_hashes,
 )
 from llmfleet.dispatcher.pods import PodConnection, PodFailure
@@ -290,6 +291,9 @@ class Dispatcher(SliceExecution):
         self.recent_e2e.append(usage.e2e_s)
         self.metrics.requests.labels("finished").inc()
         self.metrics.e2e_seconds.observe(usage.e2e_s)
+        rest = req.stops.next_text(finished=True)  # what was held back for stop strings
+        if rest:
+            req.events.put_nowait(TokenEvent((), rest))
         req.events.put_nowait(FinishEvent(reason, usage))
         self._learn(req, reason)
 

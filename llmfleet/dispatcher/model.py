@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from llmfleet.core.prediction import LengthEstimate
 from llmfleet.core.scheduling import RequestState
 from llmfleet.engine.client import SamplingParams
+from llmfleet.engine.stops import StopChecker
 
 MAX_REQUEST_ID_LEN = 256
 PRIORITY_LIMIT = 2**31 - 1
@@ -82,6 +83,10 @@ class GenerateSpec:
             raise InvalidRequest(f"top_p must be in (0, 1], got {s.top_p}")
         if s.top_k is not None and s.top_k < 1:
             raise InvalidRequest(f"top_k must be >= 1 (or unset), got {s.top_k}")
+        if any(t < 0 for t in s.stop_token_ids):
+            raise InvalidRequest("stop_token_ids must be non-negative token ids")
+        if any(not stop for stop in s.stop):
+            raise InvalidRequest("stop strings must not be empty")
         if self.deadline_s is not None and self.deadline_s <= 0:
             raise InvalidRequest(f"deadline must be positive, got {self.deadline_s * 1000:.0f} ms")
         if not -PRIORITY_LIMIT <= self.priority <= PRIORITY_LIMIT:
@@ -163,6 +168,10 @@ class LiveRequest:
         self.preempting = False
         self.done = False
         self.events: asyncio.Queue[OutputEvent] = asyncio.Queue()
+        # Text as the client sees it, checked for stop strings across slices (vLLM's rules).
+        s = spec.sampling
+        self.stops = StopChecker(s.stop, int(s.extra.get("min_tokens", 0) or 0), s.include_stop_str_in_output)
+        self.pending_text_tokens = 0  # generated tokens whose text the sidecar still holds back
         self.slice_task: asyncio.Task[None] | None = None
         self.deadline_task: asyncio.Task[None] | None = None
         self._state: RequestState | None = None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ class PodFailure(Exception):
 class SliceTokens:
     token_ids: tuple[int, ...]
     text: str
+    pending_text_tokens: int = 0
 
 
 @dataclass(frozen=True)
@@ -47,11 +49,28 @@ class SliceEnd:
     client_error: bool = False
 
 
+def slice_seed(seed: int, position: int) -> int:
+    """The seed of a slice that starts after `position` generated tokens.
+
+    vLLM's random stream cannot be resumed mid-request, so each slice draws from its own stream:
+    the request's seed itself for the first slice (an unsliced request samples exactly as vLLM
+    would), and a hash of (seed, position) after that. Every token is still sampled from the same
+    distribution, and a replay with the same slice boundaries gives the same tokens.
+    """
+    if position == 0:
+        return seed
+    digest = hashlib.blake2b(f"{seed}:{position}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") & (2**63 - 1)
+
+
 def sampling_to_proto(s: SamplingParams, generated: int = 0) -> sidecar_pb2.Sampling:
-    """The slice's sampling; `min_tokens` counts what earlier slices already generated."""
-    msg = sidecar_pb2.Sampling(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or 0, stop=list(s.stop))
+    """The slice's sampling. `min_tokens` counts what earlier slices already generated; stop
+    strings stay with the dispatcher, which checks them across slices."""
+    msg = sidecar_pb2.Sampling(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k or 0,
+                               stop_token_ids=list(s.stop_token_ids),
+                               include_stop_str_in_output=s.include_stop_str_in_output)  # fmt: skip
     if s.seed is not None:
-        msg.seed = s.seed
+        msg.seed = slice_seed(s.seed, generated)
     min_tokens = int(s.extra.get("min_tokens", 0) or 0)
     if min_tokens > generated:
         msg.min_tokens = min_tokens - generated
@@ -246,6 +265,7 @@ class PodConnection:
         priority: int,
         ignore_eos: bool,
         sampling: SamplingParams,
+        pending_text_tokens: int = 0,
     ) -> AsyncIterator[SliceTokens | SliceEnd]:
         item = sidecar_pb2.SliceItem(
             request_id=request_id,
@@ -255,12 +275,14 @@ class PodConnection:
             priority=priority,
             ignore_eos=ignore_eos,
             sampling=sampling_to_proto(sampling, len(generated)),
+            pending_text_tokens=pending_text_tokens,
         )
         call = self.stub.RunSlice(sidecar_pb2.SliceRequest(items=[item]))
         try:
             async for event in call:
                 if event.HasField("tokens"):
-                    yield SliceTokens(tuple(event.tokens.token_ids), event.tokens.text)
+                    t = event.tokens
+                    yield SliceTokens(tuple(t.token_ids), t.text, t.pending_text_tokens)
                 elif event.HasField("done"):
                     d = event.done
                     yield SliceEnd(d.finish_reason, d.error, d.retryable, d.client_error)

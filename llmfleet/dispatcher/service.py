@@ -78,6 +78,8 @@ def spec_from_proto(req: dispatcher_pb2.GenerateRequest, grpc_remaining_s: float
             top_k=s.top_k or None,
             seed=s.seed if s.HasField("seed") else None,
             stop=tuple(s.stop),
+            stop_token_ids=tuple(s.stop_token_ids),
+            include_stop_str_in_output=s.include_stop_str_in_output,
             extra=extra,
         ),
         request_id=req.request_id or None,
@@ -128,7 +130,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                     if req.events.empty():
                         break
                     event = req.events.get_nowait()
-                if ids:
+                if ids or any(text):  # text alone: what was held back for stop strings, at the end
                     yield dispatcher_pb2.GenerateResponse(request_id=rid, token_ids=ids, text="".join(text))
                 if isinstance(event, FinishEvent):
                     u = event.usage

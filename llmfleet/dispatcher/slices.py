@@ -99,6 +99,7 @@ class SliceExecution:
             priority=-req.spec.priority,  # llmfleet: larger is more important; vLLM: lower runs first
             ignore_eos=req.spec.ignore_eos,
             sampling=req.spec.sampling,
+            pending_text_tokens=req.pending_text_tokens,
         )
         try:
             async for event in stream:
@@ -108,8 +109,15 @@ class SliceExecution:
                         if not got:
                             pod.prefill_done(req.request_id)
                             self.kick()  # pacing may have held a request back for this pod
+                        keep = req.stops.update([event.text, *[""] * (len(ids) - 1)])
+                        if keep is not None:  # a stop string completed: this token is the last
+                            ids = ids[:keep]
+                            end = SliceEnd("stop")
                         got += len(ids)
-                        self._emit(req, ids, event.text)
+                        req.pending_text_tokens = event.pending_text_tokens
+                        self._emit(req, ids)
+                        if keep is not None:
+                            break  # closing the stream below aborts the engine's work
                 elif end is None:
                     end = event
         except PodFailure as exc:
@@ -130,7 +138,7 @@ class SliceExecution:
             pod.seconds_per_token = 0.8 * pod.seconds_per_token + 0.2 * (elapsed / got)
         self._after_slice(req, pod, got, end, failure)
 
-    def _emit(self, req: LiveRequest, ids: tuple[int, ...], text: str) -> None:
+    def _emit(self, req: LiveRequest, ids: tuple[int, ...]) -> None:
         if req.done:
             return
         if req.first_token_s is None:
@@ -138,7 +146,8 @@ class SliceExecution:
             self.metrics.ttft_seconds.observe(req.first_token_s - req.arrival_s)
         req.generated.extend(ids)
         self.metrics.tokens.inc(len(ids))
-        req.events.put_nowait(TokenEvent(ids, text))
+        # Text that might begin a stop string is held back until it cannot (or the request ends).
+        req.events.put_nowait(TokenEvent(ids, req.stops.next_text(finished=False)))
 
     def _after_slice(
         self, req: LiveRequest, pod: PodConnection, got: int, end: SliceEnd | None, failure: PodFailure | None

@@ -7,13 +7,16 @@ exceptions in `llmfleet.engine.errors`, and every call has a timeout, so nothing
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httpx
+from tokenizers import Tokenizer
 
+from llmfleet.engine.detokenize import load_tokenizer
 from llmfleet.engine.errors import (
     EngineError,
     EngineProtocolError,
@@ -55,6 +58,8 @@ class SamplingParams:
     top_k: int | None = None
     seed: int | None = None
     stop: tuple[str, ...] = ()
+    stop_token_ids: tuple[int, ...] = ()
+    include_stop_str_in_output: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def to_body(self) -> dict[str, Any]:
@@ -65,6 +70,10 @@ class SamplingParams:
             body["seed"] = self.seed
         if self.stop:
             body["stop"] = list(self.stop)
+        if self.stop_token_ids:
+            body["stop_token_ids"] = list(self.stop_token_ids)
+        if self.include_stop_str_in_output:
+            body["include_stop_str_in_output"] = True
         body.update(self.extra)
         return body
 
@@ -81,6 +90,8 @@ class EngineLike(Protocol):
     async def max_model_len(self) -> int: ...
 
     async def tokenize(self, text: str) -> list[int]: ...
+
+    async def tokenizer(self) -> Tokenizer: ...
 
     async def load(self) -> EngineLoad: ...
 
@@ -106,12 +117,15 @@ class EngineClient:
         base_url: str,
         *,
         model: str | None = None,
+        tokenizer: str | None = None,
         timeout: float = 60.0,
         connect_timeout: float = 3.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._model = model
+        self._tokenizer_source = tokenizer
+        self._tokenizer: Tokenizer | None = None
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
             timeout=httpx.Timeout(timeout, connect=connect_timeout),
@@ -181,6 +195,24 @@ class EngineClient:
             return [int(t) for t in data["tokens"]]
         except (KeyError, TypeError, ValueError) as exc:
             raise EngineProtocolError(f"/tokenize answer is malformed: {exc!r}", url=self.base_url) from exc
+
+    async def tokenizer(self) -> Tokenizer:
+        """The served model's fast tokenizer, for text that survives slicing (`detokenize.TextStream`).
+
+        From the `tokenizer` given at construction, else from the model vLLM loaded (`root` in
+        /v1/models: a folder, or a Hugging Face id found in the local cache vLLM filled).
+        """
+        if self._tokenizer is None:
+            source = self._tokenizer_source
+            if source is None:
+                data = (await self._request("GET", "/v1/models")).json()
+                try:
+                    entry = data["data"][0]
+                    source = str(entry.get("root") or entry["id"])
+                except (KeyError, IndexError, TypeError) as exc:
+                    raise EngineProtocolError("/v1/models listed no model", url=self.base_url) from exc
+            self._tokenizer = await asyncio.to_thread(load_tokenizer, source)
+        return self._tokenizer
 
     async def load(self) -> EngineLoad:
         """Scrape /metrics into typed load."""

@@ -10,25 +10,52 @@ Time goes through a `Clock`, so tests drive it with a `FakeClock`.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import heapq
 import itertools
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+from tokenizers import Tokenizer
+
 from llmfleet.core.clock import Clock, RealClock
 from llmfleet.engine.client import Completion, CompletionChunk, SamplingParams
+from llmfleet.engine.detokenize import TextStream
 from llmfleet.engine.errors import EngineRequestError, EngineUnavailable
 from llmfleet.engine.metrics import EngineLoad
+from llmfleet.engine.stops import StopChecker
 
 VOCAB = 4096
 EOS_TOKEN = 2
+SPECIAL = ["<pad>", "<s>", "</s>", "<unk>"]
+_SYLLABLES = ["a", "re", "to", "ki", "mu", "so", "ne", "li"]
+
+
+def _hash(history: Sequence[int]) -> int:
+    digest = hashlib.blake2b(memoryview(bytes(str(tuple(history[-64:])), "ascii")), digest_size=4).digest()
+    return int.from_bytes(digest, "little")
 
 
 def next_token(history: Sequence[int]) -> int:
     """Deterministic 'model': the next token is a hash of the whole history."""
-    digest = hashlib.blake2b(memoryview(bytes(str(tuple(history[-64:])), "ascii")), digest_size=4).digest()
-    return 4 + int.from_bytes(digest, "little") % (VOCAB - 4)
+    return 4 + _hash(history) % (VOCAB - 4)
+
+
+def word(token: int) -> str:
+    """The text of a simulated token: syllables, so stop strings can span tokens ("ki to")."""
+    return "".join(_SYLLABLES[(token >> (3 * k)) & 7] for k in range(4))
+
+
+@functools.cache
+def simulated_tokenizer() -> Tokenizer:
+    """The simulated model's tokenizer: one word per id, joined by spaces when decoded."""
+    from tokenizers import AddedToken, models
+
+    vocab = {name: i for i, name in enumerate(SPECIAL)} | {word(i): i for i in range(len(SPECIAL), VOCAB)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.add_special_tokens([AddedToken(name, special=True) for name in SPECIAL])
+    return tok
 
 
 @dataclass
@@ -37,8 +64,15 @@ class _Seq:
     remaining: int
     out: asyncio.Queue[CompletionChunk | BaseException | None]
     priority: int
+    text: TextStream
+    stops: StopChecker
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    ignore_eos: bool = False
     generated: int = 0
     aborted: bool = False
+
+    def min_tokens(self) -> int:
+        return int(self.sampling.extra.get("min_tokens", 0) or 0)
 
 
 @dataclass
@@ -50,6 +84,7 @@ class SimulatedEngineConfig:
     prefill_per_token_s: float = 0.00002
     priority_scheduling: bool = False
     kv_tokens: int = 65536
+    eos_every: int = 0  # ~1 in this many tokens is EOS (0: never), unless ignore_eos
     name: str = "sim"
     extra: dict[str, float] = field(default_factory=dict)
 
@@ -106,6 +141,9 @@ class SimulatedEngineClient:
         self._check_up()
         return _encode(text)
 
+    async def tokenizer(self) -> Tokenizer:
+        return simulated_tokenizer()
+
     async def load(self) -> EngineLoad:
         self._check_up()
         used = sum(len(s.history) for s in self._running)
@@ -130,12 +168,14 @@ class SimulatedEngineClient:
         request_id: str | None = None,
     ) -> Completion:
         ids: list[int] = []
+        text: list[str] = []
         finish = None
-        async for chunk in self.stream(prompt, max_tokens, ignore_eos=ignore_eos, priority=priority):
+        async for chunk in self.stream(prompt, max_tokens, ignore_eos=ignore_eos, priority=priority, sampling=sampling):
             ids.extend(chunk.token_ids)
+            text.append(chunk.text)
             finish = chunk.finish_reason or finish
         prompt_ids = _encode(prompt)
-        return Completion(tuple(ids), "", finish, len(prompt_ids), len(ids), tuple(prompt_ids))
+        return Completion(tuple(ids), "".join(text), finish, len(prompt_ids), len(ids), tuple(prompt_ids))
 
     async def stream(
         self,
@@ -160,7 +200,11 @@ class SimulatedEngineClient:
                 url=self.base_url,
             )
         remaining = min(max_tokens, self.config.max_model_len - len(ids))
-        seq = _Seq(history=list(ids), remaining=remaining, out=asyncio.Queue(), priority=priority or 0)
+        sampling = sampling or SamplingParams()
+        stops = StopChecker(sampling.stop, int(sampling.extra.get("min_tokens", 0) or 0), sampling.include_stop_str_in_output)
+        seq = _Seq(history=list(ids), remaining=remaining, out=asyncio.Queue(), priority=priority or 0,
+                   text=TextStream.resume(simulated_tokenizer(), ids), stops=stops, sampling=sampling,
+                   ignore_eos=ignore_eos)  # fmt: skip
         key = seq.priority if self.config.priority_scheduling else 0
         heapq.heappush(self._waiting, (key, next(self._seq), seq))
         self._ensure_loop()
@@ -205,18 +249,35 @@ class SimulatedEngineClient:
             for seq in self._running:
                 if seq.aborted:
                     continue
-                token = next_token(seq.history)
+                token, finish = self._sample(seq)
                 seq.history.append(token)
                 seq.generated += 1
                 seq.remaining -= 1
                 self.generation_tokens += 1
-                done = seq.remaining <= 0
-                seq.out.put_nowait(CompletionChunk((token,), "", "length" if done else None))
-                if done:
+                # As vLLM: a stop token's text is left out; stop strings cut the text.
+                stop_token = finish == "stop" and not (seq.sampling.include_stop_str_in_output and token != EOS_TOKEN)
+                if seq.stops.update(["" if stop_token else seq.text.step(token)]) is not None:
+                    finish = "stop"
+                if finish is None and seq.remaining <= 0:
+                    finish = "length"
+                seq.out.put_nowait(CompletionChunk((token,), seq.stops.next_text(finish is not None), finish))
+                if finish is not None:
                     seq.out.put_nowait(None)
                 else:
                     still.append(seq)
             self._running = still
+
+    def _sample(self, seq: _Seq) -> tuple[int, str | None]:
+        """The next token and whether it stops the request (EOS or a stop token id), with vLLM's
+        min_tokens: until then, stop tokens cannot be sampled at all."""
+        stop_ids = set(seq.sampling.stop_token_ids) | ({EOS_TOKEN} if not seq.ignore_eos else set())
+        eos = self.config.eos_every and not seq.ignore_eos and _hash(seq.history) % self.config.eos_every == 0
+        token = EOS_TOKEN if eos else next_token(seq.history)
+        salt = 0
+        while seq.generated < seq.min_tokens() and token in stop_ids:
+            salt += 1
+            token = next_token([*seq.history, -salt])
+        return token, "stop" if token in stop_ids else None
 
 
 def _encode(prompt: str | Sequence[int]) -> list[int]:

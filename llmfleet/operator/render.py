@@ -226,6 +226,10 @@ def render_engine_deployment(
             {"name": "metrics", "containerPort": SIDECAR_METRICS_PORT},
         ],
         "resources": _resources(spec.sidecar.resources),
+        # The sidecar detokenizes sliced requests itself, with the model's tokenizer from the
+        # Hugging Face cache vLLM fills in the shared home (read-only here, never downloaded).
+        "env": [{"name": "HF_HOME", "value": f"{ENGINE_HOME}/.cache/huggingface"}, {"name": "HF_HUB_OFFLINE", "value": "1"}],
+        "volumeMounts": [{"name": "home", "mountPath": ENGINE_HOME, "readOnly": True}],
         "readinessProbe": {**grpc_probe, "periodSeconds": 5},
         # Liveness asks the "liveness" health service, which serves while the process runs; the
         # default service means "ready" and is off while no engine is up, which is no reason to restart.

@@ -5,9 +5,9 @@ Priority value (lower runs first): estimated seconds still needed -- re-prefill 
 context plus predicted remaining tokens at the pod's per-token pace -- minus ``aging`` times
 the seconds since arrival, so long requests are not starved. When no pod can start the best
 queued request (no slot, or no KV room), the running request with the worst value on a
-pod is preempted if it is worse by `preempt_ratio`; swap is chosen over recompute when
-swapping its KV costs less than recomputing it. One preemption per pod per decision keeps
-the policy from thrashing.
+pod is preempted if it is worse by `preempt_ratio` (its KV is recomputed when it resumes: the
+paper's swap-to-host option does not exist in vLLM's V1 engine). One preemption per pod per
+decision keeps the policy from thrashing.
 """
 
 from __future__ import annotations
@@ -80,7 +80,5 @@ class Alise:
         worst = sorted(victims.values(), key=lambda vr: -vr[0])
         for v, r in worst[:1]:
             if v > self.preempt_ratio * max(head_value, 1e-3):
-                pod = pods[r.pod_id or ""]
-                swap = pod.swap_s_per_token > 0 and pod.swap_s_per_token < pod.recompute_s_per_token
-                out.append(Preempt(r.request_id, pod.pod_id, "swap" if swap else "recompute"))
+                out.append(Preempt(r.request_id, pods[r.pod_id or ""].pod_id))
         return tuple(out)

@@ -26,6 +26,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         "(deterministic tokens, a step time that grows with the batch), for local work and tests",
     )
     parser.add_argument("--engine-url", default="http://127.0.0.1:8000", help="the local vLLM server")
+    parser.add_argument(
+        "--tokenizer",
+        default=None,
+        help="the model's tokenizer (a folder or Hugging Face id) for the text of sliced requests;"
+        " default: the model the engine loaded, as /v1/models names it",
+    )
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (off if unset)")
     parser.add_argument("--group", default="", help="length group this pod belongs to (L4 policy)")
     parser.add_argument("--max-num-seqs", type=int, default=None, help="the engine's --max-num-seqs (default 256)")
@@ -48,6 +54,7 @@ def _serve(args: argparse.Namespace) -> int:
     import signal
     from pathlib import Path
 
+    from llmfleet.engine.client import EngineClient
     from llmfleet.sidecar.app import serve_sidecar
     from llmfleet.sidecar.serving import TlsFiles
 
@@ -57,7 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
     tls = TlsFiles(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
 
     async def main() -> None:
-        engine: Any = args.engine_url
+        engine: Any = EngineClient(args.engine_url.rstrip("/"), tokenizer=args.tokenizer, timeout=600.0)
         if args.engine == "simulated":
             from llmfleet.engine.simulated import SimulatedEngineClient, SimulatedEngineConfig
 

@@ -22,9 +22,11 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import grpc
+from tokenizers import Tokenizer
 
 from llmfleet.core.clock import Clock, RealClock
 from llmfleet.engine.client import EngineClient, EngineLike, SamplingParams
+from llmfleet.engine.detokenize import TextStream
 from llmfleet.engine.errors import EngineError, EngineRequestError
 from llmfleet.engine.metrics import EngineLoad
 from llmfleet.sidecar.metrics import SidecarMetrics
@@ -47,7 +49,8 @@ def sampling_from_proto(s: sidecar_pb2.Sampling, max_tokens: int) -> SamplingPar
         top_p=float(s.top_p) if s.top_p > 0 else 1.0,
         top_k=int(s.top_k) if s.top_k > 0 else None,
         seed=int(s.seed) if s.HasField("seed") else None,
-        stop=tuple(s.stop),
+        stop_token_ids=tuple(s.stop_token_ids),
+        include_stop_str_in_output=s.include_stop_str_in_output,
         extra=extra,
     )
 
@@ -92,6 +95,8 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
         self._poller: asyncio.Task[None] | None = None
         self.health: object | None = None  # set by serve_sidecar
         self._published = False
+        self._tokenizer: Tokenizer | None = None
+        self._tokenizer_lock = asyncio.Lock()
 
     # ----- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -113,8 +118,12 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
                     self.kv_capacity_tokens, self.block_size = self.load.kv_capacity_tokens, self.load.block_size
                 if not self.max_model_len:
                     self.max_model_len = await self.engine.max_model_len()
+                await self.text_tokenizer()  # ready only once slices can be detokenized
             except EngineError as exc:
                 log.warning("load scrape of %s failed: %s", self.engine_url, exc)
+                healthy = False
+            except (OSError, ValueError) as exc:
+                log.error("cannot load the tokenizer of %s (set --tokenizer): %s", self.engine_url, exc)
                 healthy = False
         m = self.metrics
         m.engine_running.set(self.load.running)
@@ -123,6 +132,14 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
         if healthy != self.engine_healthy or not self._published:
             self.engine_healthy = healthy
             await self._publish_health()
+
+    async def text_tokenizer(self) -> Tokenizer:
+        """The engine's own tokenizer, loaded once; every slice's text comes from it."""
+        if self._tokenizer is None:
+            async with self._tokenizer_lock:
+                if self._tokenizer is None:
+                    self._tokenizer = await self.engine.tokenizer()
+        return self._tokenizer
 
     async def _publish_health(self) -> None:
         self._published = True
@@ -194,6 +211,9 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
             )
 
         try:
+            # Our own text, not the engine's: vLLM's is wrong after a cut inside a character.
+            text = TextStream.resume(await self.text_tokenizer(), context, item.pending_text_tokens)
+            keep_stop_text = item.sampling.include_stop_str_in_output
             stream = self.engine.stream(
                 context,
                 item.max_tokens,
@@ -203,17 +223,23 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
             )
             try:
                 async for chunk in stream:
-                    if chunk.token_ids:
-                        ids = list(chunk.token_ids)
-                        if produced + len(ids) > item.max_tokens:
-                            raise _Malformed(f"engine returned more than max_tokens={item.max_tokens} tokens")
-                        produced += len(ids)
-                        self.metrics.tokens.inc(len(ids))
+                    ids = list(chunk.token_ids)
+                    if produced + len(ids) > item.max_tokens:
+                        raise _Malformed(f"engine returned more than max_tokens={item.max_tokens} tokens")
+                    for i, token in enumerate(ids):
+                        # A stop token (EOS, stop_token_ids) ends the request; vLLM leaves its text out.
+                        stop_token = chunk.finish_reason == "stop" and i == len(ids) - 1 and not keep_stop_text
+                        piece = "" if stop_token else text.step(token)
+                        produced += 1
                         queue.put_nowait(
                             sidecar_pb2.SliceEvent(
-                                request_id=rid, tokens=sidecar_pb2.SliceTokens(token_ids=ids, text=chunk.text)
+                                request_id=rid,
+                                tokens=sidecar_pb2.SliceTokens(
+                                    token_ids=[token], text=piece, pending_text_tokens=text.pending
+                                ),
                             )
                         )
+                    self.metrics.tokens.inc(len(ids))
                     if chunk.finish_reason:
                         finish = chunk.finish_reason
             finally:
@@ -341,4 +367,8 @@ def _validate(request: sidecar_pb2.SliceRequest) -> str | None:
             return f"items[{i}].prompt_token_ids is empty"
         if item.max_tokens < 1:
             return f"items[{i}].max_tokens must be >= 1, got {item.max_tokens}"
+        if item.sampling.stop:
+            return f"items[{i}].sampling.stop must be empty: stop strings may straddle slices, the dispatcher checks them"
+        if not 0 <= item.pending_text_tokens <= len(item.generated_token_ids):
+            return f"items[{i}].pending_text_tokens must be within the generated tokens"
     return None

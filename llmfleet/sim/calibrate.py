@@ -130,7 +130,6 @@ def fit(m: Measurements, name: str, kv_capacity_tokens: int, source: str) -> Cos
         decode_per_seq_s=slope,
         decode_per_ctx_token_s=0.0,
         overlap_s=base,
-        swap_s_per_token=0.0,
         kv_capacity_tokens=kv_capacity_tokens,
         source=source,
     )

@@ -38,7 +38,6 @@ LLAMA2_70B_WEIGHT_BYTES = 140e9  # fp16
 GPU_HBM_BYTES = 80e9  # both profiled GPUs (A100-80GB, H100-80GB)
 GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default
 H100_HBM_BYTES_S = 3.35e12
-PCIE5_BYTES_S = 8 * 50e9  # one PCIe 5.0 x16 link per GPU, about 50 GB/s each way
 
 
 @dataclass(frozen=True)
@@ -50,7 +49,6 @@ class CostModel:
     decode_per_seq_s: float
     decode_per_ctx_token_s: float
     overlap_s: float = 0.0
-    swap_s_per_token: float = 0.0  # swap out + swap in, per KV token
     kv_capacity_tokens: int = 1 << 20  # suggested KV pool size for this engine
     source: str = ""
 
@@ -221,7 +219,6 @@ def fit_splitwise(
         decode_per_seq_s=max(0.0, per_seq),
         decode_per_ctx_token_s=per_ctx,
         overlap_s=max(0.0, base),
-        swap_s_per_token=2.0 * LLAMA2_70B_KV_BYTES_PER_TOKEN / PCIE5_BYTES_S,
         kv_capacity_tokens=kv_pool_tokens(tensor_parallel),
         source=f"{Path(path).name} (splitwise-sim), decode fit on batch <= {max_decode_batch}",
     )

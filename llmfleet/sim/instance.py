@@ -134,16 +134,15 @@ class Instance:
         ctx = req.prompt + req.generated
         keys: list[tuple[object, int]] = []
         hit_tokens = 0
-        if req.swapped_on != self.idx:
-            lru, pinned = self.lru, self.pinned
-            for kt in self._keys(req, ctx):
-                if kt[0] in lru or kt[0] in pinned:
-                    keys.append(kt)
-                    hit_tokens += kt[1]
-                else:
-                    break
-            if keys and hit_tokens >= ctx:  # the last token is always recomputed
-                hit_tokens -= keys.pop()[1]
+        lru, pinned = self.lru, self.pinned
+        for kt in self._keys(req, ctx):
+            if kt[0] in lru or kt[0] in pinned:
+                keys.append(kt)
+                hit_tokens += kt[1]
+            else:
+                break
+        if keys and hit_tokens >= ctx:  # the last token is always recomputed
+            hit_tokens -= keys.pop()[1]
         need = _ceil_div(ctx - hit_tokens + 1, self.B)
         reclaim = sum(self.lru[k] for k, _ in keys if k in self.lru)
         if need > self.free_blocks() - reclaim:
@@ -161,14 +160,9 @@ class Instance:
         req.hit_chunks = len(keys)
         req.priv_blocks = need
         req.priv_tokens = ctx - hit_tokens
-        if req.swapped_on == self.idx:
-            req.prefill_left = 0
-            req.swap_in_s = self.cost.swap_s_per_token / 2.0 * ctx
-        else:
-            req.prefill_left = ctx - hit_tokens
-            self.prefix_hits_tokens += hit_tokens
-            self.prefill_tokens += req.prefill_left
-        req.swapped_on = -1
+        req.prefill_left = ctx - hit_tokens
+        self.prefix_hits_tokens += hit_tokens
+        self.prefill_tokens += req.prefill_left
         return True
 
     def _release(self, req: SimRequest, keep: str) -> None:
@@ -180,21 +174,20 @@ class Instance:
                 del self.pinned[key]
                 self.lru[key] = entry[0]
                 self.unpinned_blocks += entry[0]
-        if keep != "none":
-            B = self.B
-            keys = self._keys(req, req.prompt + req.generated, keep == "shared")
-            for key, tokens in islice(keys, req.hit_chunks, None):
-                blocks = tokens // B
-                if req.priv_blocks < blocks:
-                    break
-                if key in self.lru or key in self.pinned:
-                    continue
-                self.lru[key] = blocks
-                self.cache_blocks += blocks
-                self.unpinned_blocks += blocks
-                self.used_priv -= blocks
-                req.priv_blocks -= blocks
-                self.cache_dirty = True
+        B = self.B
+        keys = self._keys(req, req.prompt + req.generated, keep == "shared")
+        for key, tokens in islice(keys, req.hit_chunks, None):
+            blocks = tokens // B
+            if req.priv_blocks < blocks:
+                break
+            if key in self.lru or key in self.pinned:
+                continue
+            self.lru[key] = blocks
+            self.cache_blocks += blocks
+            self.unpinned_blocks += blocks
+            self.used_priv -= blocks
+            req.priv_blocks -= blocks
+            self.cache_dirty = True
         self.used_priv -= req.priv_blocks
         req.priv_blocks = 0
         req.priv_tokens = 0
@@ -234,19 +227,16 @@ class Instance:
         elif len(self.running) < self.cfg.max_running:
             self._cut(t)
 
-    def preempt(self, req: SimRequest, mode: str, t: float) -> bool:
-        """Policy preemption. Returns False when the request is not on this engine."""
+    def preempt(self, req: SimRequest, t: float) -> bool:
+        """Policy preemption (its KV is dropped). Returns False when the request is not on this engine."""
         if req in self.waiting:
             self.waiting.remove(req)
             self._wait_remove(req)
-            if mode == "swap" and req.priv_blocks:
-                req.swapped_on = self.idx
             self.sink.on_leave(self, req, t, "preempted")
             return True
         if req not in self.running:
             return False
-        # Only a request with a finished prefill has KV worth swapping out.
-        req.pending_preempt = mode if req.prefill_left == 0 and req.generated > 0 else "recompute"
+        req.pending_preempt = True
         self.pending_preempts += 1
         self._cut(t)
         return True
@@ -284,7 +274,7 @@ class Instance:
             return
         B = self.B
         while True:
-            decoders = [r for r in self.running if r.prefill_left == 0 and r.swap_in_s == 0.0]
+            decoders = [r for r in self.running if r.prefill_left == 0]
             grow = sum(1 for r in decoders if r.priv_tokens % B == 0)
             if grow <= self.free_blocks() or len(self.running) == 1:
                 break
@@ -302,21 +292,16 @@ class Instance:
             )
         budget = cfg.token_budget - len(decoders)
         chunks: list[tuple[SimRequest, int]] = []
-        extra = 0.0
         for r in self.running:
-            if r.swap_in_s:
-                extra += r.swap_in_s
-            elif r.prefill_left and budget > 0:
+            if r.prefill_left and budget > 0:
                 c = min(r.prefill_left, budget)
                 chunks.append((r, c))
                 budget -= c
         n = len(decoders)
         ctx = sum(r.prompt + r.generated for r in decoders)
-        if chunks or extra:
+        if chunks:
             k = 1
-            dur = self.cost.iteration_s(sum(c for _, c in chunks), n, ctx) + extra
-            for r in self.running:
-                r.swap_in_s = 0.0
+            dur = self.cost.iteration_s(sum(c for _, c in chunks), n, ctx)
         else:
             k = min(r.target - r.generated for r in decoders)
             per = self.free_blocks() // n
@@ -373,8 +358,7 @@ class Instance:
         for r in leaving:
             self.running.remove(r)
             self._run_remove(r)
-            mode = r.pending_preempt
-            r.pending_preempt = None
+            r.pending_preempt = False
             if r.generated >= r.output:
                 self._release(r, "shared")
                 self.sink.on_leave(self, r, t, "finished")
@@ -382,11 +366,7 @@ class Instance:
                 self._release(r, "all")
                 self.sink.on_leave(self, r, t, "slice")
             else:
-                if mode == "swap":
-                    self._release(r, "none")
-                    r.swapped_on = self.idx
-                else:
-                    self._release(r, "all")
+                self._release(r, "all")
                 self.sink.on_leave(self, r, t, "preempted")
         # The next iteration starts once the dispatcher has reacted to this instant's events,
         # so requests it assigns now join that iteration (as in vLLM's scheduler loop).

@@ -23,12 +23,10 @@ class SimRequest:
         "pod",
         "slices",
         "migrations",
-        "swapped_on",
         "first_token_s",
         "finish_s",
         "target",
         "prefill_left",
-        "swap_in_s",
         "priv_tokens",
         "priv_blocks",
         "pinned",
@@ -58,17 +56,15 @@ class SimRequest:
         self.pod = -1
         self.slices = 0
         self.migrations = 0
-        self.swapped_on = -1
         self.first_token_s: float | None = None
         self.finish_s: float | None = None
         self.target = 0
         self.prefill_left = 0
-        self.swap_in_s = 0.0
         self.priv_tokens = 0
         self.priv_blocks = 0
         self.pinned: list[object] = []
         self.hit_chunks = 0
-        self.pending_preempt: str | None = None
+        self.pending_preempt = False
         self.engine_preemptions = 0
         self.policy_preemptions = 0
         self.wait_est = 0.0
@@ -111,6 +107,5 @@ class SimRequest:
                 assigned_s=self.assigned_s,
                 slice_max_tokens=self.slice_max,
                 slices=self.slices,
-                swapped=self.swapped_on >= 0,
             )
         return self._state

@@ -200,7 +200,6 @@ class Simulator:
             cached_prefixes=self._prefix_sets[inst.idx],
             prefix_block_tokens=inst.C,
             recompute_s_per_token=self._recompute,
-            swap_s_per_token=self.cost.swap_s_per_token,
         )
 
     def view(self) -> SchedulerView:
@@ -223,7 +222,7 @@ class Simulator:
                     req is None
                     or idx is None
                     or req.pod != idx
-                    or not self.instances[idx].preempt(req, d.mode, self.now)
+                    or not self.instances[idx].preempt(req, self.now)
                 ):
                     self.policy_errors += 1
             elif isinstance(d, Assignment):

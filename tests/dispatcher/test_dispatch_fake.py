@@ -8,6 +8,7 @@ import pytest
 from llmfleet.client import DispatcherClient
 from llmfleet.core.config import SchedulingConfig
 from llmfleet.dispatcher import serve_dispatcher
+from llmfleet.dispatcher.pods import slice_seed
 from tests.dispatcher.fake_sidecar import reference
 
 PROMPT = [11, 12, 13, 14, 15]
@@ -181,8 +182,12 @@ async def test_sampling_reaches_each_slice_with_min_tokens_counted_down(fake_pod
             )  # fmt: skip
         sent = fake_pods[0].servicer.samplings
         assert [s.min_tokens for s in sent] == [10, 6, 2]
+        # The first slice samples with the request's own seed, later ones with one derived from
+        # their position; stop strings stay with the dispatcher (they may straddle slices).
+        assert [s.seed for s in sent] == [3, slice_seed(3, 4), slice_seed(3, 8)]
+        assert len({s.seed for s in sent}) == 3
         for s in sent:
-            assert dict(s.logit_bias) == {2: 100.0} and s.top_k == 7 and s.seed == 3 and list(s.stop) == ["zz"]
+            assert dict(s.logit_bias) == {2: 100.0} and s.top_k == 7 and list(s.stop) == []
             assert abs(s.temperature - 0.5) < 1e-6 and abs(s.top_p - 0.9) < 1e-6
     finally:
         await handle.stop()

@@ -182,27 +182,23 @@ def test_alise_orders_by_estimated_remaining_time_with_aging() -> None:
 
 
 @pytest.mark.parametrize(
-    ("swap", "recompute", "victim_expected", "mode"),
+    ("victim_expected", "preempted"),
     [
-        (1e-6, 1e-4, 5000, "swap"),  # swapping its KV is cheaper than recomputing it
-        (1e-3, 1e-4, 5000, "recompute"),
-        (1e-6, 1e-4, 30, None),  # the running request is not much worse: no preemption
+        (5000, True),  # far worse than the queued head: its KV is dropped, it resumes later
+        (30, False),  # the running request is not much worse: no preemption
     ],
 )
-def test_alise_preempts_the_worst_running_request_when_full(swap, recompute, victim_expected, mode) -> None:
+def test_alise_preempts_the_worst_running_request_when_full(victim_expected, preempted) -> None:
     running = [
         req("fine", 0, expected=20, pod="p", arrival=0.0),
         req("victim", 1, expected=victim_expected, pod="p", arrival=0.0),
     ]
     queue = [req("short", 2, expected=10, arrival=0.0)]
-    pods = [pod("p", running=2, max_running=2, swap=swap, recompute=recompute)]
+    pods = [pod("p", running=2, max_running=2)]
     got = make_policy("alise").decide(view(queue, pods, running=running, now=0.0))
     preempts = [d for d in got if isinstance(d, Preempt)]
     assert not [d for d in got if isinstance(d, Assignment)]
-    if mode is None:
-        assert preempts == []
-    else:
-        assert preempts == [Preempt("victim", "p", mode)]
+    assert preempts == ([Preempt("victim", "p")] if preempted else [])
 
 
 # ------------------------------------------------------------------------------ l4

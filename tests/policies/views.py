@@ -50,7 +50,6 @@ def pod(
     group: str | None = None,
     healthy: bool = True,
     recompute: float = 1e-4,
-    swap: float = 1e-6,
     prefilling: int = 0,
     block: int = 512,
 ) -> PodState:
@@ -66,7 +65,6 @@ def pod(
         est_remaining_tokens=est_s / 0.03,
         cached_prefixes=cached,
         recompute_s_per_token=recompute,
-        swap_s_per_token=swap,
         healthy=healthy,
         pending_prefill_tokens=prefilling,
         prefix_block_tokens=block,
