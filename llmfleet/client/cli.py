@@ -27,6 +27,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     gen.add_argument("--temperature", type=float, default=0.0)
     gen.add_argument("--top-p", type=float, default=1.0)
     gen.add_argument("--seed", type=int, default=None)
+    gen.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                     help="stop when the text contains this (repeatable; cut from the output, as vLLM does)")
+    gen.add_argument("--stop-token-id", type=int, action="append", default=[], metavar="ID",
+                     help="stop when this token id is generated (repeatable)")
+    gen.add_argument("--min-tokens", type=int, default=0, help="no EOS or stop before this many tokens")
     gen.add_argument("--priority", type=int, default=0, help="larger is more important")
     gen.add_argument("--request-id", default="")
     gen.add_argument("--deadline-ms", type=int, default=0)
@@ -90,6 +95,9 @@ def _generate(args: argparse.Namespace) -> int:
                 temperature=args.temperature,
                 top_p=args.top_p,
                 seed=args.seed,
+                stop=args.stop,
+                stop_token_ids=args.stop_token_id,
+                min_tokens=args.min_tokens,
                 priority=args.priority,
                 request_id=args.request_id,
                 deadline_ms=args.deadline_ms,

@@ -88,6 +88,11 @@ def _run(args: list[str], tmp_path: Path, start_timeout_s: float) -> None:
         assert len(g["token_ids"]) == 12 and g["finish_reason"] == "length"
         t = _client(address, "generate", "Hello, fleet", "--max-tokens", "4", "--ignore-eos")
         assert len(t["token_ids"]) == 4
+        # --stop cuts the text before the first match and ends the request there, as vLLM does.
+        stop = g["text"][len(g["text"]) // 2 :][:3]
+        cut = _client(address, "generate", "--token-ids", "5,6,7", "--max-tokens", "12", "--ignore-eos", "--stop", stop)
+        assert cut["finish_reason"] == "stop" and cut["text"] == g["text"][: g["text"].index(stop)]
+        assert cut["token_ids"] == g["token_ids"][: len(cut["token_ids"])]
         sidecars = _sidecar_addresses(log_dir)
         assert len(sidecars) == int(args[args.index("--engines") + 1])
         _stop_and_check(proc, log_dir, sidecars)
