@@ -172,7 +172,7 @@ class Dispatcher(SliceExecution):
                 retry_after_s=hint,
             )
 
-    async def _tokenize(self, text: str) -> tuple[list[int], int]:
+    async def _tokenize(self, text: str, messages: tuple[tuple[str, str], ...] = ()) -> tuple[list[int], int]:
         pods = self.healthy_pods() or [p for p in self.pods.values() if p.connected]
         if not pods:
             raise NoEngine("no healthy engine to tokenize the prompt; is any sidecar up?")
@@ -181,7 +181,7 @@ class Dispatcher(SliceExecution):
         for i in range(len(pods)):
             pod = pods[(self._rr + i) % len(pods)]
             try:
-                return await pod.tokenize(text)
+                return await pod.tokenize(text, messages=messages)
             except ValueError as exc:
                 raise InvalidRequest(f"the engine could not tokenize the prompt: {exc}") from exc
             except PodFailure as exc:
@@ -207,7 +207,7 @@ class Dispatcher(SliceExecution):
             if spec.prompt_ids is not None:
                 prompt = list(spec.prompt_ids)
             else:
-                prompt, limit_hint = await self._tokenize(spec.prompt_text or "")
+                prompt, limit_hint = await self._tokenize(spec.prompt_text or "", spec.prompt_messages or ())
                 if not prompt:
                     raise InvalidRequest("the prompt tokenizes to no tokens")
         finally:

@@ -56,6 +56,7 @@ class GenerateSpec:
     max_tokens: int
     prompt_text: str | None = None
     prompt_ids: tuple[int, ...] | None = None
+    prompt_messages: tuple[tuple[str, str], ...] | None = None  # (role, content), via the chat template
     sampling: SamplingParams = field(default_factory=SamplingParams)
     request_id: str | None = None
     deadline_s: float | None = None  # relative to arrival
@@ -64,8 +65,10 @@ class GenerateSpec:
     ignore_eos: bool = False
 
     def validate(self) -> None:
-        if (self.prompt_text is None) == (self.prompt_ids is None):
-            raise InvalidRequest("give the prompt either as text or as token_ids (exactly one)")
+        if sum(p is not None for p in (self.prompt_text, self.prompt_ids, self.prompt_messages)) != 1:
+            raise InvalidRequest("give the prompt either as text, as token_ids or as chat messages (exactly one)")
+        if self.prompt_messages is not None and not self.prompt_messages:
+            raise InvalidRequest("messages is empty")
         if self.prompt_text is not None and not self.prompt_text:
             raise InvalidRequest("prompt text is empty")
         if self.prompt_ids is not None:

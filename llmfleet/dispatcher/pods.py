@@ -12,7 +12,7 @@ import collections
 import contextlib
 import hashlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -110,6 +110,7 @@ class PodConnection:
         self.kv_capacity_tokens = 0
         self.block_size = 128
         self.max_model_len = 0
+        self.model = ""  # the served model's name, as its sidecar reports it
         self.connected = False
         self.engine_healthy = False
         self.draining = False
@@ -151,6 +152,7 @@ class PodConnection:
                 self.kv_capacity_tokens = int(info.kv_capacity_tokens)
                 self.block_size = info.block_size or self.block_size
                 self.max_model_len = info.max_model_len
+                self.model = info.model
                 call = self.stub.StreamLoad(sidecar_pb2.LoadRequest(interval_ms=self.load_interval_ms))
                 async for report in call:
                     self._apply(report)
@@ -246,9 +248,13 @@ class PodConnection:
         )
 
     # ----- calls --------------------------------------------------------------------------------
-    async def tokenize(self, text: str, timeout_s: float = 10.0) -> tuple[list[int], int]:
+    async def tokenize(
+        self, text: str, timeout_s: float = 10.0, messages: Sequence[tuple[str, str]] = ()
+    ) -> tuple[list[int], int]:
+        """Token ids of `text`, or of chat `messages` under the model's chat template."""
+        chat = [sidecar_pb2.ChatMessage(role=r, content=c) for r, c in messages]
         try:
-            resp = await self.stub.Tokenize(sidecar_pb2.TokenizeRequest(text=text), timeout=timeout_s)
+            resp = await self.stub.Tokenize(sidecar_pb2.TokenizeRequest(text=text, messages=chat), timeout=timeout_s)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise ValueError(exc.details()) from exc

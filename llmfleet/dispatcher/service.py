@@ -9,6 +9,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -39,6 +40,9 @@ from llmfleet.sidecar.serving import (
     set_health,
 )
 from llmfleet.v1 import dispatcher_pb2, dispatcher_pb2_grpc
+
+if TYPE_CHECKING:  # imported when the front is on: FastAPI and uvicorn load only then
+    from llmfleet.dispatcher.openai_api import OpenAIServer
 
 log = logging.getLogger(__name__)
 SERVICE = "llmfleet.v1.Dispatcher"
@@ -204,12 +208,22 @@ class DispatcherHandle:
     _discovery_task: asyncio.Task[None] | None = None
     _health_task: asyncio.Task[None] | None = None
     _metrics_server: MetricsServer | None = None
+    _openai: OpenAIServer | None = None
     _stopped: bool = field(default=False)
     health_serving: list[bool] = field(default_factory=lambda: [False])
 
     @property
     def address(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def openai_port(self) -> int | None:
+        return self._openai.port if self._openai else None
+
+    @property
+    def openai_base_url(self) -> str | None:
+        """The base URL OpenAI clients take (`OpenAI(base_url=...)`), when the front is on."""
+        return f"http://127.0.0.1:{self._openai.port}/v1" if self._openai else None
 
     async def wait_ready(self, pods: int = 1, timeout_s: float = 60.0) -> None:
         """Wait until at least `pods` pods are healthy (connected, engine up, not draining)."""
@@ -230,6 +244,8 @@ class DispatcherHandle:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self._openai:
+            await self._openai.stop()
         await self.dispatcher.stop(grace_s)
         await self.server.stop(1.0)
         if self._metrics_server:
@@ -254,12 +270,14 @@ async def serve_dispatcher(
     auth_token: str | None = None,
     sidecar_credentials: grpc.ChannelCredentials | None = None,
     online_ranker_every_s: float = 0.0,
+    openai_port: int | None = None,
 ) -> DispatcherHandle:
     """Start a dispatcher. Give `pods` ({id: "host:port"} of sidecars) or a `discovery` source.
 
     The policy, slice length, starvation bound, queue bound and ranker artifact come from
     `config` (a `SchedulingConfig`; defaults if None); `settings` overrides the mechanism's
-    knobs; `online_ranker_every_s > 0` turns on online ranker retraining.
+    knobs; `online_ranker_every_s > 0` turns on online ranker retraining. `openai_port` (0 picks
+    a free one) adds the OpenAI-compatible HTTP front on the same dispatcher and auth token.
     """
     from llmfleet.policies.registry import make_policy, policy_spec
 
@@ -309,6 +327,11 @@ async def serve_dispatcher(
     metrics_server = (
         MetricsServer(dispatcher.metrics.registry, metrics_port, metrics_addr(host)) if metrics_port is not None else None
     )
+    openai = None
+    if openai_port is not None:
+        from llmfleet.dispatcher.openai_api import OpenAIServer, create_app
+
+        openai = await OpenAIServer(create_app(dispatcher, auth_token), host, openai_port).start()
     log.info("dispatcher on port %d, policy %s, slice %s tokens", bound, config.policy, config.slice_tokens or "no")
     return DispatcherHandle(
         server=server,
@@ -318,5 +341,6 @@ async def serve_dispatcher(
         _discovery_task=discovery_task,
         _health_task=health_task,
         _metrics_server=metrics_server,
+        _openai=openai,
         health_serving=serving_flag,
     )

@@ -93,6 +93,8 @@ class EngineLike(Protocol):
 
     async def tokenizer(self) -> Tokenizer: ...
 
+    async def tokenize_chat(self, messages: Sequence[tuple[str, str]]) -> list[int]: ...
+
     async def load(self) -> EngineLoad: ...
 
     def stream(
@@ -190,6 +192,17 @@ class EngineClient:
     async def tokenize(self, text: str) -> list[int]:
         """Token ids of `text` under the served model's tokenizer (vLLM's /tokenize)."""
         body = {"model": await self.model(), "prompt": text, "add_special_tokens": True}
+        data = (await self._request("POST", "/tokenize", json=body)).json()
+        try:
+            return [int(t) for t in data["tokens"]]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise EngineProtocolError(f"/tokenize answer is malformed: {exc!r}", url=self.base_url) from exc
+
+    async def tokenize_chat(self, messages: Sequence[tuple[str, str]]) -> list[int]:
+        """Token ids of (role, content) messages rendered with the model's chat template, ready
+        for the assistant's answer (vLLM's /tokenize with messages)."""
+        body = {"model": await self.model(), "messages": [{"role": r, "content": c} for r, c in messages],
+                "add_generation_prompt": True}  # fmt: skip
         data = (await self._request("POST", "/tokenize", json=body)).json()
         try:
             return [int(t) for t in data["tokens"]]

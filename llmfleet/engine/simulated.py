@@ -144,6 +144,11 @@ class SimulatedEngineClient:
     async def tokenizer(self) -> Tokenizer:
         return simulated_tokenizer()
 
+    async def tokenize_chat(self, messages: Sequence[tuple[str, str]]) -> list[int]:
+        """The simulated model's chat template: one "role: content" line each, then "assistant:"."""
+        self._check_up()
+        return _encode("".join(f"{role}: {content}\n" for role, content in messages) + "assistant:")
+
     async def load(self) -> EngineLoad:
         self._check_up()
         used = sum(len(s.history) for s in self._running)

@@ -270,7 +270,10 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
         self, request: sidecar_pb2.TokenizeRequest, context: grpc.aio.ServicerContext
     ) -> sidecar_pb2.TokenizeResponse:
         try:
-            ids = await self.engine.tokenize(request.text)
+            if request.messages:
+                ids = await self.engine.tokenize_chat([(m.role, m.content) for m in request.messages])
+            else:
+                ids = await self.engine.tokenize(request.text)
             if not self.max_model_len:
                 self.max_model_len = await self.engine.max_model_len()
         except EngineRequestError as exc:
