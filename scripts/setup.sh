@@ -95,7 +95,7 @@ if ls protos/llmfleet/v1/*.proto >/dev/null 2>&1; then
 fi
 
 # --- 4. tiny model -------------------------------------------------------------------------
-if [ ! -f "$CACHE/tiny-model/config.json" ]; then
+if [ ! -f "$CACHE/tiny-model/config.json" ] || [ ! -f "$CACHE/tiny-model/chat_template.jinja" ]; then  # missing, or built before chat
   log "building the tiny random-weight model in $CACHE/tiny-model"
   "$VENV/bin/llmfleet" engine make-tiny-model "$CACHE/tiny-model"
 fi

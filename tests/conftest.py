@@ -27,10 +27,10 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The tiny model from `make setup`, or a fresh build if it is missing."""
-    path = default_model_dir()
-    if not (path / "config.json").exists():
-        from llmfleet.engine.tiny_model import make_tiny_model
+    from llmfleet.engine.tiny_model import is_current, make_tiny_model
 
+    path = default_model_dir()
+    if not is_current(path):
         path = make_tiny_model(tmp_path_factory.mktemp("tiny-model"))
     return path
 

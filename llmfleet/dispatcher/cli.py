@@ -23,6 +23,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, default=50051, help="gRPC port of the client API (default 50051)")
     parser.add_argument("--host", default="[::]", help="address to bind (default all interfaces)")
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (off if unset)")
+    parser.add_argument(
+        "--openai-port", type=int, default=None,
+        help="serve the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models) on this port"
+        " (off if unset); same queue, policy and --auth-token-file as gRPC",
+    )  # fmt: skip
     parser.add_argument("--config", default=None, help="scheduling YAML (the LLMFleet `scheduling` block, camelCase)")
     parser.add_argument("--policy", default=None, help="override the config's policy (see `llmfleet sim policies`)")
     parser.add_argument("--slice-tokens", type=int, default=None, help="override the config's slice length S")
@@ -80,6 +85,8 @@ def _serve(args: argparse.Namespace) -> int:
         except (RuntimeError, ValueError, OSError) as exc:  # e.g. a bad ranker artifact, a port in use
             raise SystemExit(f"dispatcher could not start: {exc}") from exc
         print(f"dispatcher serving on port {handle.port} (policy {config.policy})", flush=True)
+        if handle.openai_port is not None:
+            print(f"OpenAI API on port {handle.openai_port} (base URL http://HOST:{handle.openai_port}/v1)", flush=True)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -97,6 +104,7 @@ def _serve(args: argparse.Namespace) -> int:
             tls=tls,
             auth_token=token,
             online_ranker_every_s=args.online_ranker_every,
+            openai_port=args.openai_port,
         )
 
     asyncio.run(main())

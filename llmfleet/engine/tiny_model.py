@@ -14,6 +14,12 @@ import random
 from pathlib import Path
 
 VOCAB_SIZE = 4096
+# A plain chat template of its own, so chat requests (the OpenAI front's /v1/chat/completions)
+# work on the tiny model exactly as on a real one: vLLM renders messages with it.
+CHAT_TEMPLATE = (
+    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 SPECIAL_TOKENS = ["<unk>", "<s>", "</s>", "<pad>"]
 _SYLLABLES = (
     "ka lo mi ra ne tu sa vo pe di gra ble stor quen fin tal mon ser vic pod fle et lay "
@@ -86,11 +92,18 @@ def make_tiny_model(out_dir: str | Path, seed: int = 0, max_position_embeddings:
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
     model.save_pretrained(out, safe_serialization=True)
+    tokenizer.chat_template = CHAT_TEMPLATE
     tokenizer.save_pretrained(out)
     (out / "llmfleet-model.json").write_text(
         json.dumps({"kind": "tiny-random-llama", "seed": seed, "vocab_size": VOCAB_SIZE}, indent=2) + "\n"
     )
     return out
+
+
+def is_current(model_dir: str | Path) -> bool:
+    """Whether a built tiny model has everything this version makes (the chat template came later)."""
+    path = Path(model_dir)
+    return (path / "config.json").exists() and (path / "chat_template.jinja").exists()
 
 
 def digest(model_dir: str | Path) -> dict[str, str]:

@@ -37,6 +37,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", default=None, help="scheduling policy, overriding the config's")
     p.add_argument("--slice-tokens", type=_positive, default=None, help="slice length S, overriding the config's")
     p.add_argument("--port", type=int, default=0, help="dispatcher port (default: a free one)")
+    p.add_argument("--openai-port", type=int, default=0, help="port of the OpenAI-compatible API (default: a free one)")
     p.add_argument("--log-dir", default=None, help="folder for every part's log (default: a new temporary one)")
     p.set_defaults(func=cmd_up)
 
@@ -54,6 +55,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     import threading
 
     from llmfleet.core.config import SchedulingConfig
+    from llmfleet.engine.process import free_port
     from llmfleet.fleet.local import FleetSpec, LocalFleet
 
     try:
@@ -78,12 +80,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         fleet.start()
         if stop.is_set():
             return 130
-        dispatcher = fleet.start_dispatcher(config, port=args.port or None)
+        openai_port = args.openai_port or free_port()
+        dispatcher = fleet.start_dispatcher(config, port=args.port or None, openai_port=openai_port)
         print(
             f"llmfleet fleet is up: {args.engines} {args.engine} engine(s), policy {config.policy}\n"
             f"  dispatcher: {dispatcher.address}   (gRPC llmfleet.v1.Dispatcher; health and reflection on)\n"
             f"  try:        llmfleet client --target {dispatcher.address} generate \"Hello, fleet\" --max-tokens 32\n"
             f"  stats:      llmfleet client --target {dispatcher.address} stats\n"
+            f"  OpenAI:     http://127.0.0.1:{openai_port}/v1   (e.g. OpenAI(base_url=..., api_key=\"none\"))\n"
             f"  logs:       {fleet.log_dir}\n"
             "Ctrl-C stops everything.",
             flush=True,

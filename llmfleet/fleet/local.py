@@ -104,17 +104,21 @@ class LocalFleet:
         for sidecar in self.sidecars:
             sidecar.wait_serving()
 
-    def start_dispatcher(self, config: SchedulingConfig, port: int | None = None) -> LlmfleetProcess:
-        """(Re)start the dispatcher with a scheduling config; returns it once it serves."""
+    def start_dispatcher(
+        self, config: SchedulingConfig, port: int | None = None, openai_port: int | None = None
+    ) -> LlmfleetProcess:
+        """(Re)start the dispatcher with a scheduling config; returns it once it serves.
+        `openai_port` also turns on its OpenAI-compatible HTTP API there."""
         self.stop_dispatcher()
         port = port or free_port()
+        openai = ["--openai-port", str(openai_port)] if openai_port else []
         config_path = self.log_dir / f"scheduling-{config.policy}.yaml"
         config_path.write_text(config.to_yaml())
         pods = ",".join(s.address for s in self.sidecars)
         self.dispatcher = LlmfleetProcess(
             f"dispatcher ({config.policy})",
             ["dispatcher", "--host", "127.0.0.1", "--port", str(port), "--config", str(config_path),
-             "--discovery", "static", "--pods", pods],
+             "--discovery", "static", "--pods", pods, *openai],
             port,
             self.log_dir / f"dispatcher-{config.policy}.log",
         )

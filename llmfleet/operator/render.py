@@ -34,6 +34,7 @@ ENGINE_PORT = 8000
 SIDECAR_PORT = 50061
 SIDECAR_METRICS_PORT = 9091
 DISPATCHER_PORT = 50051
+DISPATCHER_OPENAI_PORT = 8000
 DISPATCHER_METRICS_PORT = 9090
 CONFIG_DIR = "/etc/llmfleet"
 RANKER_DIR = "/etc/llmfleet/ranker"
@@ -330,6 +331,8 @@ def _dispatcher_args(ref: FleetRef, spec: s.FleetSpec) -> list[str]:
         args += ["--tls-cert", f"{CONFIG_DIR}/tls/tls.crt", "--tls-key", f"{CONFIG_DIR}/tls/tls.key"]
     if spec.dispatcher.auth_secret:
         args += ["--auth-token-file", f"{CONFIG_DIR}/auth/token"]
+    if spec.dispatcher.openai_port is not None:
+        args += ["--openai-port", str(DISPATCHER_OPENAI_PORT)]
     return args
 
 
@@ -359,6 +362,7 @@ def render_dispatcher_deployment(ref: FleetRef, spec: s.FleetSpec, defaults: Def
         "ports": [
             {"name": "grpc", "containerPort": DISPATCHER_PORT},
             {"name": "metrics", "containerPort": DISPATCHER_METRICS_PORT},
+            *([{"name": "http", "containerPort": DISPATCHER_OPENAI_PORT}] if d.openai_port is not None else []),
         ],
         "resources": _resources(d.resources),
         "readinessProbe": {**grpc_probe, "periodSeconds": 5},
@@ -401,6 +405,8 @@ def render_dispatcher_service(ref: FleetRef, spec: s.FleetSpec) -> dict[str, Any
             "selector": selector_labels(ref.name, "dispatcher"),
             "ports": [
                 {"name": "grpc", "port": spec.dispatcher.port, "targetPort": DISPATCHER_PORT, "appProtocol": "grpc"},
+                *([{"name": "http", "port": spec.dispatcher.openai_port, "targetPort": DISPATCHER_OPENAI_PORT,
+                    "appProtocol": "http"}] if spec.dispatcher.openai_port is not None else []),  # fmt: skip
                 {"name": "metrics", "port": DISPATCHER_METRICS_PORT, "targetPort": DISPATCHER_METRICS_PORT},
             ],
         },
@@ -409,6 +415,11 @@ def render_dispatcher_service(ref: FleetRef, spec: s.FleetSpec) -> dict[str, Any
 
 def dispatcher_endpoint(ref: FleetRef, spec: s.FleetSpec) -> str:
     return f"{ref.name}-dispatcher.{ref.namespace}.svc:{spec.dispatcher.port}"
+
+
+def openai_base_url(ref: FleetRef, spec: s.FleetSpec) -> str | None:
+    port = spec.dispatcher.openai_port
+    return f"http://{ref.name}-dispatcher.{ref.namespace}.svc:{port}/v1" if port is not None else None
 
 
 def render_children(ref: FleetRef, spec: s.FleetSpec, defaults: Defaults | None = None) -> list[dict[str, Any]]:

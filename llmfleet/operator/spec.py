@@ -117,6 +117,11 @@ class DispatcherSpec(_Spec):
     image: str | None = Field(default=None, min_length=1, max_length=512, description="Defaults to the operator's setting.")
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
     port: int = Field(default=50051, ge=1, le=65535)
+    openai_port: int | None = Field(
+        default=8000, ge=1, le=65535,
+        description="Service port of the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions); "
+        "null turns it off.",
+    )  # fmt: skip
     tls_secret: str | None = Field(
         default=None, min_length=1, max_length=253, pattern=DNS_LABEL, description="kubernetes.io/tls Secret."
     )
@@ -269,6 +274,7 @@ class FleetStatus(_Spec):
     ready: str | None = Field(default=None, description="ready/wanted engine pods, for kubectl.")
     selector: str | None = Field(default=None, description="Label selector of the engine pods (scale subresource).")
     dispatcher_endpoint: str | None = None
+    openai_base_url: str | None = Field(default=None, description="Base URL for OpenAI clients inside the cluster.")
     message: str | None = Field(
         default=None, max_length=32768, description="What the fleet waits for, or why it is Degraded (child and reason)."
     )

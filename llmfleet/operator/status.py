@@ -17,6 +17,7 @@ from llmfleet.operator.render import (
     FleetRef,
     dispatcher_endpoint,
     group_replicas,
+    openai_base_url,
 )
 
 
@@ -160,6 +161,7 @@ def status_from_children(
         "ready": f"{ready_total}/{total}",
         "selector": f"{FLEET_LABEL}={ref.name},{COMPONENT_LABEL}=engine",
         "dispatcherEndpoint": dispatcher_endpoint(ref, spec),
+        "openaiBaseUrl": openai_base_url(ref, spec),
         "message": summary,
     }
 

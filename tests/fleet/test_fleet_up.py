@@ -38,9 +38,11 @@ def _start(args: list[str], log_dir: Path) -> tuple[subprocess.Popen[str], queue
     return proc, lines
 
 
-def _address(proc: subprocess.Popen[str], lines: queue.Queue[str], timeout_s: float) -> str:
+def _address(proc: subprocess.Popen[str], lines: queue.Queue[str], timeout_s: float) -> tuple[str, str]:
+    """The dispatcher's gRPC address and the OpenAI base URL, as the fleet prints them."""
     deadline = time.monotonic() + timeout_s
     seen: list[str] = []
+    grpc_address = None
     while time.monotonic() < deadline:
         try:
             line = lines.get(timeout=0.5)
@@ -50,8 +52,10 @@ def _address(proc: subprocess.Popen[str], lines: queue.Queue[str], timeout_s: fl
             continue
         seen.append(line)
         m = re.search(r"dispatcher: (\S+)", line)
-        if m:
-            return m.group(1)
+        grpc_address = m.group(1) if m else grpc_address
+        m = re.search(r"OpenAI: +(\S+)", line)
+        if m and grpc_address:
+            return grpc_address, m.group(1)
     raise AssertionError(f"the fleet printed no dispatcher address within {timeout_s} s:\n{''.join(seen)}")
 
 
@@ -83,7 +87,7 @@ def _run(args: list[str], tmp_path: Path, start_timeout_s: float) -> None:
     log_dir = tmp_path / "logs"
     proc, lines = _start(args, log_dir)
     try:
-        address = _address(proc, lines, start_timeout_s)
+        address, base_url = _address(proc, lines, start_timeout_s)
         g = _client(address, "generate", "--token-ids", "5,6,7", "--max-tokens", "12", "--ignore-eos")
         assert len(g["token_ids"]) == 12 and g["finish_reason"] == "length"
         t = _client(address, "generate", "Hello, fleet", "--max-tokens", "4", "--ignore-eos")
@@ -93,6 +97,14 @@ def _run(args: list[str], tmp_path: Path, start_timeout_s: float) -> None:
         cut = _client(address, "generate", "--token-ids", "5,6,7", "--max-tokens", "12", "--ignore-eos", "--stop", stop)
         assert cut["finish_reason"] == "stop" and cut["text"] == g["text"][: g["text"].index(stop)]
         assert cut["token_ids"] == g["token_ids"][: len(cut["token_ids"])]
+        # The printed OpenAI base URL serves the same fleet, chat included (the model's template).
+        import openai
+
+        client = openai.OpenAI(base_url=base_url, api_key="none", max_retries=0)
+        model = client.models.list().data[0].id
+        chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=5,
+                                              extra_body={"ignore_eos": True})  # fmt: skip
+        assert chat.usage.completion_tokens == 5 and chat.choices[0].finish_reason == "length"
         sidecars = _sidecar_addresses(log_dir)
         assert len(sidecars) == int(args[args.index("--engines") + 1])
         _stop_and_check(proc, log_dir, sidecars)

@@ -80,6 +80,7 @@ async def test_create_makes_every_child_and_status_converges(namespace: Namespac
     assert [(g["name"], g["readyReplicas"]) for g in status["groups"]] == [("short", 1), ("medium", 1), ("long", 1)]
     assert status["groups"][1]["minTokens"] == 256 and status["groups"][1]["maxTokens"] == 1024
     assert status["dispatcherEndpoint"] == f"llama-8b-dispatcher.{ns.name}.svc:50051"
+    assert status["openaiBaseUrl"] == f"http://llama-8b-dispatcher.{ns.name}.svc:8000/v1"
     assert _condition(ns, name, "Ready")["status"] == "True"
     assert _condition(ns, name, "Degraded")["status"] == "False"
     fleet = _fleet(ns, name)
@@ -168,7 +169,7 @@ async def test_a_hand_edited_service_port_is_restored_and_blocks_nothing(
     def ports() -> list[tuple[str, int]]:
         return sorted((p["name"], p["port"]) for p in ns.get("Service", "qwen-small-dispatcher")["spec"]["ports"])
 
-    await eventually(lambda: ports() == [("grpc", 50051), ("metrics", 9090)], "the Service port restored", TIMEOUT)
+    await eventually(lambda: ports() == [("grpc", 50051), ("http", 8000), ("metrics", 9090)], "the Service port restored", TIMEOUT)
     # Later spec edits still reach every child, the engine Deployment applied after the Service too.
     ns.patch("LLMFleet", name, {"spec": {"engine": {"maxModelLen": 1024}}})
 

@@ -102,7 +102,7 @@ def test_dispatcher_contract_with_tls_and_auth() -> None:
         "--config", "/etc/llmfleet/scheduling.yaml", "--discovery", "kubernetes", "--namespace", "$(POD_NAMESPACE)",
         "--selector", "llmfleet.io/fleet=llama-8b,llmfleet.io/component=engine", "--sidecar-port", "50061",
         "--tls-cert", "/etc/llmfleet/tls/tls.crt", "--tls-key", "/etc/llmfleet/tls/tls.key",
-        "--auth-token-file", "/etc/llmfleet/auth/token",
+        "--auth-token-file", "/etc/llmfleet/auth/token", "--openai-port", "8000",
     ]  # fmt: skip
     # Liveness asks the "liveness" service: a dispatcher with no ready pod is not restarted.
     assert c["readinessProbe"]["grpc"] == {"port": 50051}
@@ -118,6 +118,23 @@ def test_dispatcher_contract_with_tls_and_auth() -> None:
                               "verbs": ["get", "list", "watch"]}]  # fmt: skip
     svc = children[("Service", "llama-8b-dispatcher")]
     assert svc["spec"]["ports"][0] == {"name": "grpc", "port": 50051, "targetPort": 50051, "appProtocol": "grpc"}
+    # The OpenAI-compatible front: on by default, behind the same Service and auth token.
+    assert svc["spec"]["ports"][1] == {"name": "http", "port": 8000, "targetPort": 8000, "appProtocol": "http"}
+    assert {"name": "http", "containerPort": 8000} in c["ports"]
+
+
+def test_the_openai_front_follows_dispatcher_openai_port() -> None:
+    doc = load_example("minimal.yaml")
+    doc["spec"]["dispatcher"] = {"openaiPort": 8443}
+    children = r.render_children(r.FleetRef("x", "ns", "0"), parse_spec(doc["spec"]))
+    svc = next(c for c in children if c["kind"] == "Service" and c["metadata"]["name"] == "x-dispatcher")
+    assert ("http", 8443, 8000) in [(p["name"], p["port"], p["targetPort"]) for p in svc["spec"]["ports"]]
+    doc["spec"]["dispatcher"] = {"openaiPort": None}
+    children = r.render_children(r.FleetRef("x", "ns", "0"), parse_spec(doc["spec"]))
+    dep = next(c for c in children if c["kind"] == "Deployment" and c["metadata"]["name"] == "x-dispatcher")
+    assert "--openai-port" not in _container(dep, "dispatcher")["command"]
+    svc = next(c for c in children if c["kind"] == "Service" and c["metadata"]["name"] == "x-dispatcher")
+    assert "http" not in [p["name"] for p in svc["spec"]["ports"]]
 
 
 def test_dispatcher_without_secrets_gets_no_tls_or_auth_flags() -> None:
