@@ -79,7 +79,7 @@ def test_assignment_rejects_empty_slices() -> None:
 
 
 def test_decision_batch_puts_preemptions_first() -> None:
-    batch = DecisionBatch.of([Assignment("a", "p"), Preempt("b", "p", "swap"), Assignment("c", "q", 5)])
+    batch = DecisionBatch.of([Assignment("a", "p"), Preempt("b", "p"), Assignment("c", "q", 5)])
     assert [p.request_id for p in batch.preempts] == ["b"]
     assert [a.request_id for a in batch.assignments] == ["a", "c"]
 

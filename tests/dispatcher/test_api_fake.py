@@ -39,7 +39,7 @@ async def fleet(fake_pods):
     "kwargs, message",
     [
         (dict(prompt_ids=PROMPT, max_tokens=0), "max_tokens must be at least 1"),
-        (dict(max_tokens=5), "give the prompt either as text or as token_ids"),
+        (dict(max_tokens=5), "give the prompt either as text, as token_ids or as chat messages"),
         (dict(prompt="", max_tokens=5), "prompt text is empty"),
         (dict(prompt_ids=[1, -4], max_tokens=5), "token ids must be non-negative"),
         (dict(prompt_ids=PROMPT, max_tokens=5, temperature=-1.0), "temperature must be >= 0"),

@@ -173,8 +173,9 @@ async def test_a_disconnected_stream_frees_the_engine(fleet, engines) -> None:
         break
     assert sum(len(e._running) for e in engines) == 1
     await stream.close()
+    # 2,000 tokens take at least 4 s at 2 ms a step: only an abort empties the engine within 3 s.
     await wait_for_condition(lambda: sum(len(e._running) + len(e._waiting) for e in engines) == 0 and not
-                             fleet.dispatcher.running, 10, what="the engine work aborted")  # fmt: skip
+                             fleet.dispatcher.running, 3, what="the engine work aborted")  # fmt: skip
 
 
 async def test_200_concurrent_streams_complete_exactly(fleet) -> None:
@@ -190,3 +191,15 @@ async def test_200_concurrent_streams_complete_exactly(fleet) -> None:
     pairs = await asyncio.gather(*(one(i) for i in range(200)))
     assert all(s == w and w for s, w in pairs)
     assert fleet.dispatcher.completed == 400
+
+
+async def test_a_client_that_gives_up_on_a_whole_response_frees_the_engine(fleet, engines) -> None:
+    _, aio = _clients(fleet)
+    call = asyncio.create_task(aio.completions.create(model="sim-model", prompt=[8, 8], max_tokens=2000,
+                                                      extra_body={"ignore_eos": True}))  # fmt: skip
+    await wait_for_condition(lambda: sum(len(e._running) for e in engines) == 1, 10, what="the request running")
+    call.cancel()  # the HTTP connection closes before any response
+    await asyncio.gather(call, return_exceptions=True)
+    # As above: finishing naturally would take at least 4 s.
+    await wait_for_condition(lambda: sum(len(e._running) + len(e._waiting) for e in engines) == 0 and not
+                             fleet.dispatcher.running, 3, what="the engine work aborted")  # fmt: skip
