@@ -63,8 +63,14 @@ def load_api_client(kubeconfig: str | None = None, context: str | None = None) -
     return kubernetes.client.ApiClient(configuration=config)
 
 
-def resource_path(kind: str, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
-    group, version, plural = KINDS[kind]
+def resource_path(
+    kind: str,
+    namespace: str | None,
+    name: str | None = None,
+    subresource: str | None = None,
+    kinds: dict[str, tuple[str, str, str]] = KINDS,
+) -> str:
+    group, version, plural = kinds[kind]
     path = f"/api/{version}" if not group else f"/apis/{group}/{version}"
     if namespace:
         path += f"/namespaces/{namespace}"

@@ -20,7 +20,7 @@ from typing import Any
 
 from llmfleet.core.clock import wait_for_condition_sync
 from llmfleet.engine.process import free_port
-from llmfleet.operator.kube import KINDS, KubeApiError, KubeClient, load_api_client
+from llmfleet.operator.kube import KINDS, KubeApiError, KubeClient, load_api_client, resource_path
 
 REPO = Path(__file__).resolve().parents[2]
 KUBECTL = REPO / ".tools" / "bin" / "kubectl"  # installed by scripts/setup.sh
@@ -113,11 +113,7 @@ def install_crd(kube: KubeClient, crd: dict[str, Any], timeout: float = 60.0) ->
 
 
 def path_of(kind: str, namespace: str | None, name: str | None = None, subresource: str | None = None) -> str:
-    group, version, plural = TEST_KINDS[kind]
-    path = f"/api/{version}" if not group else f"/apis/{group}/{version}"
-    path += f"/namespaces/{namespace}" if namespace else ""
-    path += f"/{plural}" + (f"/{name}" if name else "") + (f"/{subresource}" if subresource else "")
-    return path
+    return resource_path(kind, namespace, name, subresource, TEST_KINDS)
 
 
 @dataclass
