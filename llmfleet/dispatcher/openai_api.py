@@ -22,12 +22,11 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
 
 from llmfleet.dispatcher.core import Dispatcher
 from llmfleet.dispatcher.model import (
@@ -40,7 +39,9 @@ from llmfleet.dispatcher.model import (
     Overloaded,
     TokenEvent,
 )
+from llmfleet.dispatcher.openai_models import ChatRequest, CompletionRequest, Params
 from llmfleet.engine.client import SamplingParams
+from llmfleet.sidecar.serving import TlsFiles
 
 DEADLINE_HEADER = "x-llmfleet-deadline-ms"  # llmfleet's own: a deadline for the request, as gRPC has
 _FAIL_STATUS = {"INVALID_ARGUMENT": 400, "DEADLINE_EXCEEDED": 504, "UNAVAILABLE": 503, "CANCELLED": 499}
@@ -59,96 +60,6 @@ class ApiError(Exception):
         return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
 
 
-class StreamOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    include_usage: bool = False
-
-
-class _Params(BaseModel):
-    """What both endpoints take. Unknown fields are refused (extra="forbid"), so a typo or a
-    parameter llmfleet does not know is a 400, not a silent default."""
-
-    model_config = ConfigDict(extra="forbid")
-    model: str
-    max_tokens: int | None = Field(default=None, ge=1)
-    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
-    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    logit_bias: dict[str, float] | None = None
-    user: str | None = None
-    stream: bool = False
-    stream_options: StreamOptions | None = None
-    # vLLM's extensions that llmfleet carries end to end
-    top_k: int | None = None
-    min_tokens: int = Field(default=0, ge=0)
-    ignore_eos: bool = False
-    priority: int = 0
-    stop_token_ids: list[int] | None = None
-    include_stop_str_in_output: bool = False
-    # Accepted only at the value that means "not used": anything else is refused by name.
-    n: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-
-    def unsupported(self) -> list[str]:
-        out = []
-        if self.n not in (None, 1):
-            out.append("n > 1")
-        if self.presence_penalty not in (None, 0.0) or self.frequency_penalty not in (None, 0.0):
-            out.append("presence_penalty / frequency_penalty")
-        return out
-
-
-class CompletionRequest(_Params):
-    prompt: str | list[str] | list[int] | list[list[int]]
-    echo: bool = False
-    suffix: str | None = None
-    best_of: int | None = None
-    logprobs: int | None = None
-
-    def unsupported(self) -> list[str]:
-        out = super().unsupported()
-        out += ["echo"] * self.echo + ["suffix"] * (self.suffix is not None) + ["logprobs"] * (self.logprobs is not None)
-        return out + ["best_of > 1"] * (self.best_of not in (None, 1))
-
-
-class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    type: Literal["text"]
-    text: str
-
-
-class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    role: Literal["system", "developer", "user", "assistant"]
-    content: str | list[ContentPart]
-    name: str | None = None
-
-    def text(self) -> str:
-        return self.content if isinstance(self.content, str) else "".join(p.text for p in self.content)
-
-
-class ChatRequest(_Params):
-    messages: list[ChatMessage] = Field(min_length=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    logprobs: bool | None = None
-    top_logprobs: int | None = None
-    tools: list[Any] | None = None
-    tool_choice: Any = None
-    functions: list[Any] | None = None
-    function_call: Any = None
-    response_format: dict[str, Any] | None = None
-    parallel_tool_calls: bool | None = None
-
-    def unsupported(self) -> list[str]:
-        out = super().unsupported()
-        out += ["logprobs"] * bool(self.logprobs or self.top_logprobs)
-        out += ["tools"] * bool(self.tools or self.functions or self.tool_choice not in (None, "none"))
-        out += ["function_call"] * (self.function_call not in (None, "none"))
-        return out + ["response_format"] * bool(self.response_format and self.response_format.get("type") != "text")
-
-
 @dataclass
 class Outcome:
     """One finished choice."""
@@ -159,7 +70,7 @@ class Outcome:
     completion_tokens: int
 
 
-def _spec(p: _Params, max_tokens: int, deadline_s: float | None, **prompt: Any) -> GenerateSpec:
+def _spec(p: Params, max_tokens: int, deadline_s: float | None, **prompt: Any) -> GenerateSpec:
     stop = (p.stop,) if isinstance(p.stop, str) else tuple(p.stop or ())
     extra: dict[str, Any] = {}
     if p.min_tokens:
@@ -249,7 +160,7 @@ class OpenAIFront:
             if not r.done:
                 self.d.cancel(r.request_id, "the HTTP client went away")
 
-    async def run(self, request: Request, body: _Params, prompts: list[dict[str, Any]],
+    async def run(self, request: Request, body: Params, prompts: list[dict[str, Any]],
                   chat: bool) -> Response:  # fmt: skip
         self.check_model(body.model)
         refused = body.unsupported()
@@ -440,11 +351,15 @@ def create_app(dispatcher: Dispatcher, auth_token: str | None = None) -> FastAPI
 class OpenAIServer:
     """uvicorn serving the app inside the dispatcher's own event loop; `port` is the bound one."""
 
-    def __init__(self, app: FastAPI, host: str, port: int) -> None:
+    def __init__(self, app: FastAPI, host: str, port: int, tls: TlsFiles | None = None) -> None:
         import uvicorn
 
+        # The same certificate as the gRPC API: one TLS setting covers both doors.
         config = uvicorn.Config(app, host=host.strip("[]") or "0.0.0.0", port=port, log_level="warning",
-                                lifespan="off", access_log=False, timeout_graceful_shutdown=5)  # fmt: skip
+                                lifespan="off", access_log=False, timeout_graceful_shutdown=5,
+                                ssl_certfile=str(tls.cert) if tls else None,
+                                ssl_keyfile=str(tls.key) if tls else None)  # fmt: skip
+        self.scheme = "https" if tls else "http"
         self.server = uvicorn.Server(config)
         # The dispatcher's CLI owns SIGTERM/SIGINT and stops this server itself.
         self.server.capture_signals = contextlib.nullcontext  # type: ignore[method-assign,assignment]

@@ -9,7 +9,7 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import grpc
 
@@ -209,6 +209,7 @@ class DispatcherHandle:
     _health_task: asyncio.Task[None] | None = None
     _metrics_server: MetricsServer | None = None
     _openai: OpenAIServer | None = None
+    _health: Any = None  # the gRPC health servicer
     _stopped: bool = field(default=False)
     health_serving: list[bool] = field(default_factory=lambda: [False])
 
@@ -223,7 +224,7 @@ class DispatcherHandle:
     @property
     def openai_base_url(self) -> str | None:
         """The base URL OpenAI clients take (`OpenAI(base_url=...)`), when the front is on."""
-        return f"http://127.0.0.1:{self._openai.port}/v1" if self._openai else None
+        return f"{self._openai.scheme}://127.0.0.1:{self._openai.port}/v1" if self._openai else None
 
     async def wait_ready(self, pods: int = 1, timeout_s: float = 60.0) -> None:
         """Wait until at least `pods` pods are healthy (connected, engine up, not draining)."""
@@ -244,6 +245,10 @@ class DispatcherHandle:
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+        if self._health is not None:
+            # Not ready for the whole grace period, so a Service stops sending new work here at once.
+            await set_health(self._health, [SERVICE], False)
+            self.health_serving[0] = False
         if self._openai:
             await self._openai.stop()
         await self.dispatcher.stop(grace_s)
@@ -331,7 +336,7 @@ async def serve_dispatcher(
     if openai_port is not None:
         from llmfleet.dispatcher.openai_api import OpenAIServer, create_app
 
-        openai = await OpenAIServer(create_app(dispatcher, auth_token), host, openai_port).start()
+        openai = await OpenAIServer(create_app(dispatcher, auth_token), host, openai_port, tls).start()
     log.info("dispatcher on port %d, policy %s, slice %s tokens", bound, config.policy, config.slice_tokens or "no")
     return DispatcherHandle(
         server=server,
@@ -342,5 +347,6 @@ async def serve_dispatcher(
         _health_task=health_task,
         _metrics_server=metrics_server,
         _openai=openai,
+        _health=health,
         health_serving=serving_flag,
     )

@@ -113,6 +113,14 @@ class SchedulingSpec(SchedulingFields):
 
 
 class DispatcherSpec(_Spec):
+    # A dispatcher on a load balancer faces whatever network is beyond the cluster.
+    model_config = ConfigDict(json_schema_extra=_cel((
+        # has() guards: the server also checks the rule on the object's own default, `{}`.
+        "!has(self.serviceType) || self.serviceType != 'LoadBalancer' || (has(self.authSecret) && has(self.tlsSecret))"
+        " || (has(self.allowInsecure) && self.allowInsecure)",
+        "serviceType LoadBalancer needs authSecret and tlsSecret (or allowInsecure: true)",
+    )))  # fmt: skip
+
     replicas: int = Field(default=1, ge=0, le=100)
     image: str | None = Field(default=None, min_length=1, max_length=512, description="Defaults to the operator's setting.")
     service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
@@ -129,6 +137,15 @@ class DispatcherSpec(_Spec):
         default=None, min_length=1, max_length=253, pattern=DNS_LABEL, description="Secret with a `token` key."
     )
     resources: ContainerResources = Field(default_factory=ContainerResources)
+    allow_insecure: bool = Field(
+        default=False, description="Allow serviceType LoadBalancer without authSecret and tlsSecret."
+    )
+
+    @model_validator(mode="after")
+    def _exposed_safely(self) -> DispatcherSpec:
+        if self.service_type == "LoadBalancer" and not (self.auth_secret and self.tls_secret) and not self.allow_insecure:
+            raise ValueError("serviceType LoadBalancer needs authSecret and tlsSecret (or allowInsecure: true)")
+        return self
 
 
 class SidecarSpec(_Spec):

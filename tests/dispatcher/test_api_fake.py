@@ -221,9 +221,18 @@ def _self_signed(tmp: Path) -> TlsFiles:
 
 async def test_tls_client_api(fake_pods, tmp_path):
     tls = _self_signed(tmp_path)
-    handle = await serve_dispatcher(pods={"p": fake_pods[0].address}, tls=tls, host="localhost")
+    handle = await serve_dispatcher(pods={"p": fake_pods[0].address}, tls=tls, host="localhost", openai_port=0)
     try:
         await handle.wait_ready(1, timeout_s=10)
+        # The OpenAI front serves the same certificate.
+        import ssl
+
+        import httpx
+
+        assert handle.openai_base_url is not None and handle.openai_base_url.startswith("https://")
+        url = handle.openai_base_url.replace("127.0.0.1", "localhost") + "/models"
+        async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=str(tls.cert))) as http:
+            assert (await http.get(url)).status_code == 200
         target = f"localhost:{handle.port}"
         async with DispatcherClient(target, root_certificates=tls.cert.read_bytes()) as c:
             g = await c.generate(prompt_ids=PROMPT, max_tokens=3, timeout=10)
@@ -298,3 +307,32 @@ async def test_a_loopback_dispatcher_keeps_its_metrics_on_loopback(fake_pods):
 async def test_a_policy_that_needs_true_lengths_is_refused_at_start(fake_pods):
     with pytest.raises(ValueError, match="'oracle-srpt' needs true output lengths"):
         await serve_dispatcher(pods={"a": fake_pods[0].address}, config=SchedulingConfig(policy="oracle-srpt"))
+
+
+async def test_readiness_turns_off_for_the_whole_shutdown_grace(fake_pods):
+    """SIGTERM's grace lets running requests finish; the health check says NOT_SERVING from its
+    first moment, so Kubernetes stops routing new work to a dispatcher that is going away."""
+    from llmfleet.core.clock import wait_for_condition
+
+    for p in fake_pods:
+        p.servicer.token_delay_s = 0.02
+    handle = await serve_dispatcher(pods={f"p{i}": p.address for i, p in enumerate(fake_pods)},
+                                    config=SchedulingConfig(policy="fcfs-rr"))  # fmt: skip
+    await handle.wait_ready(2, timeout_s=10)
+
+    async def status() -> int:
+        async with grpc.aio.insecure_channel(handle.address) as ch:
+            req = health_pb2.HealthCheckRequest(service="llmfleet.v1.Dispatcher")
+            return (await health_pb2_grpc.HealthStub(ch).Check(req, timeout=5)).status
+
+    async with DispatcherClient(handle.address) as c:
+        running = asyncio.create_task(c.generate(prompt_ids=PROMPT, max_tokens=100, ignore_eos=True, timeout=30))
+        await wait_for_condition(lambda: handle.dispatcher.running, 5, what="a running request")
+        assert await status() == health_pb2.HealthCheckResponse.SERVING
+        stopping = asyncio.create_task(handle.stop(grace_s=10))
+        await wait_for_condition(lambda: handle._stopped, 5, what="shutdown begun")
+        await wait_for_condition(lambda: not handle.health_serving[0], 5, what="readiness off")
+        assert await status() == health_pb2.HealthCheckResponse.NOT_SERVING and not running.done()
+        g = await running
+        assert len(g.token_ids) == 100, "the running request still finished within the grace"
+        await stopping

@@ -159,7 +159,18 @@ INVALID = [
     ("pins too many", lambda s: s.update(replicas=2, replicasPerGroup={"short": 3}, autoscaling=None), "pins more pods"),
     ("too few for auto groups", lambda s: (_auto(s), s.update(replicas=1, autoscaling=None)), "at least one pod"),
     ("auto group name", lambda s: (_auto(s), s.update(replicasPerGroup={"g2": 1})), "replicasPerGroup must name only"),
+    ("open load balancer", lambda s: s["dispatcher"].update(serviceType="LoadBalancer", tlsSecret=None),
+     "serviceType LoadBalancer needs authSecret and tlsSecret"),
 ]
+
+
+def test_a_load_balancer_without_auth_and_tls_needs_an_explicit_allow_insecure(namespace: Namespace) -> None:
+    doc = load_example("full.yaml")
+    doc["spec"]["dispatcher"].update(serviceType="LoadBalancer")  # full.yaml has both secrets
+    assert _admit(namespace, copy.deepcopy(doc)) is None and _operator_accepts(doc["spec"])
+    del doc["spec"]["dispatcher"]["authSecret"]
+    doc["spec"]["dispatcher"]["allowInsecure"] = True
+    assert _admit(namespace, copy.deepcopy(doc)) is None and _operator_accepts(doc["spec"])
 
 
 @pytest.mark.parametrize("mutate, message", [pytest.param(m, msg, id=i) for i, m, msg in INVALID])
