@@ -84,6 +84,7 @@ class Dispatcher(SliceExecution):
         self.failovers = 0
         self.closing = False
         self._rr = 0
+        self._no_pods_since: float | None = None  # when the last healthy pod went away
 
     # ----- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -163,6 +164,9 @@ class Dispatcher(SliceExecution):
     def _check_capacity(self) -> None:
         if self.closing:
             raise NoEngine("the dispatcher is shutting down")
+        since = self._no_pods_since
+        if since is not None and self.clock.now() - since >= self.settings.unplaceable_timeout_s:
+            raise NoEngine(f"no healthy engine for {self.clock.now() - since:.0f} s; is any sidecar up?")
         if self.backlog() >= self.settings.max_queue:
             self.rejected += 1
             self.metrics.rejected.inc()
@@ -315,8 +319,22 @@ class Dispatcher(SliceExecution):
         while True:
             await self.clock.sleep(self.settings.tick_s)
             self._update_pod_gauges()
+            self._fail_unplaceable()
             if self.queue:
                 self.kick()
+
+    def _fail_unplaceable(self) -> None:
+        """With no healthy pod for `unplaceable_timeout_s`, fail what waits for one (UNAVAILABLE)."""
+        now = self.clock.now()
+        if self.healthy_pods():
+            self._no_pods_since = None
+            return
+        if self._no_pods_since is None:
+            self._no_pods_since = now
+        limit = self.settings.unplaceable_timeout_s
+        for req in list(self.queue.values()):
+            if now - max(self._no_pods_since, req.enqueued_s) >= limit:
+                self._fail(req, "UNAVAILABLE", f"no healthy engine for {limit:g} s; is any sidecar up?")
 
     async def _loop(self) -> None:
         while True:

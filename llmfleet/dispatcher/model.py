@@ -26,6 +26,9 @@ class DispatcherSettings:
     max_failures: int = 6  # failed attempts of one request before it is given up (UNAVAILABLE)
     pod_cooldown_s: float = 1.0  # a pod that failed a slice takes no new one for this long
     tick_s: float = 0.25  # periodic scheduling point (starvation guards, waiting policies)
+    # While no pod is healthy, a queued request fails with UNAVAILABLE after this long (and new
+    # ones are refused at once once it has passed): a request never waits forever for an engine.
+    unplaceable_timeout_s: float = 30.0
     load_interval_ms: int = 250
 
 

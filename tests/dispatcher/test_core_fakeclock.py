@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from llmfleet.core.clock import FakeClock, wait_for_condition
 from llmfleet.core.scheduling import ALL_REMAINING, Assignment, Decision, Preempt, SchedulerView
 from llmfleet.dispatcher import Dispatcher, DispatcherSettings
-from llmfleet.dispatcher.model import FailEvent, FinishEvent, GenerateSpec, TokenEvent
+from llmfleet.dispatcher.model import FailEvent, FinishEvent, GenerateSpec, NoEngine, TokenEvent
 from llmfleet.policies.registry import make_policy
 from tests.dispatcher.fake_sidecar import reference, start_fake_pod
 
@@ -231,3 +233,26 @@ async def test_an_unexpected_error_in_a_slice_resumes_elsewhere_instead_of_hangi
         await d.stop(0)
         for p in pods:
             await p.stop()
+
+
+async def test_with_no_healthy_pod_requests_fail_within_the_bound_instead_of_waiting_forever():
+    pod = await start_fake_pod()
+    d = await _dispatcher(make_policy("fcfs-rr"), [pod], unplaceable_timeout_s=30.0)
+    try:
+        await pod.stop()  # every sidecar gone
+        await wait_for_condition(lambda: not d.healthy_pods(), 10, what="the pod seen as gone")
+        clock: FakeClock = d.clock  # type: ignore[assignment]
+        clock.advance(0.3)  # a tick notices
+        await asyncio.sleep(0.05)
+        req = await d.submit(GenerateSpec(max_tokens=5, prompt_ids=(1, 2)))
+        for _ in range(4):
+            clock.advance(7.0)  # 28 s: still waiting for a pod to come back
+            await asyncio.sleep(0.02)
+        assert not req.done
+        clock.advance(2.5)
+        ids, end = await asyncio.wait_for(_drain(req), 5)
+        assert isinstance(end, FailEvent) and end.code == "UNAVAILABLE" and "no healthy engine for 30 s" in end.message
+        with pytest.raises(NoEngine, match="no healthy engine"):  # new requests: refused at once now
+            await d.submit(GenerateSpec(max_tokens=5, prompt_ids=(1, 2)))
+    finally:
+        await d.stop(0)
