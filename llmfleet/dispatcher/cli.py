@@ -24,6 +24,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default="[::]", help="address to bind (default all interfaces)")
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (off if unset)")
     parser.add_argument(
+        "--health-port", type=int, default=None,
+        help="also serve the gRPC health service, plaintext and alone, on this port (for Kubernetes probes"
+        " when the API uses TLS)",
+    )
+    parser.add_argument(
         "--openai-port", type=int, default=None,
         help="serve the OpenAI-compatible HTTP API (/v1/completions, /v1/chat/completions, /v1/models) on this port"
         " (off if unset); same queue, policy and --auth-token-file as gRPC",
@@ -105,6 +110,7 @@ def _serve(args: argparse.Namespace) -> int:
             auth_token=token,
             online_ranker_every_s=args.online_ranker_every,
             openai_port=args.openai_port,
+            health_port=args.health_port,
         )
 
     asyncio.run(main())

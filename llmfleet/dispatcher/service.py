@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import grpc
+from grpc_health.v1 import health_pb2_grpc
 
 from llmfleet.core.clock import Clock, RealClock
 from llmfleet.core.config import SchedulingConfig
@@ -210,6 +211,8 @@ class DispatcherHandle:
     _metrics_server: MetricsServer | None = None
     _openai: OpenAIServer | None = None
     _health: Any = None  # the gRPC health servicer
+    _health_server: grpc.aio.Server | None = None
+    health_port: int | None = None
     _stopped: bool = field(default=False)
     health_serving: list[bool] = field(default_factory=lambda: [False])
 
@@ -253,6 +256,8 @@ class DispatcherHandle:
             await self._openai.stop()
         await self.dispatcher.stop(grace_s)
         await self.server.stop(1.0)
+        if self._health_server is not None:
+            await self._health_server.stop(None)
         if self._metrics_server:
             self._metrics_server.stop()
 
@@ -276,6 +281,7 @@ async def serve_dispatcher(
     sidecar_credentials: grpc.ChannelCredentials | None = None,
     online_ranker_every_s: float = 0.0,
     openai_port: int | None = None,
+    health_port: int | None = None,
 ) -> DispatcherHandle:
     """Start a dispatcher. Give `pods` ({id: "host:port"} of sidecars) or a `discovery` source.
 
@@ -283,6 +289,7 @@ async def serve_dispatcher(
     `config` (a `SchedulingConfig`; defaults if None); `settings` overrides the mechanism's
     knobs; `online_ranker_every_s > 0` turns on online ranker retraining. `openai_port` (0 picks
     a free one) adds the OpenAI-compatible HTTP front on the same dispatcher and auth token.
+    `health_port` adds a plaintext gRPC health-only port, for probes when the API uses TLS.
     """
     from llmfleet.policies.registry import make_policy, policy_spec
 
@@ -310,6 +317,14 @@ async def serve_dispatcher(
     health = add_health_and_reflection(server, [SERVICE])
     await set_health(health, [SERVICE], False)
     bound = bind(server, host, port, tls)
+    health_server = None
+    if health_port is not None:
+        # Kubernetes' grpc probes speak plaintext only: with TLS on the API, they ask this port,
+        # which serves nothing but the health service (the same servicer, the same answers).
+        health_server = grpc.aio.server()
+        health_pb2_grpc.add_HealthServicer_to_server(health, health_server)
+        health_port = bind(health_server, host, health_port, None)
+        await health_server.start()
     await dispatcher.start()
     await server.start()
     source = discovery or StaticDiscovery(pods or {})
@@ -348,5 +363,7 @@ async def serve_dispatcher(
         _metrics_server=metrics_server,
         _openai=openai,
         _health=health,
+        _health_server=health_server,
+        health_port=health_port,
         health_serving=serving_flag,
     )

@@ -35,6 +35,7 @@ SIDECAR_PORT = 50061
 SIDECAR_METRICS_PORT = 9091
 DISPATCHER_PORT = 50051
 DISPATCHER_OPENAI_PORT = 8000
+DISPATCHER_HEALTH_PORT = 50052  # plaintext health only: kubelet's grpc probes cannot speak TLS
 DISPATCHER_METRICS_PORT = 9090
 CONFIG_DIR = "/etc/llmfleet"
 RANKER_DIR = "/etc/llmfleet/ranker"
@@ -328,7 +329,8 @@ def _dispatcher_args(ref: FleetRef, spec: s.FleetSpec) -> list[str]:
         "--sidecar-port", str(SIDECAR_PORT),
     ]  # fmt: skip
     if spec.dispatcher.tls_secret:
-        args += ["--tls-cert", f"{CONFIG_DIR}/tls/tls.crt", "--tls-key", f"{CONFIG_DIR}/tls/tls.key"]
+        args += ["--tls-cert", f"{CONFIG_DIR}/tls/tls.crt", "--tls-key", f"{CONFIG_DIR}/tls/tls.key",
+                 "--health-port", str(DISPATCHER_HEALTH_PORT)]  # fmt: skip
     if spec.dispatcher.auth_secret:
         args += ["--auth-token-file", f"{CONFIG_DIR}/auth/token"]
     if spec.dispatcher.openai_port is not None:
@@ -353,7 +355,7 @@ def render_dispatcher_deployment(ref: FleetRef, spec: s.FleetSpec, defaults: Def
     if ranker is not None and ranker.config_map:
         mounts.append({"name": "ranker", "mountPath": RANKER_DIR, "readOnly": True})
         volumes.append({"name": "ranker", "configMap": {"name": ranker.config_map}})
-    grpc_probe = {"grpc": {"port": DISPATCHER_PORT}}
+    grpc_probe = {"grpc": {"port": DISPATCHER_HEALTH_PORT if d.tls_secret else DISPATCHER_PORT}}
     container = {
         "name": "dispatcher",
         "image": d.image or defaults.dispatcher_image,
@@ -363,6 +365,7 @@ def render_dispatcher_deployment(ref: FleetRef, spec: s.FleetSpec, defaults: Def
             {"name": "grpc", "containerPort": DISPATCHER_PORT},
             {"name": "metrics", "containerPort": DISPATCHER_METRICS_PORT},
             *([{"name": "http", "containerPort": DISPATCHER_OPENAI_PORT}] if d.openai_port is not None else []),
+            *([{"name": "health", "containerPort": DISPATCHER_HEALTH_PORT}] if d.tls_secret else []),
         ],
         "resources": _resources(d.resources),
         "readinessProbe": {**grpc_probe, "periodSeconds": 5},

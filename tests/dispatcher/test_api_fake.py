@@ -221,9 +221,19 @@ def _self_signed(tmp: Path) -> TlsFiles:
 
 async def test_tls_client_api(fake_pods, tmp_path):
     tls = _self_signed(tmp_path)
-    handle = await serve_dispatcher(pods={"p": fake_pods[0].address}, tls=tls, host="localhost", openai_port=0)
+    handle = await serve_dispatcher(pods={"p": fake_pods[0].address}, tls=tls, host="localhost", openai_port=0,
+                                    health_port=0)  # fmt: skip
     try:
         await handle.wait_ready(1, timeout_s=10)
+        # A plaintext probe (kubelet's grpc probe) gets its answer from the health-only port.
+        async with grpc.aio.insecure_channel(f"localhost:{handle.health_port}") as ch:
+            for service in ("", "llmfleet.v1.Dispatcher", "liveness"):
+                resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+                assert resp.status == health_pb2.HealthCheckResponse.SERVING
+        async with DispatcherClient(f"localhost:{handle.health_port}") as probe_port:
+            with pytest.raises(grpc.aio.AioRpcError) as err:  # and nothing else is served there
+                await probe_port.generate(prompt_ids=PROMPT, max_tokens=1, timeout=3)
+            assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
         # The OpenAI front serves the same certificate.
         import ssl
 

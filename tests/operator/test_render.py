@@ -101,12 +101,14 @@ def test_dispatcher_contract_with_tls_and_auth() -> None:
         "llmfleet", "dispatcher", "--port", "50051", "--metrics-port", "9090",
         "--config", "/etc/llmfleet/scheduling.yaml", "--discovery", "kubernetes", "--namespace", "$(POD_NAMESPACE)",
         "--selector", "llmfleet.io/fleet=llama-8b,llmfleet.io/component=engine", "--sidecar-port", "50061",
-        "--tls-cert", "/etc/llmfleet/tls/tls.crt", "--tls-key", "/etc/llmfleet/tls/tls.key",
+        "--tls-cert", "/etc/llmfleet/tls/tls.crt", "--tls-key", "/etc/llmfleet/tls/tls.key", "--health-port", "50052",
         "--auth-token-file", "/etc/llmfleet/auth/token", "--openai-port", "8000",
     ]  # fmt: skip
+    # kubelet's grpc probes speak plaintext only: with TLS they ask the plaintext health port.
     # Liveness asks the "liveness" service: a dispatcher with no ready pod is not restarted.
-    assert c["readinessProbe"]["grpc"] == {"port": 50051}
-    assert c["livenessProbe"]["grpc"] == {"port": 50051, "service": "liveness"}
+    assert c["readinessProbe"]["grpc"] == {"port": 50052}
+    assert c["livenessProbe"]["grpc"] == {"port": 50052, "service": "liveness"}
+    assert {"name": "health", "containerPort": 50052} in c["ports"]
     volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
     assert volumes["tls"]["secret"]["secretName"] == "llama-8b-dispatcher-tls"
     assert volumes["auth"]["secret"]["secretName"] == "llama-8b-dispatcher-auth"
@@ -140,6 +142,7 @@ def test_the_openai_front_follows_dispatcher_openai_port() -> None:
 def test_dispatcher_without_secrets_gets_no_tls_or_auth_flags() -> None:
     c = _container(_children("minimal.yaml")[("Deployment", "llama-8b-dispatcher")], "dispatcher")
     assert "--tls-cert" not in c["command"] and "--auth-token-file" not in c["command"]
+    assert "--health-port" not in c["command"] and c["readinessProbe"]["grpc"] == {"port": 50051}
 
 
 def test_scheduling_config_round_trips_through_the_shared_model() -> None:
