@@ -192,6 +192,14 @@ class Dispatcher(SliceExecution):
                 errors.append(str(exc))
         raise NoEngine("no engine could tokenize the prompt: " + "; ".join(errors))
 
+    def _check_vocabulary(self, prompt: list[int]) -> None:
+        """Refuse token ids the model does not have: vLLM answers those with a 500, which would
+        otherwise be retried on every pod and cool each one down (one bad client slowing all)."""
+        sizes = [p.vocab_size for p in self.pods.values() if p.vocab_size > 0]
+        if sizes and max(prompt) >= min(sizes):
+            bad = next(t for t in prompt if t >= min(sizes))
+            raise InvalidRequest(f"token id {bad} is outside the model's vocabulary (ids 0 to {min(sizes) - 1})")
+
     def _context_limit(self, known: int = 0) -> int:
         limits = [p.max_model_len for p in self.pods.values() if p.max_model_len > 0]
         if known:
@@ -210,6 +218,7 @@ class Dispatcher(SliceExecution):
             limit_hint = 0
             if spec.prompt_ids is not None:
                 prompt = list(spec.prompt_ids)
+                self._check_vocabulary(prompt)
             else:
                 prompt, limit_hint = await self._tokenize(spec.prompt_text or "", spec.prompt_messages or ())
                 if not prompt:

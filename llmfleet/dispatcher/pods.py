@@ -111,6 +111,7 @@ class PodConnection:
         self.block_size = 128
         self.max_model_len = 0
         self.model = ""  # the served model's name, as its sidecar reports it
+        self.vocab_size = 0  # its tokenizer's vocabulary (0: not known)
         self.connected = False
         self.engine_healthy = False
         self.draining = False
@@ -153,6 +154,7 @@ class PodConnection:
                 self.block_size = info.block_size or self.block_size
                 self.max_model_len = info.max_model_len
                 self.model = info.model
+                self.vocab_size = info.vocab_size
                 call = self.stub.StreamLoad(sidecar_pb2.LoadRequest(interval_ms=self.load_interval_ms))
                 async for report in call:
                     self._apply(report)
@@ -176,6 +178,7 @@ class PodConnection:
         if r.max_num_seqs:
             self.max_num_seqs = r.max_num_seqs
         self.group = r.group or self.group
+        self.vocab_size = r.vocab_size or self.vocab_size
         if self.healthy_now() != before:
             self._on_change()
 

@@ -291,7 +291,9 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
         model = ""
         with contextlib.suppress(EngineError):
             model = await self.engine.model()
+        vocab = self._tokenizer.get_vocab_size(with_added_tokens=True) if self._tokenizer is not None else 0
         return sidecar_pb2.InfoResponse(
+            vocab_size=vocab,
             model=model,
             max_model_len=self.max_model_len,
             group=self.group,
@@ -317,6 +319,7 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
             kv_capacity_tokens=self.kv_capacity_tokens,
             max_num_seqs=self.max_num_seqs,
             group=self.group,
+            vocab_size=self._tokenizer.get_vocab_size(with_added_tokens=True) if self._tokenizer is not None else 0,
         )
 
     async def StreamLoad(  # noqa: N802

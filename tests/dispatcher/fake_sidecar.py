@@ -49,6 +49,7 @@ class FakeSidecar(sidecar_pb2_grpc.SidecarServicer):
     first_token_delay_s: float = 0.0  # extra wait before a slice's first token (its prefill)
     max_model_len: int = 512
     max_num_seqs: int = 4
+    vocab_size: int = 0
     group: str = ""
     faults: Faults = field(default_factory=Faults)
     active: int = 0
@@ -113,7 +114,7 @@ class FakeSidecar(sidecar_pb2_grpc.SidecarServicer):
     async def Info(self, request, context):  # noqa: N802
         return sidecar_pb2.InfoResponse(
             model="fake", max_model_len=self.max_model_len, group=self.group, max_num_seqs=self.max_num_seqs,
-            kv_capacity_tokens=100_000, block_size=16,
+            kv_capacity_tokens=100_000, block_size=16, vocab_size=self.vocab_size,
         )  # fmt: skip
 
     async def StreamLoad(self, request, context):  # noqa: N802

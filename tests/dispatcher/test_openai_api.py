@@ -203,3 +203,19 @@ async def test_a_client_that_gives_up_on_a_whole_response_frees_the_engine(fleet
     # As above: finishing naturally would take at least 4 s.
     await wait_for_condition(lambda: sum(len(e._running) + len(e._waiting) for e in engines) == 0 and not
                              fleet.dispatcher.running, 3, what="the engine work aborted")  # fmt: skip
+
+
+async def test_an_out_of_vocabulary_token_id_is_a_bad_request_and_cools_no_pod(fleet) -> None:
+    """vLLM answers such ids with a 500; retried on every pod, one bad client would cool them all."""
+    from llmfleet.client import DispatcherClient
+
+    await wait_for_condition(lambda: all(p.vocab_size == 4096 for p in fleet.dispatcher.pods.values()), 10,
+                             what="the vocabulary reported")  # fmt: skip
+    async with DispatcherClient(fleet.address) as c:
+        with pytest.raises(Exception, match="outside the model's vocabulary") as err:
+            await c.generate(prompt_ids=[5, 4096], max_tokens=2, timeout=10)
+    assert "INVALID_ARGUMENT" in str(err.value)
+    _, aio = _clients(fleet)
+    with pytest.raises(openai.BadRequestError, match="token id 9999"):
+        await aio.completions.create(model="sim-model", prompt=[9999], max_tokens=2)
+    assert len(fleet.dispatcher.healthy_pods()) == 2 and fleet.dispatcher.failovers == 0
