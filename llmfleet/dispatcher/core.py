@@ -136,6 +136,7 @@ class Dispatcher(SliceExecution):
                     on_change=self.kick,
                     credentials=self._credentials,  # type: ignore[arg-type]
                     load_interval_ms=self.settings.load_interval_ms,
+                    stale_after_s=self.settings.load_report_timeout_s,
                 )
                 self.pods[pod_id] = pod
                 pod.start()

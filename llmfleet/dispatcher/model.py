@@ -29,6 +29,10 @@ class DispatcherSettings:
     # While no pod is healthy, a queued request fails with UNAVAILABLE after this long (and new
     # ones are refused at once once it has passed): a request never waits forever for an engine.
     unplaceable_timeout_s: float = 30.0
+    # A slice that yields no token for this long is treated as a pod failure: it resumes elsewhere.
+    slice_progress_timeout_s: float = 30.0
+    # A pod whose load reports stop for this long takes no new work (a hung sidecar never errors).
+    load_report_timeout_s: float = 3.0
     load_interval_ms: int = 250
 
 

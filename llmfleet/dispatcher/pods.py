@@ -91,12 +91,20 @@ class PodConnection:
         on_change: Callable[[], None],
         credentials: grpc.ChannelCredentials | None = None,
         load_interval_ms: int = 250,
+        stale_after_s: float = 3.0,
     ) -> None:
         self.pod_id = pod_id
         self.address = address
         self.clock = clock
         self._on_change = on_change
-        options = [("grpc.initial_reconnect_backoff_ms", 200), ("grpc.max_reconnect_backoff_ms", 2000)]
+        options = [
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+            # A peer that stops answering (SIGSTOP, a dead node) is found by pings, not by waiting.
+            ("grpc.keepalive_time_ms", 10_000),
+            ("grpc.keepalive_timeout_ms", 5_000),
+            ("grpc.keepalive_permit_without_calls", 1),
+        ]
         self.channel = (
             grpc.aio.secure_channel(address, credentials, options=options)
             if credentials
@@ -104,6 +112,9 @@ class PodConnection:
         )
         self.stub = sidecar_pb2_grpc.SidecarStub(self.channel)
         self.load_interval_ms = load_interval_ms
+        # No load report for this long: the sidecar is hung (its stream stalls, it never errors).
+        self.stale_after_s = stale_after_s
+        self.last_report_s = clock.now()
         # From Info and load reports.
         self.group = ""
         self.max_num_seqs = 256
@@ -167,6 +178,7 @@ class PodConnection:
 
     def _apply(self, r: sidecar_pb2.LoadReport) -> None:
         before = self.healthy_now()
+        self.last_report_s = self.clock.now()
         self.connected = True
         self.engine_healthy = r.engine_healthy
         self.draining = r.draining
@@ -191,7 +203,7 @@ class PodConnection:
         return self.connected and self.engine_healthy and not self.draining and not self.closed
 
     def healthy(self, now: float) -> bool:
-        return self.healthy_now() and now >= self.cooldown_until
+        return self.healthy_now() and now >= self.cooldown_until and now - self.last_report_s <= self.stale_after_s
 
     # ----- accounting ---------------------------------------------------------------------------
     def remember_prefixes(self, hashes: tuple[int, ...]) -> None:

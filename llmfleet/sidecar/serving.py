@@ -23,6 +23,9 @@ SERVER_OPTIONS = [
     ("grpc.server.max_pending_requests", 1 << 17),
     ("grpc.server.max_pending_requests_hard_limit", 1 << 18),
     ("grpc.server_max_unrequested_time_in_server", 600),
+    # The dispatcher pings its sidecar channels (keepalive) to find a hung peer: allow it.
+    ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+    ("grpc.keepalive_permit_without_calls", 1),
 ]
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
