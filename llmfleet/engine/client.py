@@ -121,12 +121,16 @@ class EngineClient:
         model: str | None = None,
         tokenizer: str | None = None,
         timeout: float = 60.0,
+        probe_timeout: float = 3.0,
         connect_timeout: float = 3.0,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self._model = model
         self._tokenizer_source = tokenizer
+        # Health and load answers come fast or the engine is in trouble: a long stream timeout
+        # (slices may run minutes) must not make a hung engine look merely slow to the poller.
+        self.probe_timeout = probe_timeout
         self._tokenizer: Tokenizer | None = None
         self._http = httpx.AsyncClient(
             base_url=self.base_url,
@@ -166,7 +170,7 @@ class EngineClient:
     async def health(self) -> bool:
         """True when the engine answers 200 on /health; False when it answers otherwise."""
         try:
-            resp = await self._http.get("/health")
+            resp = await self._http.get("/health", timeout=self.probe_timeout)
         except httpx.HTTPError:
             return False
         return resp.status_code == 200
@@ -229,7 +233,7 @@ class EngineClient:
 
     async def load(self) -> EngineLoad:
         """Scrape /metrics into typed load."""
-        resp = await self._request("GET", "/metrics")
+        resp = await self._request("GET", "/metrics", timeout=self.probe_timeout)
         try:
             return parse_metrics(resp.text)
         except ValueError as exc:

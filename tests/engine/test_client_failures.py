@@ -108,3 +108,26 @@ async def test_bad_arguments_are_rejected_before_sending() -> None:
             await client.complete("hi", 0)
         with pytest.raises(ValueError, match="empty"):
             await client.complete([], 4)
+
+
+async def test_health_and_load_answer_within_the_probe_timeout_even_with_a_long_stream_timeout() -> None:
+    """A hung engine (accepts the connection, never answers) is 'not healthy' in seconds, not after
+    the 600 s a slice's stream may take."""
+    import time
+
+    import httpx
+
+    from llmfleet.engine.client import EngineClient
+    from llmfleet.engine.errors import EngineTimeout
+
+    async def hang(request: httpx.Request) -> httpx.Response:
+        timeout = request.extensions["timeout"]["read"]
+        await asyncio.sleep(timeout)
+        raise httpx.ReadTimeout("no answer", request=request)
+
+    async with EngineClient("http://hung", timeout=600.0, probe_timeout=0.2, transport=httpx.MockTransport(hang)) as c:
+        t0 = time.monotonic()
+        assert await c.health() is False
+        with pytest.raises(EngineTimeout):
+            await c.load()
+        assert time.monotonic() - t0 < 2.0
