@@ -42,6 +42,7 @@ from llmfleet.dispatcher.predictor import exact_estimate
 from llmfleet.dispatcher.slices import SliceExecution
 
 log = logging.getLogger(__name__)
+MAX_CHARS_PER_TOKEN = 32
 
 
 class Dispatcher(SliceExecution):
@@ -193,6 +194,21 @@ class Dispatcher(SliceExecution):
                 errors.append(str(exc))
         raise NoEngine("no engine could tokenize the prompt: " + "; ".join(errors))
 
+    def check_prompt_size(self, chars: int = 0, tokens: int = 0) -> None:
+        """Refuse a prompt that cannot fit the context before it is tokenized or copied: a few MB
+        of text become tens of MB of token-id lists, and many at once exhaust memory. A token is
+        at most MAX_CHARS_PER_TOKEN characters here, far above what real text reaches."""
+        limit = self._context_limit()
+        if not limit:
+            return
+        if tokens >= limit:
+            raise InvalidRequest(f"prompt is {tokens} tokens long but the model's context is {limit} tokens; shorten the prompt")
+        if chars > limit * MAX_CHARS_PER_TOKEN:
+            raise InvalidRequest(
+                f"prompt is {chars} characters long; the model's context of {limit} tokens cannot hold it "
+                f"(at most {limit * MAX_CHARS_PER_TOKEN} characters are tokenized); shorten the prompt"
+            )
+
     def _check_vocabulary(self, prompt: list[int]) -> None:
         """Refuse token ids the model does not have: vLLM answers those with a 500, which would
         otherwise be retried on every pod and cool each one down (one bad client slowing all)."""
@@ -214,6 +230,7 @@ class Dispatcher(SliceExecution):
         if rid in self.queue or rid in self.running:
             raise InvalidRequest(f"request_id {rid!r} is already in use", duplicate=True)
         self._check_capacity()
+        self.check_prompt_size(len(spec.prompt_text or "") + sum(len(c) for _, c in spec.prompt_messages or ()))
         self._admitting += 1
         try:
             limit_hint = 0

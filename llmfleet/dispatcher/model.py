@@ -29,6 +29,9 @@ class DispatcherSettings:
     # While no pod is healthy, a queued request fails with UNAVAILABLE after this long (and new
     # ones are refused at once once it has passed): a request never waits forever for an engine.
     unplaceable_timeout_s: float = 30.0
+    # The largest request accepted (gRPC message or HTTP body): 2 MiB holds a 500k-token prompt,
+    # and bounds what many concurrent oversized requests cost before they are refused.
+    max_request_bytes: int = 2 << 20
     # A slice that yields no token for this long is treated as a pod failure: it resumes elsewhere.
     slice_progress_timeout_s: float = 30.0
     # A pod whose load reports stop for this long takes no new work (a hung sidecar never errors).

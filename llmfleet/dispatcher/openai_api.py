@@ -292,16 +292,24 @@ def _prompts(prompt: str | list[str] | list[int] | list[list[int]]) -> list[dict
     return [{"prompt_text": p} if isinstance(p, str) else {"prompt_ids": tuple(p)} for p in prompt if not isinstance(p, int)]
 
 
-class BearerAuth:
-    """ASGI middleware: every /v1/ call needs the bearer token when auth is on, checked before the
-    body is even parsed (a pure ASGI layer, so streaming and disconnects pass through untouched)."""
+class RequestGate:
+    """ASGI middleware, before any body is read or parsed: a body over the size limit gets 413, and
+    every /v1/ call needs the bearer token when auth is on (401). A pure ASGI layer, so streaming
+    and disconnects pass through untouched."""
 
-    def __init__(self, app: Any, front: OpenAIFront) -> None:
-        self.app, self.front = app, front
+    def __init__(self, app: Any, front: OpenAIFront, max_body_bytes: int) -> None:
+        self.app, self.front, self.max_body_bytes = app, front, max_body_bytes
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "http" and scope["path"].startswith("/v1/"):
-            header = dict(scope.get("headers") or ()).get(b"authorization", b"").decode("latin-1")
+            headers = dict(scope.get("headers") or ())
+            length = headers.get(b"content-length", b"0")
+            if length.isdigit() and int(length) > self.max_body_bytes:
+                too_big = ApiError(413, f"request body is {int(length)} bytes; the limit is {self.max_body_bytes}",
+                                   code="request_too_large")  # fmt: skip
+                await too_big.response()(scope, receive, send)
+                return
+            header = headers.get(b"authorization", b"").decode("latin-1")
             if not self.front.authorized(header):
                 denied = ApiError(401, "missing or wrong API key (send 'Authorization: Bearer <token>')",
                                   code="invalid_api_key")  # fmt: skip
@@ -310,7 +318,7 @@ class BearerAuth:
         await self.app(scope, receive, send)
 
 
-def create_app(dispatcher: Dispatcher, auth_token: str | None = None) -> FastAPI:
+def create_app(dispatcher: Dispatcher, auth_token: str | None = None, max_body_bytes: int = 2 << 20) -> FastAPI:
     """The ASGI app; serve it with uvicorn (`serve_dispatcher(openai_port=...)` does)."""
     front = OpenAIFront(dispatcher, auth_token)
     app = FastAPI(title="llmfleet", description="OpenAI-compatible front of the llmfleet dispatcher", docs_url=None,
@@ -329,7 +337,7 @@ def create_app(dispatcher: Dispatcher, auth_token: str | None = None) -> FastAPI
             message = f"unknown or unsupported parameter '{where}'"
         return ApiError(400, message, param=where or None).response()
 
-    app.add_middleware(BearerAuth, front=front)
+    app.add_middleware(RequestGate, front=front, max_body_bytes=max_body_bytes)
 
     @app.get("/v1/models")
     async def models(request: Request) -> JSONResponse:

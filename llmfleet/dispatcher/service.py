@@ -112,6 +112,8 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
         self, request: dispatcher_pb2.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[dispatcher_pb2.GenerateResponse]:
         try:
+            # Sized before anything is copied out of the message (token ids become Python ints).
+            self.d.check_prompt_size(len(request.text), len(request.token_ids.ids))
             spec = spec_from_proto(request, context.time_remaining())
             req = await self.d.submit(spec)
         except InvalidRequest as exc:
@@ -312,7 +314,8 @@ async def serve_dispatcher(
         channel_credentials=sidecar_credentials,
     )
     interceptors = [BearerTokenInterceptor(auth_token, f"/{SERVICE}/")] if auth_token else []
-    server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
+    options = [*SERVER_OPTIONS, ("grpc.max_receive_message_length", settings.max_request_bytes)]
+    server = grpc.aio.server(interceptors=interceptors, options=options)
     dispatcher_pb2_grpc.add_DispatcherServicer_to_server(DispatcherService(dispatcher, config), server)
     health = add_health_and_reflection(server, [SERVICE])
     await set_health(health, [SERVICE], False)
@@ -351,7 +354,8 @@ async def serve_dispatcher(
     if openai_port is not None:
         from llmfleet.dispatcher.openai_api import OpenAIServer, create_app
 
-        openai = await OpenAIServer(create_app(dispatcher, auth_token), host, openai_port, tls).start()
+        app = create_app(dispatcher, auth_token, max_body_bytes=settings.max_request_bytes)
+        openai = await OpenAIServer(app, host, openai_port, tls).start()
     log.info("dispatcher on port %d, policy %s, slice %s tokens", bound, config.policy, config.slice_tokens or "no")
     return DispatcherHandle(
         server=server,

@@ -219,3 +219,12 @@ async def test_an_out_of_vocabulary_token_id_is_a_bad_request_and_cools_no_pod(f
     with pytest.raises(openai.BadRequestError, match="token id 9999"):
         await aio.completions.create(model="sim-model", prompt=[9999], max_tokens=2)
     assert len(fleet.dispatcher.healthy_pods()) == 2 and fleet.dispatcher.failovers == 0
+
+
+async def test_a_body_over_the_request_limit_is_refused_before_it_is_read(fleet) -> None:
+    _, aio = _clients(fleet)
+    with pytest.raises(openai.APIStatusError) as err:
+        await aio.completions.create(model="sim-model", prompt="x" * 3_000_000, max_tokens=2)
+    assert err.value.status_code == 413 and "limit is 2097152" in err.value.message
+    with pytest.raises(openai.BadRequestError, match="cannot hold it"):  # under the limit, over the context
+        await aio.completions.create(model="sim-model", prompt="x" * 1_000_000, max_tokens=2)
