@@ -39,6 +39,9 @@ class DispatcherMetrics:
             "llmfleet_dispatcher_failovers", "Slices resumed elsewhere after a pod or engine failure", registry=r
         )
         self.preemptions = Counter("llmfleet_dispatcher_preemptions", "Running requests preempted by the policy", registry=r)
+        self.slice_outcomes = Counter(
+            "llmfleet_dispatcher_slice_outcomes", "How slices ended (dispatcher/outcomes.py SliceOutcome)", ["outcome"], registry=r
+        )
         self.policy_errors = Counter(
             "llmfleet_dispatcher_policy_errors", "Decisions ignored (unknown id, duplicate, unhealthy pod)", registry=r
         )

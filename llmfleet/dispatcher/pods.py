@@ -20,6 +20,7 @@ import grpc
 from llmfleet.core.clock import Clock
 from llmfleet.core.scheduling import PodState
 from llmfleet.engine.client import SamplingParams
+from llmfleet.sidecar.serving import DRAINING_KEY
 from llmfleet.v1 import sidecar_pb2, sidecar_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -311,7 +312,7 @@ class PodConnection:
             details = exc.details() or ""
             raise PodFailure(
                 f"slice on pod {self.pod_id} failed: {exc.code().name}: {details}",
-                draining=exc.code() == grpc.StatusCode.UNAVAILABLE and "draining" in details,
+                draining=dict(exc.trailing_metadata() or ()).get(DRAINING_KEY) == "1",
             ) from exc
         finally:
             call.cancel()

@@ -18,6 +18,7 @@ from llmfleet.core.clock import Clock
 from llmfleet.core.scheduling import Assignment, Preempt
 from llmfleet.dispatcher.metrics import DispatcherMetrics
 from llmfleet.dispatcher.model import DispatcherSettings, LiveRequest, TokenEvent
+from llmfleet.dispatcher.outcomes import Action, SliceOutcome, after_slice, classify
 from llmfleet.dispatcher.pods import PodConnection, PodFailure, SliceEnd, SliceTokens
 
 log = logging.getLogger(__name__)
@@ -176,40 +177,33 @@ class SliceExecution:
             return
         if got:
             req.slices += 1
-        if end is not None and end.finish_reason == "stop":
-            self._finish(req, "stop")
-            return
-        if req.remaining <= 0:
-            self._finish(req, "length")
-            return
-        if req.preempting:
-            req.preempting = False
-            self._requeue(req)
-            return
-        if end is not None and end.finish_reason in ("length", "handed_back"):
-            if end.finish_reason == "handed_back":
-                pod.draining = True  # only a draining sidecar hands back; send nothing more there
-            self._requeue(req)
-            return
-        if failure is not None and failure.draining:
-            pod.draining = True  # refused before it started: nothing failed, run it elsewhere
-            self._requeue(req)
-            return
-        if end is not None and end.client_error:
-            self._fail(req, "INVALID_ARGUMENT", f"the engine rejected the request: {end.error}")
-            return
-        # Anything else is a failed attempt: re-run elsewhere from the tokens already streamed.
+        outcome = classify(end, failure, req.remaining, req.preempting)
+        req.preempting = False
+        if outcome is SliceOutcome.POD_FAILED:
+            req.failures += 1
+        decision = after_slice(outcome, req.failures, self.settings.max_failures)
+        self.metrics.slice_outcomes.labels(outcome.value).inc()
+        if decision.pod_draining:
+            pod.draining = True
+        if decision.pod_cooldown:
+            pod.cooldown_until = self.clock.now() + self.settings.pod_cooldown_s
         reason = str(failure) if failure else (end.error if end else "slice stream ended without a result")
-        log.warning("request %s: slice on %s failed (%s); resuming elsewhere", req.request_id, pod.pod_id, reason)
-        req.failures += 1
-        pod.cooldown_until = self.clock.now() + self.settings.pod_cooldown_s
-        if req.failures > self.settings.max_failures:
-            self._fail(req, "UNAVAILABLE", f"gave up after {req.failures} failed attempts; last: {reason}")
-            return
-        req.failovers += 1
-        self.failovers += 1
-        self.metrics.failovers.inc()
-        self._requeue(req, keep_pod=False)
+        if decision.action is Action.FINISH:
+            self._finish(req, decision.finish_reason)
+        elif decision.action is Action.REQUEUE:
+            self._requeue(req)
+        elif decision.action is Action.FAIL:
+            message = {
+                "INVALID_ARGUMENT": f"the engine rejected the request: {reason}",
+                "UNAVAILABLE": f"gave up after {req.failures} failed attempts; last: {reason}",
+            }.get(decision.code, f"the engine failed the request and retrying cannot help: {reason}")
+            self._fail(req, decision.code, message)
+        else:  # a failed attempt: re-run elsewhere from the tokens already streamed
+            log.warning("request %s: slice on %s failed (%s); resuming elsewhere", req.request_id, pod.pod_id, reason)
+            req.failovers += 1
+            self.failovers += 1
+            self.metrics.failovers.inc()
+            self._requeue(req, keep_pod=False)
 
     def _requeue(self, req: LiveRequest, keep_pod: bool = True) -> None:
         self.running.pop(req.request_id, None)

@@ -30,7 +30,7 @@ from llmfleet.engine.detokenize import TextStream
 from llmfleet.engine.errors import EngineError, EngineRequestError
 from llmfleet.engine.metrics import EngineLoad
 from llmfleet.sidecar.metrics import SidecarMetrics
-from llmfleet.sidecar.serving import set_health
+from llmfleet.sidecar.serving import DRAINING_KEY, set_health
 from llmfleet.v1 import sidecar_pb2, sidecar_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -159,6 +159,7 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
         self, request: sidecar_pb2.SliceRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[sidecar_pb2.SliceEvent]:
         if self.draining:
+            context.set_trailing_metadata(((DRAINING_KEY, "1"),))  # the dispatcher reads this, not the text
             await context.abort(grpc.StatusCode.UNAVAILABLE, "sidecar is draining; run the slice elsewhere")
         problem = _validate(request)
         if problem:

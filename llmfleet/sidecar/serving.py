@@ -28,6 +28,9 @@ SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
 ]
 
+# Trailing metadata on a slice a draining sidecar refuses: the dispatcher runs it elsewhere.
+DRAINING_KEY = "llmfleet-draining"
+
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 

@@ -61,6 +61,7 @@ class FakeSidecar(sidecar_pb2_grpc.SidecarServicer):
     async def RunSlice(self, request, context) -> AsyncIterator[sidecar_pb2.SliceEvent]:  # noqa: N802
         f = self.faults
         if f.draining:
+            context.set_trailing_metadata((("llmfleet-draining", "1"),))
             await context.abort(grpc.StatusCode.UNAVAILABLE, "sidecar is draining; run the slice elsewhere")
         self.slices += 1
         self.active += 1
