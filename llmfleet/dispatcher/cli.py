@@ -62,7 +62,7 @@ def _serve(args: argparse.Namespace) -> int:
     from llmfleet.core.config import SchedulingConfig
     from llmfleet.dispatcher.discovery import EndpointSliceDiscovery, StaticDiscovery, parse_static
     from llmfleet.dispatcher.service import serve_dispatcher
-    from llmfleet.sidecar.serving import TlsFiles, read_token_file
+    from llmfleet.serving import TlsFiles, read_token_file
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:

@@ -9,8 +9,8 @@ import hashlib
 from dataclasses import dataclass, field
 
 from llmfleet.core.prediction import LengthEstimate
+from llmfleet.core.sampling import SamplingParams
 from llmfleet.core.scheduling import RequestState
-from llmfleet.engine.client import SamplingParams
 from llmfleet.engine.stops import StopChecker
 
 MAX_REQUEST_ID_LEN = 256

@@ -28,6 +28,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from llmfleet.core.sampling import SamplingParams
 from llmfleet.dispatcher.core import Dispatcher
 from llmfleet.dispatcher.model import (
     FailEvent,
@@ -40,8 +41,7 @@ from llmfleet.dispatcher.model import (
     TokenEvent,
 )
 from llmfleet.dispatcher.openai_models import ChatRequest, CompletionRequest, Params
-from llmfleet.engine.client import SamplingParams
-from llmfleet.sidecar.serving import TlsFiles
+from llmfleet.serving import TlsFiles
 
 DEADLINE_HEADER = "x-llmfleet-deadline-ms"  # llmfleet's own: a deadline for the request, as gRPC has
 _FAIL_STATUS = {"INVALID_ARGUMENT": 400, "DEADLINE_EXCEEDED": 504, "UNAVAILABLE": 503, "CANCELLED": 499}

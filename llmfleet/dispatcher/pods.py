@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import grpc
 
 from llmfleet.core.clock import Clock
+from llmfleet.core.sampling import SamplingParams
 from llmfleet.core.scheduling import PodState
-from llmfleet.engine.client import SamplingParams
-from llmfleet.sidecar.serving import DRAINING_KEY
+from llmfleet.serving import DRAINING_KEY
 from llmfleet.v1 import sidecar_pb2, sidecar_pb2_grpc
 
 log = logging.getLogger(__name__)

@@ -17,6 +17,7 @@ from grpc_health.v1 import health_pb2_grpc
 from llmfleet.core.clock import Clock, RealClock
 from llmfleet.core.config import SchedulingConfig
 from llmfleet.core.prediction import LengthPredictor
+from llmfleet.core.sampling import SamplingParams
 from llmfleet.dispatcher.core import Dispatcher, DispatcherSettings
 from llmfleet.dispatcher.discovery import Discovery, StaticDiscovery
 from llmfleet.dispatcher.model import (
@@ -29,8 +30,7 @@ from llmfleet.dispatcher.model import (
     TokenEvent,
 )
 from llmfleet.dispatcher.predictor import load_predictor
-from llmfleet.engine.client import SamplingParams
-from llmfleet.sidecar.serving import (
+from llmfleet.serving import (
     SERVER_OPTIONS,
     BearerTokenInterceptor,
     MetricsServer,

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
 from tokenizers import Tokenizer
 
+from llmfleet.core.sampling import SamplingParams
 from llmfleet.engine.detokenize import load_tokenizer
 from llmfleet.engine.errors import (
     EngineError,
@@ -47,35 +48,6 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     prompt_token_ids: tuple[int, ...] | None = None
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    """The sampling knobs llmfleet passes through to vLLM."""
-
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int | None = None
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-    stop_token_ids: tuple[int, ...] = ()
-    include_stop_str_in_output: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_body(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"temperature": self.temperature, "top_p": self.top_p}
-        if self.top_k is not None:
-            body["top_k"] = self.top_k
-        if self.seed is not None:
-            body["seed"] = self.seed
-        if self.stop:
-            body["stop"] = list(self.stop)
-        if self.stop_token_ids:
-            body["stop_token_ids"] = list(self.stop_token_ids)
-        if self.include_stop_str_in_output:
-            body["include_stop_str_in_output"] = True
-        body.update(self.extra)
-        return body
 
 
 class EngineLike(Protocol):
@@ -365,4 +337,4 @@ def _error_message(resp: httpx.Response) -> str:
     return str(data)[:300]
 
 
-__all__ = ["Completion", "CompletionChunk", "EngineClient", "EngineError", "EngineLike", "SamplingParams"]
+__all__ = ["Completion", "CompletionChunk", "EngineClient", "EngineError", "EngineLike"]

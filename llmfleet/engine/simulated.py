@@ -20,7 +20,8 @@ from dataclasses import dataclass, field
 from tokenizers import Tokenizer
 
 from llmfleet.core.clock import Clock, RealClock
-from llmfleet.engine.client import Completion, CompletionChunk, SamplingParams
+from llmfleet.core.sampling import SamplingParams
+from llmfleet.engine.client import Completion, CompletionChunk
 from llmfleet.engine.detokenize import TextStream
 from llmfleet.engine.errors import EngineRequestError, EngineUnavailable
 from llmfleet.engine.metrics import EngineLoad

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 import grpc
 
 from llmfleet.engine.client import EngineLike
-from llmfleet.sidecar.server import SERVICE, SidecarService
-from llmfleet.sidecar.serving import (
+from llmfleet.serving import (
     SERVER_OPTIONS,
     MetricsServer,
     TlsFiles,
@@ -17,6 +16,7 @@ from llmfleet.sidecar.serving import (
     metrics_addr,
     set_health,
 )
+from llmfleet.sidecar.server import SERVICE, SidecarService
 from llmfleet.v1 import sidecar_pb2_grpc
 
 

@@ -55,8 +55,8 @@ def _serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from llmfleet.engine.client import EngineClient
+    from llmfleet.serving import TlsFiles
     from llmfleet.sidecar.app import serve_sidecar
-    from llmfleet.sidecar.serving import TlsFiles
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if bool(args.tls_cert) != bool(args.tls_key):

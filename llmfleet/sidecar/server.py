@@ -25,12 +25,13 @@ import grpc
 from tokenizers import Tokenizer
 
 from llmfleet.core.clock import Clock, RealClock
-from llmfleet.engine.client import EngineClient, EngineLike, SamplingParams
+from llmfleet.core.sampling import SamplingParams
+from llmfleet.engine.client import EngineClient, EngineLike
 from llmfleet.engine.detokenize import TextStream
 from llmfleet.engine.errors import EngineError, EngineRequestError
 from llmfleet.engine.metrics import EngineLoad
+from llmfleet.serving import DRAINING_KEY, set_health
 from llmfleet.sidecar.metrics import SidecarMetrics
-from llmfleet.sidecar.serving import DRAINING_KEY, set_health
 from llmfleet.v1 import sidecar_pb2, sidecar_pb2_grpc
 
 log = logging.getLogger(__name__)

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import grpc
 
-from llmfleet.sidecar.serving import add_health_and_reflection, set_health
+from llmfleet.serving import add_health_and_reflection, set_health
 from llmfleet.v1 import sidecar_pb2, sidecar_pb2_grpc
 
 EOS = 2

@@ -17,7 +17,7 @@ from llmfleet.client import DispatcherClient
 from llmfleet.core.clock import wait_for_condition
 from llmfleet.core.config import SchedulingConfig
 from llmfleet.dispatcher import serve_dispatcher
-from llmfleet.sidecar.serving import TlsFiles
+from llmfleet.serving import TlsFiles
 from tests.dispatcher.fake_sidecar import reference, start_fake_pod
 
 PROMPT = [5, 6, 7]
@@ -301,7 +301,7 @@ async def test_a_burst_beyond_grpc_cores_pending_limit_is_served_without_error()
 
 @pytest.mark.parametrize(("host", "expected"), [("127.0.0.1", "127.0.0.1"), ("[::]", "0.0.0.0"), ("0.0.0.0", "0.0.0.0")])
 def test_metrics_bind_where_the_server_binds(host, expected):
-    from llmfleet.sidecar.serving import metrics_addr
+    from llmfleet.serving import metrics_addr
 
     assert metrics_addr(host) == expected
 

@@ -175,7 +175,7 @@ async def test_text_prompts_and_too_long_prompts(engine, sidecar_a):
 
 async def test_min_tokens_and_eos_bias_end_a_sliced_request_like_an_unsliced_one(engine, sidecar_a):
     """The demo's hidden-length requests: the answer's length comes from the sampling, not max_tokens."""
-    from llmfleet.engine.client import SamplingParams
+    from llmfleet.core.sampling import SamplingParams
 
     params = SamplingParams(extra={"min_tokens": 9, "logit_bias": {"2": 100.0}})
     async with EngineClient(engine.url) as direct:

@@ -12,9 +12,10 @@ import pytest
 
 from llmfleet.client import DispatcherClient
 from llmfleet.core.config import SchedulingConfig
+from llmfleet.core.sampling import SamplingParams
 from llmfleet.core.scheduling import Assignment, Decision, SchedulerView
 from llmfleet.dispatcher import serve_dispatcher
-from llmfleet.engine.client import EngineClient, SamplingParams
+from llmfleet.engine.client import EngineClient
 from llmfleet.engine.detokenize import TextStream, load_tokenizer
 from llmfleet.engine.process import default_model_dir
 from llmfleet.sidecar import serve_sidecar

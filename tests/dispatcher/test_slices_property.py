@@ -12,8 +12,8 @@ from hypothesis import strategies as st
 
 from llmfleet.client import DispatcherClient
 from llmfleet.core.config import SchedulingConfig
+from llmfleet.core.sampling import SamplingParams
 from llmfleet.dispatcher import serve_dispatcher
-from llmfleet.engine.client import SamplingParams
 from llmfleet.engine.simulated import SimulatedEngineClient, SimulatedEngineConfig, word
 from llmfleet.sidecar import serve_sidecar
 from tests.dispatcher.test_slices_invisible import EveryBoundaryMoves
