@@ -45,6 +45,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-cert", default=None, help="serve the client API over TLS with this certificate")
     parser.add_argument("--tls-key", default=None, help="private key for --tls-cert")
     parser.add_argument("--auth-token-file", default=None, help="require 'authorization: Bearer <token in file>'")
+    parser.add_argument("--sidecar-token-file", default=None,
+                        help="send this bearer token to the sidecars (their --auth-token-file)")  # fmt: skip
     parser.add_argument(
         "--online-ranker-every", type=float, default=0.0, metavar="SECONDS",
         help="retrain the length ranker from served requests every SECONDS (0: off, the default)",
@@ -74,6 +76,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise SystemExit("--tls-cert and --tls-key go together")
     tls = TlsFiles(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
     token = read_token_file(args.auth_token_file) if args.auth_token_file else None
+    sidecar_token = read_token_file(args.sidecar_token_file) if args.sidecar_token_file else None
     if args.discovery == "static":
         try:
             discovery = StaticDiscovery(parse_static(args.pods))
@@ -111,6 +114,7 @@ def _serve(args: argparse.Namespace) -> int:
             online_ranker_every_s=args.online_ranker_every,
             openai_port=args.openai_port,
             health_port=args.health_port,
+            sidecar_token=sidecar_token,
         )
 
     asyncio.run(main())

@@ -57,6 +57,7 @@ class Dispatcher(SliceExecution):
         predictor: LengthPredictor | None = None,
         metrics: DispatcherMetrics | None = None,
         channel_credentials: object | None = None,
+        sidecar_token: str | None = None,
     ) -> None:
         self.policy = policy
         self.clock = clock
@@ -68,6 +69,7 @@ class Dispatcher(SliceExecution):
         self.predictor = predictor
         self.metrics = metrics or DispatcherMetrics()
         self._credentials = channel_credentials
+        self._sidecar_token = sidecar_token
         self.pods: dict[str, PodConnection] = {}
         self.queue: dict[str, LiveRequest] = {}  # insertion order = enqueue order
         self.running: dict[str, LiveRequest] = {}
@@ -138,6 +140,7 @@ class Dispatcher(SliceExecution):
                     credentials=self._credentials,  # type: ignore[arg-type]
                     load_interval_ms=self.settings.load_interval_ms,
                     stale_after_s=self.settings.load_report_timeout_s,
+                    token=self._sidecar_token,
                 )
                 self.pods[pod_id] = pod
                 pod.start()

@@ -93,6 +93,7 @@ class PodConnection:
         credentials: grpc.ChannelCredentials | None = None,
         load_interval_ms: int = 250,
         stale_after_s: float = 3.0,
+        token: str | None = None,
     ) -> None:
         self.pod_id = pod_id
         self.address = address
@@ -112,6 +113,8 @@ class PodConnection:
             else grpc.aio.insecure_channel(address, options=options)
         )
         self.stub = sidecar_pb2_grpc.SidecarStub(self.channel)
+        # The sidecar's bearer token, sent with every call (the sidecar API is not for anyone else).
+        self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
         self.load_interval_ms = load_interval_ms
         # No load report for this long: the sidecar is hung (its stream stalls, it never errors).
         self.stale_after_s = stale_after_s
@@ -159,7 +162,7 @@ class PodConnection:
         backoff = 0.2
         while not self.closed:
             try:
-                info = await self.stub.Info(sidecar_pb2.InfoRequest(), timeout=10)
+                info = await self.stub.Info(sidecar_pb2.InfoRequest(), timeout=10, metadata=self.metadata)
                 self.group = info.group
                 self.max_num_seqs = info.max_num_seqs or self.max_num_seqs
                 self.kv_capacity_tokens = int(info.kv_capacity_tokens)
@@ -167,7 +170,7 @@ class PodConnection:
                 self.max_model_len = info.max_model_len
                 self.model = info.model
                 self.vocab_size = info.vocab_size
-                call = self.stub.StreamLoad(sidecar_pb2.LoadRequest(interval_ms=self.load_interval_ms))
+                call = self.stub.StreamLoad(sidecar_pb2.LoadRequest(interval_ms=self.load_interval_ms), metadata=self.metadata)
                 async for report in call:
                     self._apply(report)
                     backoff = 0.2
@@ -270,7 +273,8 @@ class PodConnection:
         """Token ids of `text`, or of chat `messages` under the model's chat template."""
         chat = [sidecar_pb2.ChatMessage(role=r, content=c) for r, c in messages]
         try:
-            resp = await self.stub.Tokenize(sidecar_pb2.TokenizeRequest(text=text, messages=chat), timeout=timeout_s)
+            request = sidecar_pb2.TokenizeRequest(text=text, messages=chat)
+            resp = await self.stub.Tokenize(request, timeout=timeout_s, metadata=self.metadata)
         except grpc.aio.AioRpcError as exc:
             if exc.code() == grpc.StatusCode.INVALID_ARGUMENT:
                 raise ValueError(exc.details()) from exc
@@ -299,7 +303,7 @@ class PodConnection:
             sampling=sampling_to_proto(sampling, len(generated)),
             pending_text_tokens=pending_text_tokens,
         )
-        call = self.stub.RunSlice(sidecar_pb2.SliceRequest(items=[item]))
+        call = self.stub.RunSlice(sidecar_pb2.SliceRequest(items=[item]), metadata=self.metadata)
         try:
             async for event in call:
                 if event.HasField("tokens"):

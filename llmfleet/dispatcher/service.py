@@ -284,6 +284,7 @@ async def serve_dispatcher(
     online_ranker_every_s: float = 0.0,
     openai_port: int | None = None,
     health_port: int | None = None,
+    sidecar_token: str | None = None,
 ) -> DispatcherHandle:
     """Start a dispatcher. Give `pods` ({id: "host:port"} of sidecars) or a `discovery` source.
 
@@ -292,6 +293,7 @@ async def serve_dispatcher(
     knobs; `online_ranker_every_s > 0` turns on online ranker retraining. `openai_port` (0 picks
     a free one) adds the OpenAI-compatible HTTP front on the same dispatcher and auth token.
     `health_port` adds a plaintext gRPC health-only port, for probes when the API uses TLS.
+    `sidecar_token` is sent as a bearer token on every call to the sidecars.
     """
     from llmfleet.policies.registry import make_policy, policy_spec
 
@@ -312,6 +314,7 @@ async def serve_dispatcher(
         settings=settings,
         predictor=predictor or load_predictor(config.ranker, clock=clock, online_every_s=online_ranker_every_s),
         channel_credentials=sidecar_credentials,
+        sidecar_token=sidecar_token,
     )
     interceptors = [BearerTokenInterceptor(auth_token, f"/{SERVICE}/")] if auth_token else []
     options = [*SERVER_OPTIONS, ("grpc.max_receive_message_length", settings.max_request_bytes)]

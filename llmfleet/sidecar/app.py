@@ -9,6 +9,7 @@ import grpc
 from llmfleet.engine.client import EngineLike
 from llmfleet.serving import (
     SERVER_OPTIONS,
+    BearerTokenInterceptor,
     MetricsServer,
     TlsFiles,
     add_health_and_reflection,
@@ -60,11 +61,15 @@ async def serve_sidecar(
     max_num_seqs: int | None = None,
     load_interval_s: float = 0.25,
     tls: TlsFiles | None = None,
+    auth_token: str | None = None,
 ) -> SidecarHandle:
     """Start a sidecar for the vLLM server at `engine` (a URL, or an engine object such as
-    `llmfleet.engine.simulated.SimulatedEngineClient`); `port=0` picks a free port."""
+    `llmfleet.engine.simulated.SimulatedEngineClient`); `port=0` picks a free port. With
+    `auth_token`, every Sidecar call (slices, drain, tokenize, load) needs it as a bearer token;
+    health and reflection stay open for probes."""
     service = SidecarService(engine, group=group, max_num_seqs=max_num_seqs, load_interval_s=load_interval_s)
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    interceptors = [BearerTokenInterceptor(auth_token, f"/{SERVICE}/")] if auth_token else []
+    server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
     sidecar_pb2_grpc.add_SidecarServicer_to_server(service, server)
     service.health = add_health_and_reflection(server, [SERVICE])
     await set_health(service.health, [SERVICE], False)  # SERVING once the engine answers

@@ -39,12 +39,16 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-timeout", type=float, default=25.0, help="seconds to drain on SIGTERM before handing slices back")
     parser.add_argument("--tls-cert", default=None, help="serve TLS with this certificate (PEM)")
     parser.add_argument("--tls-key", default=None, help="private key for --tls-cert (PEM)")
+    parser.add_argument("--auth-token-file", default=None,
+                        help="require 'authorization: Bearer <token in file>' on every Sidecar call (the dispatcher's"
+                        " --sidecar-token-file); health and reflection stay open")  # fmt: skip
     parser.set_defaults(func=_serve)
     sub = parser.add_subparsers(dest="sidecar_command", metavar="SUBCOMMAND")
     drain = sub.add_parser("drain", help="Ask a running sidecar to drain (preStop hook); waits until it has.")
     drain.add_argument("--port", type=int, default=50061)
     drain.add_argument("--host", default="127.0.0.1")
     drain.add_argument("--timeout", type=float, default=25.0, help="seconds before remaining slices are handed back")
+    drain.add_argument("--auth-token-file", default=None, help="the sidecar's bearer token, when it requires one")
     drain.set_defaults(func=_drain)
 
 
@@ -55,13 +59,14 @@ def _serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from llmfleet.engine.client import EngineClient
-    from llmfleet.serving import TlsFiles
+    from llmfleet.serving import TlsFiles, read_token_file
     from llmfleet.sidecar.app import serve_sidecar
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise SystemExit("--tls-cert and --tls-key go together")
     tls = TlsFiles(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
+    token = read_token_file(args.auth_token_file) if args.auth_token_file else None
 
     async def main() -> None:
         engine: Any = EngineClient(args.engine_url.rstrip("/"), tokenizer=args.tokenizer, timeout=600.0)
@@ -79,6 +84,7 @@ def _serve(args: argparse.Namespace) -> int:
             max_num_seqs=args.max_num_seqs,
             load_interval_s=args.load_interval,
             tls=tls,
+            auth_token=token,
         )
         what = "a simulated engine" if args.engine == "simulated" else f"engine {args.engine_url}"
         print(f"sidecar serving on port {handle.port} for {what}", flush=True)
@@ -98,12 +104,16 @@ def _serve(args: argparse.Namespace) -> int:
 def _drain(args: argparse.Namespace) -> int:
     import grpc
 
+    from llmfleet.serving import read_token_file
     from llmfleet.v1 import sidecar_pb2, sidecar_pb2_grpc
 
+    token = read_token_file(args.auth_token_file) if args.auth_token_file else None
+    metadata = (("authorization", f"Bearer {token}"),) if token else ()
     with grpc.insecure_channel(f"{args.host}:{args.port}") as channel:
         stub = sidecar_pb2_grpc.SidecarStub(channel)
         try:
-            resp = stub.Drain(sidecar_pb2.DrainRequest(timeout_ms=int(args.timeout * 1000)), timeout=args.timeout + 15)
+            request = sidecar_pb2.DrainRequest(timeout_ms=int(args.timeout * 1000))
+            resp = stub.Drain(request, timeout=args.timeout + 15, metadata=metadata)
         except grpc.RpcError as exc:
             print(f"drain failed: {exc.code().name}: {exc.details()}")
             return 1

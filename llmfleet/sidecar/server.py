@@ -271,6 +271,9 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
     async def Tokenize(  # noqa: N802
         self, request: sidecar_pb2.TokenizeRequest, context: grpc.aio.ServicerContext
     ) -> sidecar_pb2.TokenizeResponse:
+        if self.draining:  # its engine is going away: the dispatcher tokenizes on another pod
+            context.set_trailing_metadata(((DRAINING_KEY, "1"),))
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "sidecar is draining; tokenize elsewhere")
         try:
             if request.messages:
                 ids = await self.engine.tokenize_chat([(m.role, m.content) for m in request.messages])

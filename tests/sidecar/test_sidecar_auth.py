@@ -1,0 +1,76 @@
+"""The sidecar API is for its dispatcher only: with a token, unauthenticated slices, drains and
+tokenize calls are refused (probes still work); a dispatcher holding the token serves as before.
+A draining sidecar no longer tokenizes, so text requests go to another pod."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from llmfleet.client import DispatcherClient
+from llmfleet.core.config import SchedulingConfig
+from llmfleet.dispatcher import serve_dispatcher
+from llmfleet.engine.simulated import SimulatedEngineClient
+from llmfleet.sidecar import serve_sidecar
+from llmfleet.v1 import sidecar_pb2, sidecar_pb2_grpc
+
+TOKEN = "fleet-secret"
+
+
+async def test_an_unauthenticated_caller_can_neither_run_slices_nor_drain() -> None:
+    engine = SimulatedEngineClient()
+    sidecar = await serve_sidecar(engine, auth_token=TOKEN, load_interval_s=0.05)
+    try:
+        async with grpc.aio.insecure_channel(sidecar.address) as ch:
+            stub = sidecar_pb2_grpc.SidecarStub(ch)
+            item = sidecar_pb2.SliceItem(request_id="r", prompt_token_ids=[1, 2], max_tokens=4)
+            for call in (
+                lambda md: stub.RunSlice(sidecar_pb2.SliceRequest(items=[item]), metadata=md).read(),
+                lambda md: stub.Drain(sidecar_pb2.DrainRequest(timeout_ms=0), metadata=md),
+                lambda md: stub.Tokenize(sidecar_pb2.TokenizeRequest(text="hi"), metadata=md),
+            ):
+                for md in ((), (("authorization", "Bearer wrong"),)):
+                    with pytest.raises(grpc.aio.AioRpcError) as err:
+                        await call(md)
+                    assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            assert not sidecar.service.draining, "an unauthenticated Drain took the pod out"
+            health = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="liveness"))
+            assert health.status == health_pb2.HealthCheckResponse.SERVING  # probes need no token
+
+        handle = await serve_dispatcher(pods={"p": sidecar.address}, sidecar_token=TOKEN,
+                                        config=SchedulingConfig(policy="fcfs-rr"))  # fmt: skip
+        try:
+            await handle.wait_ready(1, timeout_s=10)
+            async with DispatcherClient(handle.address) as c:
+                g = await c.generate(prompt="hi", max_tokens=5, ignore_eos=True, timeout=10)
+            assert len(g.token_ids) == 5
+        finally:
+            await handle.stop()
+    finally:
+        await sidecar.stop()
+        await engine.aclose()
+
+
+async def test_a_draining_sidecar_sends_text_prompts_to_another_pod() -> None:
+    engines = [SimulatedEngineClient(), SimulatedEngineClient()]
+    leaving, staying = [await serve_sidecar(e, load_interval_s=0.05) for e in engines]
+    handle = await serve_dispatcher(pods={"leaving": leaving.address, "staying": staying.address},
+                                    config=SchedulingConfig(policy="fcfs-rr"))  # fmt: skip
+    try:
+        await handle.wait_ready(2, timeout_s=10)
+        await leaving.service.drain(0)
+        async with grpc.aio.insecure_channel(leaving.address) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await sidecar_pb2_grpc.SidecarStub(ch).Tokenize(sidecar_pb2.TokenizeRequest(text="hi"))
+            assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+        async with DispatcherClient(handle.address) as c:
+            for _ in range(4):  # round-robin tokenization would hit the draining pod half the time
+                g = await c.generate(prompt="hello", max_tokens=3, ignore_eos=True, timeout=10)
+                assert len(g.token_ids) == 3
+    finally:
+        await handle.stop()
+        for s in (leaving, staying):
+            await s.stop()
+        for e in engines:
+            await e.aclose()
