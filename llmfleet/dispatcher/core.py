@@ -201,7 +201,7 @@ class Dispatcher(SliceExecution):
         """Refuse a prompt that cannot fit the context before it is tokenized or copied: a few MB
         of text become tens of MB of token-id lists, and many at once exhaust memory. A token is
         at most MAX_CHARS_PER_TOKEN characters here, far above what real text reaches."""
-        limit = self._context_limit()
+        limit = self.context_limit()
         if not limit:
             return
         if tokens >= limit:
@@ -220,7 +220,8 @@ class Dispatcher(SliceExecution):
             bad = next(t for t in prompt if t >= min(sizes))
             raise InvalidRequest(f"token id {bad} is outside the model's vocabulary (ids 0 to {min(sizes) - 1})")
 
-    def _context_limit(self, known: int = 0) -> int:
+    def context_limit(self, known: int = 0) -> int:
+        """The smallest context length the pods report (with `known`, one just learned); 0: none yet."""
         limits = [p.max_model_len for p in self.pods.values() if p.max_model_len > 0]
         if known:
             limits.append(known)
@@ -246,12 +247,14 @@ class Dispatcher(SliceExecution):
                     raise InvalidRequest("the prompt tokenizes to no tokens")
         finally:
             self._admitting -= 1
-        limit = self._context_limit(limit_hint)
+        limit = self.context_limit(limit_hint)
         n = len(prompt)
         if limit and n >= limit:
             raise InvalidRequest(
                 f"prompt is {n} tokens long but the model's context is {limit} tokens; shorten the prompt"
             )
+        if spec.to_context and limit:
+            spec = replace(spec, max_tokens=limit - n)
         if limit and n + spec.max_tokens > limit:
             raise InvalidRequest(
                 f"prompt ({n} tokens) + max_tokens ({spec.max_tokens}) = {n + spec.max_tokens} exceeds the model's "
@@ -350,6 +353,7 @@ class Dispatcher(SliceExecution):
             await self.clock.sleep(self.settings.tick_s)
             self._update_pod_gauges()
             self._fail_unplaceable()
+            self._cancel_stalled()
             if self.queue:
                 self.kick()
 

@@ -73,6 +73,9 @@ class GenerateSpec:
     priority: int = 0  # larger is more important
     tenant: str = ""
     ignore_eos: bool = False
+    # OpenAI chat without max_tokens: generate up to the end of the context (max_tokens is the
+    # fallback while no pod has reported its context length).
+    to_context: bool = False
 
     def validate(self) -> None:
         if sum(p is not None for p in (self.prompt_text, self.prompt_ids, self.prompt_messages)) != 1:
@@ -185,6 +188,8 @@ class LiveRequest:
         s = spec.sampling
         self.stops = StopChecker(s.stop, int(s.extra.get("min_tokens", 0) or 0), s.include_stop_str_in_output)
         self.pending_text_tokens = 0  # generated tokens whose text the sidecar still holds back
+        self.progress_s = arrival_s  # when its current slice last produced something
+        self.stalled = False  # its current slice was cancelled for making no progress
         self.slice_task: asyncio.Task[None] | None = None
         self.deadline_task: asyncio.Task[None] | None = None
         self._state: RequestState | None = None

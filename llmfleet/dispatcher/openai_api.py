@@ -21,7 +21,7 @@ import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -43,7 +43,8 @@ from llmfleet.dispatcher.model import (
 from llmfleet.dispatcher.openai_models import ChatRequest, CompletionRequest, Params
 from llmfleet.serving import TlsFiles
 
-DEADLINE_HEADER = "x-llmfleet-deadline-ms"  # llmfleet's own: a deadline for the request, as gRPC has
+DEADLINE_HEADER = "x-llmfleet-deadline-ms"
+CHAT_FALLBACK_MAX_TOKENS = 256  # chat without max_tokens, while no pod has reported its context  # llmfleet's own: a deadline for the request, as gRPC has
 _FAIL_STATUS = {"INVALID_ARGUMENT": 400, "DEADLINE_EXCEEDED": 504, "UNAVAILABLE": 503, "CANCELLED": 499}
 
 
@@ -116,9 +117,6 @@ class OpenAIFront:
             raise ApiError(404, f"the model '{name}' does not exist; this fleet serves '{self.served_model()}'",
                            code="model_not_found", param="model")  # fmt: skip
 
-    def _default_max_tokens(self, n_prompt: int) -> int:
-        limits = [p.max_model_len for p in self.d.pods.values() if p.max_model_len > 0]
-        return max(1, min(limits) - n_prompt) if limits else 256
 
     async def submit(self, spec: GenerateSpec) -> LiveRequest:
         try:
@@ -172,9 +170,10 @@ class OpenAIFront:
         reqs: list[LiveRequest] = []
         try:
             for prompt in prompts:
-                n_prompt = len(prompt.get("prompt_ids") or ())
-                max_tokens = wanted or (self._default_max_tokens(n_prompt) if chat else 16)  # OpenAI: 16 for completions
-                reqs.append(await self.submit(_spec(body, max_tokens, deadline_s, **prompt)))
+                # Without max_tokens OpenAI gives completions 16 tokens and chat the rest of the
+                # context, which only the dispatcher knows once the prompt is tokenized.
+                spec = _spec(body, wanted or (CHAT_FALLBACK_MAX_TOKENS if chat else 16), deadline_s, **prompt)
+                reqs.append(await self.submit(replace(spec, to_context=chat and not wanted)))
         except BaseException:
             self.cancel(reqs)
             raise

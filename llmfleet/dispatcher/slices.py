@@ -102,12 +102,10 @@ class SliceExecution:
             sampling=req.spec.sampling,
             pending_text_tokens=req.pending_text_tokens,
         )
-        progress = [started]  # when the slice last produced something; the watchdog reads it
-        stalled: list[bool] = []
-        watchdog = asyncio.create_task(self._watch_progress(req, pod, progress, stalled))
+        req.progress_s = started  # the dispatcher's ticker fails over a slice that stops moving
         try:
             async for event in stream:
-                progress[0] = self.clock.now()
+                req.progress_s = self.clock.now()
                 if isinstance(event, SliceTokens):
                     ids = event.token_ids[: n - got]  # never more than the slice asked for
                     if ids:
@@ -133,9 +131,9 @@ class SliceExecution:
             log.warning("slice of %s on %s broke unexpectedly: %r", req.request_id, pod.pod_id, exc)
             failure = PodFailure(f"slice on {pod.pod_id} broke: {exc!r}")
         finally:
-            watchdog.cancel()
-            if stalled and failure is None:
+            if req.stalled and failure is None:
                 failure = PodFailure(f"no progress from {pod.pod_id} for {self.settings.slice_progress_timeout_s:g} s")
+            req.stalled = False
             pod.remove_inflight(req.request_id)
             # Closing the stream cancels the gRPC call, which aborts the engine work behind it.
             with contextlib.suppress(BaseException):
@@ -146,17 +144,15 @@ class SliceExecution:
             pod.seconds_per_token = 0.8 * pod.seconds_per_token + 0.2 * (elapsed / got)
         self._after_slice(req, pod, got, end, failure)
 
-    async def _watch_progress(self, req: LiveRequest, pod: PodConnection, progress: list[float], stalled: list[bool]) -> None:
-        """Cancel a slice that has produced nothing for `slice_progress_timeout_s` (a hung pod:
-        SIGSTOP, a wedged engine), so that it fails over and resumes elsewhere."""
-        limit = self.settings.slice_progress_timeout_s
-        while True:
-            await self.clock.sleep(max(0.05, limit / 4))
-            if self.clock.now() - progress[0] >= limit and req.slice_task is not None:
-                log.warning("request %s: no progress on %s for %.0f s; resuming elsewhere", req.request_id, pod.pod_id, limit)
-                stalled.append(True)
+    def _cancel_stalled(self) -> None:
+        """Cancel every slice that has produced nothing for `slice_progress_timeout_s` (a hung pod:
+        SIGSTOP, a wedged engine), so that it fails over and resumes elsewhere. Called each tick."""
+        now, limit = self.clock.now(), self.settings.slice_progress_timeout_s
+        for req in self.running.values():
+            if req.slice_task is not None and not req.stalled and now - req.progress_s >= limit:
+                log.warning("request %s: no progress on %s for %.0f s; resuming elsewhere", req.request_id, req.pod_id, limit)
+                req.stalled = True
                 req.slice_task.cancel()
-                return
 
     def _emit(self, req: LiveRequest, ids: tuple[int, ...]) -> None:
         if req.done:

@@ -196,8 +196,8 @@ def register(registry: kopf.OperatorRegistry, resync_seconds: float = 300.0) -> 
         ref = FleetRef(name=name, namespace=namespace, uid=uid)
         generation = int(meta.get("generation", 1))
         try:
-            fleet = parse_spec(spec)
-            children = render_children(ref, fleet, state.defaults)
+            fleet, rendered = state.desired(ref, spec)
+            children = list(rendered.values())
         except InvalidFleet as exc:
             metrics.RECONCILES.labels(result="invalid").inc()
             degraded = status_invalid(generation, "InvalidSpec", str(exc), dict(status), _now(), _spec_replicas(spec))
@@ -233,8 +233,8 @@ def register(registry: kopf.OperatorRegistry, resync_seconds: float = 300.0) -> 
             state = _state(memo)
             ref = FleetRef(name=name, namespace=namespace, uid=uid)
             try:
-                fleet = parse_spec(spec)
-                applied = _apply_all(state.kube, render_children(ref, fleet, state.defaults))
+                fleet, rendered = state.desired(ref, spec)
+                applied = _apply_all(state.kube, list(rendered.values()))
                 _refresh_status(state, ref, fleet, None, dict(status), kwargs["deployment_index"], applied)
             except InvalidFleet:
                 return

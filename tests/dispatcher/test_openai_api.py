@@ -228,3 +228,15 @@ async def test_a_body_over_the_request_limit_is_refused_before_it_is_read(fleet)
     assert err.value.status_code == 413 and "limit is 2097152" in err.value.message
     with pytest.raises(openai.BadRequestError, match="cannot hold it"):  # under the limit, over the context
         await aio.completions.create(model="sim-model", prompt="x" * 1_000_000, max_tokens=2)
+
+
+async def test_chat_without_max_tokens_runs_to_the_end_of_the_context(fleet) -> None:
+    """OpenAI's chat default: the rest of the context (here 2,048 tokens), known only once the
+    messages are tokenized; completions default to 16 tokens."""
+    _, aio = _clients(fleet)
+    chat = await aio.chat.completions.create(model="sim-model", messages=[{"role": "user", "content": "Hi"}],
+                                             extra_body={"ignore_eos": True})  # fmt: skip
+    assert chat.choices[0].finish_reason == "length"
+    assert chat.usage.prompt_tokens + chat.usage.completion_tokens == 2048
+    plain = await aio.completions.create(model="sim-model", prompt="Hi", extra_body={"ignore_eos": True})
+    assert plain.usage.completion_tokens == 16
