@@ -72,6 +72,12 @@ async def test_priority_changes_order_of_service(engine: EngineProcess) -> None:
     (1,900 tokens), and cancelling one (vLLM aborts a request whose client goes away) frees exactly
     one slot. So the outcome does not depend on how fast a busy machine runs the engine."""
     async with EngineClient(engine.url, timeout=600) as client:
+        # Earlier tests share this engine and cancel their requests; vLLM aborts those only once it
+        # notices the disconnect. Start from an idle engine, or a leftover that ends frees a slot.
+        await wait_for_condition(lambda: _idle(client), timeout=60, interval=0.05, what="engine idle")
+        load = await client.load()
+        # A blocker preempted for KV room would also free a slot, so the four must fit together.
+        assert load.kv_capacity_tokens >= 4 * 1920, load
         blockers = [
             asyncio.create_task(client.complete(f"blocker {i}", 1900, ignore_eos=True, priority=0)) for i in range(4)
         ]
@@ -87,6 +93,7 @@ async def test_priority_changes_order_of_service(engine: EngineProcess) -> None:
             await wait_for_condition(lambda: _waiting_at_least(client, 1), timeout=60, what="low queued")
             high = asyncio.create_task(timed("high", -100))
             await wait_for_condition(lambda: _waiting_at_least(client, 2), timeout=60, what="high queued")
+            assert (await client.load()).running == 4
             assert not first_token_at, "nothing may start while every slot is held"
             blockers[0].cancel()  # one slot frees: the engine must give it to the high-priority request
             await wait_for_condition(lambda: "high" in first_token_at, timeout=60, what="high started")
@@ -99,6 +106,11 @@ async def test_priority_changes_order_of_service(engine: EngineProcess) -> None:
             for b in blockers:
                 b.cancel()
             await asyncio.gather(*blockers, return_exceptions=True)
+
+
+async def _idle(client: EngineClient) -> bool:
+    load = await client.load()
+    return load.running == 0 and load.waiting == 0
 
 
 async def _running_at_least(client: EngineClient, n: int) -> bool:
