@@ -30,6 +30,9 @@ SERVER_OPTIONS = [
 
 # Trailing metadata on a slice a draining sidecar refuses: the dispatcher runs it elsewhere.
 DRAINING_KEY = "llmfleet-draining"
+# Trailing metadata on an error the dispatcher itself decided (it gave up on the request, or no
+# engine is up): a client resuming on another replica would get the same, so it does not retry.
+DECIDED_KEY = "llmfleet-decided"
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING

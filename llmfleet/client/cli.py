@@ -13,7 +13,11 @@ import argparse
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.description = "Send requests to an llmfleet dispatcher (streams tokens as they arrive)."
-    parser.add_argument("--target", default="127.0.0.1:50051", help="dispatcher host:port (default 127.0.0.1:50051)")
+    parser.add_argument("--target", default="127.0.0.1:50051",
+                        help="dispatcher host:port, or several replicas separated by commas (default 127.0.0.1:50051)")
+    parser.add_argument("--retries", type=int, default=3,
+                        help="if a dispatcher fails mid-stream, call again (the next replica) this many times, "
+                             "resuming from the tokens received; 0 turns it off (default 3)")  # fmt: skip
     parser.add_argument("--token-file", default=None, help="bearer token file, if the dispatcher requires one")
     parser.add_argument("--tls", action="store_true", help="use TLS (system roots, or --ca-cert)")
     parser.add_argument("--ca-cert", default=None, help="PEM file of the CA that signed the dispatcher's certificate")
@@ -55,7 +59,7 @@ def _client(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
     token = Path(args.token_file).read_text().strip() if args.token_file else None
     roots = Path(args.ca_cert).read_bytes() if args.ca_cert else None
-    return DispatcherClient(args.target, token=token, root_certificates=roots, tls=args.tls)
+    return DispatcherClient(args.target, token=token, root_certificates=roots, tls=args.tls, retries=args.retries)
 
 
 def _run(coro) -> int:  # type: ignore[no-untyped-def]
@@ -112,7 +116,7 @@ def _generate(args: argparse.Namespace) -> int:
                     "usage": {f.name: getattr(u, f.name) for f in u.DESCRIPTOR.fields} if u else None,
                 }))  # fmt: skip
                 return 0
-            async for msg in c.stream(timeout=args.timeout, **kwargs):
+            async for msg in c.resumable_stream(timeout=args.timeout, **kwargs):
                 sys.stdout.write(msg.text)
                 sys.stdout.flush()
                 if msg.finish_reason:
@@ -120,7 +124,8 @@ def _generate(args: argparse.Namespace) -> int:
                     print(
                         f"\n[{msg.request_id}: {u.completion_tokens} tokens, {msg.finish_reason}, "
                         f"ttft {u.ttft_s * 1000:.0f} ms, total {u.e2e_s * 1000:.0f} ms, {u.slices} slices, "
-                        f"{u.migrations} migrations, {u.failovers} failovers]",
+                        f"{u.migrations} migrations, {u.failovers} failovers"
+                        + (f", resumed after {u.resumed_tokens} tokens" if u.resumed_tokens else "") + "]",
                         file=sys.stderr,
                     )
             return 0

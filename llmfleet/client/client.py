@@ -4,15 +4,24 @@
         async for chunk in c.stream(prompt_ids=[1, 2, 3], max_tokens=32):
             ...
         result = await c.generate(prompt="hello", max_tokens=16)
+
+`generate` and `resumable_stream` survive a dispatcher that dies mid-stream: they call again, on
+the next of the given targets (or the same Service, whose next connection reaches a live
+replica), with `resume` set to everything received so far, so the generation continues with no
+token lost or repeated. Dispatchers share no state; the client carries what is needed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
 import grpc
 
+from llmfleet.serving import DECIDED_KEY
 from llmfleet.v1 import dispatcher_pb2, dispatcher_pb2_grpc
 
 
@@ -28,23 +37,41 @@ class Generation:
     messages: int = 0
 
 
+# A dispatcher that went away (UNAVAILABLE), or, on a later attempt, one that still holds the
+# abandoned call's request id for a moment (ALREADY_EXISTS): both are worth another try. Not an
+# UNAVAILABLE the dispatcher decided itself (DECIDED_KEY): another replica would decide the same.
+_RETRY_CODES = frozenset({grpc.StatusCode.UNAVAILABLE})
+_RETRY_LATER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.ALREADY_EXISTS})
+
+
 class DispatcherClient:
     def __init__(
         self,
-        target: str,
+        target: str | Sequence[str],
         *,
         token: str | None = None,
         root_certificates: bytes | None = None,
         tls: bool = False,
+        retries: int = 3,
+        retry_backoff_s: float = 0.2,
     ) -> None:
+        """`target`: one host:port, several separated by commas, or a list (dispatcher replicas).
+        `retries`: calls after the first that generate/resumable_stream make when a dispatcher fails."""
+        targets = [t.strip() for t in (target.split(",") if isinstance(target, str) else target) if t.strip()]
+        if not targets:
+            raise ValueError("give at least one dispatcher address")
         options = [("grpc.max_receive_message_length", 64 << 20)]
-        if tls or root_certificates:
-            creds = grpc.ssl_channel_credentials(root_certificates=root_certificates)
-            self.channel = grpc.aio.secure_channel(target, creds, options=options)
-        else:
-            self.channel = grpc.aio.insecure_channel(target, options=options)
-        self.stub = dispatcher_pb2_grpc.DispatcherStub(self.channel)
+        creds = grpc.ssl_channel_credentials(root_certificates=root_certificates) if tls or root_certificates else None
+        self.channels = [
+            grpc.aio.secure_channel(t, creds, options=options) if creds else grpc.aio.insecure_channel(t, options=options)
+            for t in targets
+        ]
+        self.stubs = [dispatcher_pb2_grpc.DispatcherStub(ch) for ch in self.channels]
+        self.channel, self.stub = self.channels[0], self.stubs[0]
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.retries = retries
+        self.retry_backoff_s = retry_backoff_s
+        self._next = 0  # the replica that served last
 
     async def __aenter__(self) -> DispatcherClient:
         return self
@@ -53,7 +80,8 @@ class DispatcherClient:
         await self.close()
 
     async def close(self) -> None:
-        await self.channel.close()
+        for ch in self.channels:
+            await ch.close()
 
     @staticmethod
     def request(
@@ -102,11 +130,47 @@ class DispatcherClient:
         """The raw response stream (a grpc.aio call: `.cancel()` it to cancel the request)."""
         return self.stub.Generate(self.request(**kwargs), metadata=self.metadata, timeout=timeout)  # type: ignore[arg-type]
 
+    async def resumable_stream(
+        self, *, timeout: float | None = None, **kwargs: object
+    ) -> AsyncIterator[dispatcher_pb2.GenerateResponse]:
+        """Like `stream`, but a dispatcher failing mid-stream is invisible: the request goes again to
+        the next replica with `resume` set, and the stream carries on with the next new token."""
+        request = self.request(**kwargs)  # type: ignore[arg-type]
+        if not request.request_id:  # one id across attempts, so logs and Cancel follow it
+            request.request_id = uuid.uuid4().hex
+        deadline = time.monotonic() + timeout if timeout is not None else None
+        resume = dispatcher_pb2.Resume()
+        attempt = 0
+        while True:
+            stub = self.stubs[self._next % len(self.stubs)]
+            if attempt:
+                request.resume.CopyFrom(resume)
+            left = None if deadline is None else max(deadline - time.monotonic(), 1e-3)
+            try:
+                async for msg in stub.Generate(request, metadata=self.metadata, timeout=left):
+                    resume.token_ids.extend(msg.token_ids)
+                    resume.text += msg.text
+                    if msg.HasField("resume_state"):
+                        resume.state.CopyFrom(msg.resume_state)
+                    yield msg
+                return
+            except grpc.aio.AioRpcError as exc:
+                codes = _RETRY_LATER_CODES if attempt else _RETRY_CODES
+                decided = dict(exc.trailing_metadata() or ()).get(DECIDED_KEY) == "1"
+                if exc.code() not in codes or decided or attempt >= self.retries:
+                    raise
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise
+            attempt += 1
+            self._next += 1  # the next replica (or, for one Service address, a new connection)
+            await asyncio.sleep(self.retry_backoff_s * 2 ** (attempt - 1))
+
     async def generate(self, *, timeout: float | None = None, **kwargs: object) -> Generation:
-        """Run one request to the end; raises grpc.aio.AioRpcError on failure."""
+        """Run one request to the end, resuming on another replica if a dispatcher fails; raises
+        grpc.aio.AioRpcError when it cannot finish."""
         out = Generation()
         texts: list[str] = []
-        async for msg in self.stream(timeout=timeout, **kwargs):
+        async for msg in self.resumable_stream(timeout=timeout, **kwargs):
             out.messages += 1
             out.request_id = msg.request_id
             out.token_ids.extend(msg.token_ids)

@@ -235,6 +235,8 @@ class Dispatcher(SliceExecution):
             raise InvalidRequest(f"request_id {rid!r} is already in use", duplicate=True)
         self._check_capacity()
         self.check_prompt_size(len(spec.prompt_text or "") + sum(len(c) for _, c in spec.prompt_messages or ()))
+        if spec.resume is not None and spec.resume.token_ids:
+            self._check_vocabulary(list(spec.resume.token_ids))
         self._admitting += 1
         try:
             limit_hint = 0
@@ -267,6 +269,10 @@ class Dispatcher(SliceExecution):
         block = min((p.block_size for p in self.pods.values()), default=128) or 128
         req = LiveRequest(rid, self._seq, spec, prompt, now, prefix_hashes(prompt, block))
         self._seq += 1
+        if spec.resume is not None and (spec.resume.state.finish_reason or req.remaining <= 0):
+            # The client has every token already (its dispatcher died before the finish message).
+            self._finish(req, spec.resume.state.finish_reason or "length")
+            return req
         req.estimate = self._estimate(req)
         self.queue[rid] = req
         if spec.deadline_s is not None:
@@ -330,7 +336,7 @@ class Dispatcher(SliceExecution):
         self.metrics.e2e_seconds.observe(usage.e2e_s)
         rest = req.stops.next_text(finished=True)  # what was held back for stop strings
         if rest:
-            req.events.put_nowait(TokenEvent((), rest))
+            req.events.put_nowait(TokenEvent((), rest, req.resume_state(reason)))
         req.events.put_nowait(FinishEvent(reason, usage))
         self._learn(req, reason)
 

@@ -60,6 +60,34 @@ class NoEngine(Exception):
 
 
 @dataclass(frozen=True)
+class ResumeState:
+    """Where a request's text stream stands after its latest token message (see `Resume`)."""
+
+    pending_text_tokens: int = 0  # trailing tokens whose text the engine side still holds
+    held_text: str = ""  # text held back because it may begin a stop string
+    finish_reason: str = ""  # the generation ended with the last token sent ("stop" or "length")
+
+
+@dataclass(frozen=True)
+class Resume:
+    """A generation continued from what its client already received (a dispatcher died under it)."""
+
+    token_ids: tuple[int, ...]
+    text: str = ""
+    state: ResumeState = ResumeState()
+
+    def validate(self, max_tokens: int) -> None:
+        if any(t < 0 for t in self.token_ids):
+            raise InvalidRequest("resume token ids must be non-negative")
+        if len(self.token_ids) > max_tokens:
+            raise InvalidRequest(f"resume has {len(self.token_ids)} tokens, more than max_tokens {max_tokens}")
+        if self.state.finish_reason not in ("", "stop", "length"):
+            raise InvalidRequest(f"resume state's finish_reason must be 'stop' or 'length', got {self.state.finish_reason!r}")
+        if not 0 <= self.state.pending_text_tokens <= len(self.token_ids):
+            raise InvalidRequest("resume state's pending_text_tokens must be within the resumed tokens")
+
+
+@dataclass(frozen=True)
 class GenerateSpec:
     """One client request, validated by `validate()`."""
 
@@ -76,6 +104,7 @@ class GenerateSpec:
     # OpenAI chat without max_tokens: generate up to the end of the context (max_tokens is the
     # fallback while no pod has reported its context length).
     to_context: bool = False
+    resume: Resume | None = None
 
     def validate(self) -> None:
         if sum(p is not None for p in (self.prompt_text, self.prompt_ids, self.prompt_messages)) != 1:
@@ -110,6 +139,10 @@ class GenerateSpec:
             raise InvalidRequest(f"priority must be within +-{PRIORITY_LIMIT}, got {self.priority}")
         if self.request_id is not None and not 0 < len(self.request_id) <= MAX_REQUEST_ID_LEN:
             raise InvalidRequest(f"request_id must have 1 to {MAX_REQUEST_ID_LEN} characters")
+        if self.resume is not None:
+            if self.to_context:
+                raise InvalidRequest("resume needs an explicit max_tokens")
+            self.resume.validate(self.max_tokens)
 
 
 @dataclass(frozen=True)
@@ -122,12 +155,14 @@ class Usage:
     queue_s: float
     ttft_s: float
     e2e_s: float
+    resumed_tokens: int = 0  # of completion_tokens, those the client already had (Resume)
 
 
 @dataclass(frozen=True)
 class TokenEvent:
     token_ids: tuple[int, ...]
     text: str
+    resume_state: ResumeState | None = None  # after these tokens: what a client passes back to resume
 
 
 @dataclass(frozen=True)
@@ -193,6 +228,16 @@ class LiveRequest:
         self.slice_task: asyncio.Task[None] | None = None
         self.deadline_task: asyncio.Task[None] | None = None
         self._state: RequestState | None = None
+        self.resumed_tokens = 0
+        if spec.resume is not None:  # carry on exactly where the client's last message left off
+            r = spec.resume
+            self.generated = list(r.token_ids)
+            self.resumed_tokens = len(r.token_ids)
+            self.pending_text_tokens = r.state.pending_text_tokens
+            self.stops.resume(len(r.token_ids), r.text, r.state.held_text)
+
+    def resume_state(self, finish_reason: str | None = None) -> ResumeState:
+        return ResumeState(self.pending_text_tokens, self.stops.held, finish_reason or "")
 
     @property
     def max_tokens(self) -> int:
@@ -236,4 +281,5 @@ class LiveRequest:
             queue_s=self.queue_s,
             ttft_s=(self.first_token_s - self.arrival_s) if self.first_token_s is not None else 0.0,
             e2e_s=now - self.arrival_s,
+            resumed_tokens=self.resumed_tokens,
         )

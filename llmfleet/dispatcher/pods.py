@@ -40,6 +40,7 @@ class SliceTokens:
     token_ids: tuple[int, ...]
     text: str
     pending_text_tokens: int = 0
+    ends: bool = False  # the engine ended the request with the last of these tokens
 
 
 @dataclass(frozen=True)
@@ -308,7 +309,7 @@ class PodConnection:
             async for event in call:
                 if event.HasField("tokens"):
                     t = event.tokens
-                    yield SliceTokens(tuple(t.token_ids), t.text, t.pending_text_tokens)
+                    yield SliceTokens(tuple(t.token_ids), t.text, t.pending_text_tokens, t.ends)
                 elif event.HasField("done"):
                     d = event.done
                     yield SliceEnd(d.finish_reason, d.error, d.retryable, d.client_error)

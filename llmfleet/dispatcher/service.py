@@ -27,10 +27,13 @@ from llmfleet.dispatcher.model import (
     InvalidRequest,
     NoEngine,
     Overloaded,
+    Resume,
+    ResumeState,
     TokenEvent,
 )
 from llmfleet.dispatcher.predictor import load_predictor
 from llmfleet.serving import (
+    DECIDED_KEY,
     SERVER_OPTIONS,
     BearerTokenInterceptor,
     MetricsServer,
@@ -73,7 +76,13 @@ def spec_from_proto(req: dispatcher_pb2.GenerateRequest, grpc_remaining_s: float
         if bad or any(k < 0 for k in s.logit_bias):
             raise InvalidRequest("logit_bias needs non-negative token ids and biases in [-100, 100]")
         extra["logit_bias"] = {int(k): float(v) for k, v in s.logit_bias.items()}
+    resume = None
+    if req.HasField("resume"):
+        r = req.resume
+        state = ResumeState(r.state.pending_text_tokens, r.state.held_text, r.state.finish_reason)
+        resume = Resume(tuple(r.token_ids), r.text, state)
     return GenerateSpec(
+        resume=resume,
         max_tokens=req.max_tokens,
         prompt_text=req.text if which == "text" else None,
         prompt_ids=tuple(req.token_ids.ids) if which == "token_ids" else None,
@@ -113,7 +122,9 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
     ) -> AsyncIterator[dispatcher_pb2.GenerateResponse]:
         try:
             # Sized before anything is copied out of the message (token ids become Python ints).
-            self.d.check_prompt_size(len(request.text), len(request.token_ids.ids))
+            self.d.check_prompt_size(
+                len(request.text) + len(request.resume.text), len(request.token_ids.ids) + len(request.resume.token_ids)
+            )
             spec = spec_from_proto(request, context.time_remaining())
             req = await self.d.submit(spec)
         except InvalidRequest as exc:
@@ -123,6 +134,7 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
             context.set_trailing_metadata((("retry-after-ms", str(int(exc.retry_after_s * 1000))),))
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except NoEngine as exc:
+            context.set_trailing_metadata(((DECIDED_KEY, "1"),))
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(exc))
         rid = req.request_id
         try:
@@ -130,15 +142,22 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                 event = await req.events.get()
                 ids: list[int] = []
                 text: list[str] = []
+                state: ResumeState | None = None
                 # Coalesce whatever else is already waiting into one message.
                 while isinstance(event, TokenEvent):
                     ids.extend(event.token_ids)
                     text.append(event.text)
+                    state = event.resume_state or state
                     if req.events.empty():
                         break
                     event = req.events.get_nowait()
                 if ids or any(text):  # text alone: what was held back for stop strings, at the end
-                    yield dispatcher_pb2.GenerateResponse(request_id=rid, token_ids=ids, text="".join(text))
+                    msg = dispatcher_pb2.GenerateResponse(request_id=rid, token_ids=ids, text="".join(text))
+                    if state is not None:
+                        msg.resume_state.pending_text_tokens = state.pending_text_tokens
+                        msg.resume_state.held_text = state.held_text
+                        msg.resume_state.finish_reason = state.finish_reason
+                    yield msg
                 if isinstance(event, FinishEvent):
                     u = event.usage
                     yield dispatcher_pb2.GenerateResponse(
@@ -153,10 +172,12 @@ class DispatcherService(dispatcher_pb2_grpc.DispatcherServicer):
                             queue_s=u.queue_s,
                             ttft_s=u.ttft_s,
                             e2e_s=u.e2e_s,
+                            resumed_tokens=u.resumed_tokens,
                         ),
                     )
                     return
                 if isinstance(event, FailEvent):
+                    context.set_trailing_metadata(((DECIDED_KEY, "1"),))
                     await context.abort(_CODES.get(event.code, grpc.StatusCode.INTERNAL), event.message)
         finally:
             if not req.done:  # the client went away or its gRPC deadline passed

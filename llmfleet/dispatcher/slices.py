@@ -118,7 +118,7 @@ class SliceExecution:
                             end = SliceEnd("stop")
                         got += len(ids)
                         req.pending_text_tokens = event.pending_text_tokens
-                        self._emit(req, ids)
+                        self._emit(req, ids, ends="stop" if keep is not None or event.ends else None)
                         if keep is not None:
                             break  # closing the stream below aborts the engine's work
                 elif end is None:
@@ -154,7 +154,9 @@ class SliceExecution:
                 req.stalled = True
                 req.slice_task.cancel()
 
-    def _emit(self, req: LiveRequest, ids: tuple[int, ...]) -> None:
+    def _emit(self, req: LiveRequest, ids: tuple[int, ...], ends: str | None = None) -> None:
+        """Stream tokens to the client. `ends`: the finish reason, when these end the generation;
+        the resume state carries it, so a client resuming right after them is told it is over."""
         if req.done:
             return
         if req.first_token_s is None:
@@ -163,7 +165,10 @@ class SliceExecution:
         req.generated.extend(ids)
         self.metrics.tokens.inc(len(ids))
         # Text that might begin a stop string is held back until it cannot (or the request ends).
-        req.events.put_nowait(TokenEvent(ids, req.stops.next_text(finished=False)))
+        text = req.stops.next_text(finished=False)
+        if ends is None and req.remaining <= 0:
+            ends = "length"
+        req.events.put_nowait(TokenEvent(ids, text, req.resume_state(ends)))
 
     def _after_slice(
         self, req: LiveRequest, pod: PodConnection, got: int, end: SliceEnd | None, failure: PodFailure | None

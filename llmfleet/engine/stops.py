@@ -79,6 +79,16 @@ class StopChecker:
             self.text = self.text[:cut]
         return keep
 
+    @property
+    def held(self) -> str:
+        """Text known but not streamed yet (part of it may still turn out to begin a stop string)."""
+        return self.text[self._sent :]
+
+    def resume(self, tokens: int, sent: str, held: str) -> None:
+        """Continue a generation whose first `tokens` tokens another checker has seen: `sent` was
+        streamed, `held` was held back. Only text after them is checked for stop strings."""
+        self.tokens, self.text, self._sent = tokens, sent + held, len(sent)
+
     def next_text(self, finished: bool) -> str:
         """Text not streamed yet, less the hold-back unless the generation has finished."""
         end = len(self.text) - (0 if finished else self.hold_back)

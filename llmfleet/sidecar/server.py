@@ -230,14 +230,14 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
                         raise _Malformed(f"engine returned more than max_tokens={item.max_tokens} tokens")
                     for i, token in enumerate(ids):
                         # A stop token (EOS, stop_token_ids) ends the request; vLLM leaves its text out.
-                        stop_token = chunk.finish_reason == "stop" and i == len(ids) - 1 and not keep_stop_text
-                        piece = "" if stop_token else text.step(token)
+                        ends = chunk.finish_reason == "stop" and i == len(ids) - 1
+                        piece = "" if ends and not keep_stop_text else text.step(token)
                         produced += 1
                         queue.put_nowait(
                             sidecar_pb2.SliceEvent(
                                 request_id=rid,
                                 tokens=sidecar_pb2.SliceTokens(
-                                    token_ids=[token], text=piece, pending_text_tokens=text.pending
+                                    token_ids=[token], text=piece, pending_text_tokens=text.pending, ends=ends
                                 ),
                             )
                         )

@@ -85,6 +85,8 @@ def _cases(ids: list[int], pieces: list[str]) -> dict[str, dict[str, Any]]:
                                                          include_stop_str_in_output=True),  # fmt: skip
         "stop string before min_tokens is ignored": dict(ignore_eos=True, stop=[_straddling(pieces, 3)], min_tokens=20),
         "stop token id": dict(ignore_eos=True, stop_token_ids=[ids[7]]),
+        # Only the two byte tokens of "é" (0xC3, 0xA9): characters split across tokens and slices.
+        "multi-byte characters split by tokens": dict(ignore_eos=True, logit_bias={131: 100.0, 106: 100.0}),
     }
 
 
@@ -147,3 +149,60 @@ async def test_seeded_sampling_replays_and_an_unsliced_request_samples_as_vllm(e
             assert first.token_ids != list(ref.token_ids), "later slices draw from their own seeds"
     finally:
         await handle.stop()
+
+
+def _resume_request(base, messages) -> Any:
+    """The request a client sends to continue after `messages` (see `DispatcherClient.resumable_stream`)."""
+    from llmfleet.v1 import dispatcher_pb2
+
+    req = dispatcher_pb2.GenerateRequest()
+    req.CopyFrom(base)
+    req.request_id = ""
+    for m in messages:
+        req.resume.token_ids.extend(m.token_ids)
+        req.resume.text += m.text
+        if m.HasField("resume_state"):
+            req.resume.state.CopyFrom(m.resume_state)
+    return req
+
+
+async def test_a_generation_resumed_from_any_message_continues_exactly(engine, two_pods, prompt, free_run) -> None:
+    """The resume protocol (a client continuing on another dispatcher) is exact at every point of
+    the stream: mid-character (text still pending) and mid-stop-string (text held back) included.
+    The first dispatcher runs slices of one token, so each message holds one token and every
+    position can be cut; a second one, with its own slicing, continues."""
+    ids, pieces = free_run
+    cases = _cases(ids, pieces)
+    first = await serve_dispatcher(pods=two_pods, config=SchedulingConfig(policy="fcfs-rr"))
+    second = await serve_dispatcher(pods=two_pods, config=SchedulingConfig(policy="fcfs-rr"))
+    seen_pending = seen_held = False
+    try:
+        await first.wait_ready(2, timeout_s=60)
+        await second.wait_ready(2, timeout_s=60)
+        first.dispatcher.policy = EveryBoundaryMoves(1)
+        second.dispatcher.policy = EveryBoundaryMoves(5)
+        async with DispatcherClient(first.address) as c1, DispatcherClient(second.address) as c2:
+            for name, case in cases.items():
+                base = c1.request(prompt_ids=prompt, max_tokens=N, **case)
+                whole = [m async for m in c1.stub.Generate(base, timeout=300)]
+                ref_ids = [t for m in whole for t in m.token_ids]
+                ref_text = "".join(m.text for m in whole)
+                cuts = [i for i, m in enumerate(whole[:-1]) if m.token_ids and (
+                    i % 4 == 0 or m.resume_state.pending_text_tokens or m.resume_state.held_text)]  # fmt: skip
+                for cut in cuts:
+                    head = whole[: cut + 1]
+                    seen_pending |= head[-1].resume_state.pending_text_tokens > 0
+                    seen_held |= bool(head[-1].resume_state.held_text)
+                    tail = [m async for m in c2.stub.Generate(_resume_request(base, head), timeout=300)]
+                    where = f"{name}, resumed after message {cut}"
+                    assert [t for m in head + tail for t in m.token_ids] == ref_ids, where
+                    assert "".join(m.text for m in head + tail) == ref_text, where
+                    assert tail[-1].finish_reason == whole[-1].finish_reason, where
+                    k = sum(len(m.token_ids) for m in head)
+                    assert tail[-1].usage.completion_tokens == len(ref_ids), where
+                    assert tail[-1].usage.resumed_tokens == k, where
+    finally:
+        await first.stop()
+        await second.stop()
+    assert seen_pending, "some cut fell inside a multi-byte character"
+    assert seen_held, "some cut fell while text was held back for a stop string"
