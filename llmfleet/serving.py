@@ -91,14 +91,51 @@ def read_token_file(path: str | Path) -> str:
     return token
 
 
+class TokenFile:
+    """A bearer token kept in a file, re-read whenever the file changes.
+
+    A Kubernetes Secret mounted as a volume is updated in place when it changes (the kubelet swaps
+    a symlink), so a rotated token takes effect without restarting the pod. The first read must
+    succeed; later, a file briefly missing or empty keeps the last good token.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self._token = read_token_file(self.path)
+        self._stamp = self._stat()
+
+    def _stat(self) -> tuple[int, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return st.st_mtime_ns, st.st_ino, st.st_size
+
+    def get(self) -> str:
+        stamp = self._stat()
+        if stamp is not None and stamp != self._stamp:
+            try:
+                self._token, self._stamp = read_token_file(self.path), stamp
+            except (OSError, ValueError):
+                pass  # mid-swap: keep the last good token and look again next time
+        return self._token
+
+
+Token = str | TokenFile  # a fixed token, or one that follows its file
+
+
+def token_value(token: Token) -> str:
+    return token.get() if isinstance(token, TokenFile) else token
+
+
 class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """Require `authorization: Bearer <token>` on the methods under `protected_prefix`.
 
     Health and reflection stay open so Kubernetes `grpc:` probes and grpcurl's listing work.
     """
 
-    def __init__(self, token: str, protected_prefix: str) -> None:
-        self._token = token.encode()
+    def __init__(self, token: Token, protected_prefix: str) -> None:
+        self._token = token
         self._prefix = protected_prefix
 
     async def intercept_service(
@@ -111,7 +148,8 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
             return await continuation(details)
         metadata = dict(details.invocation_metadata or ())
         given = str(metadata.get("authorization", ""))
-        ok = given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip().encode(), self._token)
+        expected = token_value(self._token).encode()
+        ok = given.startswith("Bearer ") and hmac.compare_digest(given[7:].strip().encode(), expected)
         if ok:
             return await continuation(details)
         handler = await continuation(details)

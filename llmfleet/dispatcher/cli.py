@@ -64,7 +64,7 @@ def _serve(args: argparse.Namespace) -> int:
     from llmfleet.core.config import SchedulingConfig
     from llmfleet.dispatcher.discovery import EndpointSliceDiscovery, StaticDiscovery, parse_static
     from llmfleet.dispatcher.service import serve_dispatcher
-    from llmfleet.serving import TlsFiles, read_token_file
+    from llmfleet.serving import TlsFiles, TokenFile
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
@@ -75,8 +75,9 @@ def _serve(args: argparse.Namespace) -> int:
     if bool(args.tls_cert) != bool(args.tls_key):
         raise SystemExit("--tls-cert and --tls-key go together")
     tls = TlsFiles(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
-    token = read_token_file(args.auth_token_file) if args.auth_token_file else None
-    sidecar_token = read_token_file(args.sidecar_token_file) if args.sidecar_token_file else None
+    # Files, not values: a rotated Secret takes effect without a restart.
+    token = TokenFile(args.auth_token_file) if args.auth_token_file else None
+    sidecar_token = TokenFile(args.sidecar_token_file) if args.sidecar_token_file else None
     if args.discovery == "static":
         try:
             discovery = StaticDiscovery(parse_static(args.pods))

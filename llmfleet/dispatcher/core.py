@@ -40,6 +40,7 @@ from llmfleet.dispatcher.model import (
 from llmfleet.dispatcher.pods import PodConnection, PodFailure
 from llmfleet.dispatcher.predictor import exact_estimate
 from llmfleet.dispatcher.slices import SliceExecution
+from llmfleet.serving import Token
 
 log = logging.getLogger(__name__)
 MAX_CHARS_PER_TOKEN = 32
@@ -57,7 +58,7 @@ class Dispatcher(SliceExecution):
         predictor: LengthPredictor | None = None,
         metrics: DispatcherMetrics | None = None,
         channel_credentials: object | None = None,
-        sidecar_token: str | None = None,
+        sidecar_token: Token | None = None,
     ) -> None:
         self.policy = policy
         self.clock = clock

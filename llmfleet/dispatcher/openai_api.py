@@ -41,7 +41,7 @@ from llmfleet.dispatcher.model import (
     TokenEvent,
 )
 from llmfleet.dispatcher.openai_models import ChatRequest, CompletionRequest, Params
-from llmfleet.serving import TlsFiles
+from llmfleet.serving import TlsFiles, Token, token_value
 
 DEADLINE_HEADER = "x-llmfleet-deadline-ms"
 CHAT_FALLBACK_MAX_TOKENS = 256  # chat without max_tokens, while no pod has reported its context  # llmfleet's own: a deadline for the request, as gRPC has
@@ -98,15 +98,16 @@ def _spec(p: Params, max_tokens: int, deadline_s: float | None, **prompt: Any) -
 class OpenAIFront:
     """The routes, bound to one dispatcher."""
 
-    def __init__(self, dispatcher: Dispatcher, auth_token: str | None = None) -> None:
+    def __init__(self, dispatcher: Dispatcher, auth_token: Token | None = None) -> None:
         self.d = dispatcher
-        self.auth_token = auth_token.encode() if auth_token else None
+        self.auth_token = auth_token
 
     # ----- plumbing -------------------------------------------------------------------------------
     def authorized(self, header: str) -> bool:
         if self.auth_token is None:
             return True
-        return header.startswith("Bearer ") and hmac.compare_digest(header[7:].strip().encode(), self.auth_token)
+        expected = token_value(self.auth_token).encode()
+        return header.startswith("Bearer ") and hmac.compare_digest(header[7:].strip().encode(), expected)
 
     def served_model(self) -> str:
         names = sorted({p.model for p in self.d.pods.values() if p.model})
@@ -317,7 +318,7 @@ class RequestGate:
         await self.app(scope, receive, send)
 
 
-def create_app(dispatcher: Dispatcher, auth_token: str | None = None, max_body_bytes: int = 2 << 20) -> FastAPI:
+def create_app(dispatcher: Dispatcher, auth_token: Token | None = None, max_body_bytes: int = 2 << 20) -> FastAPI:
     """The ASGI app; serve it with uvicorn (`serve_dispatcher(openai_port=...)` does)."""
     front = OpenAIFront(dispatcher, auth_token)
     app = FastAPI(title="llmfleet", description="OpenAI-compatible front of the llmfleet dispatcher", docs_url=None,

@@ -20,7 +20,7 @@ import grpc
 from llmfleet.core.clock import Clock
 from llmfleet.core.sampling import SamplingParams
 from llmfleet.core.scheduling import PodState
-from llmfleet.serving import DRAINING_KEY
+from llmfleet.serving import DRAINING_KEY, Token, token_value
 from llmfleet.v1 import sidecar_pb2, sidecar_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -94,7 +94,7 @@ class PodConnection:
         credentials: grpc.ChannelCredentials | None = None,
         load_interval_ms: int = 250,
         stale_after_s: float = 3.0,
-        token: str | None = None,
+        token: Token | None = None,
     ) -> None:
         self.pod_id = pod_id
         self.address = address
@@ -115,7 +115,7 @@ class PodConnection:
         )
         self.stub = sidecar_pb2_grpc.SidecarStub(self.channel)
         # The sidecar's bearer token, sent with every call (the sidecar API is not for anyone else).
-        self.metadata: tuple[tuple[str, str], ...] = (("authorization", f"Bearer {token}"),) if token else ()
+        self._token = token
         self.load_interval_ms = load_interval_ms
         # No load report for this long: the sidecar is hung (its stream stalls, it never errors).
         self.stale_after_s = stale_after_s
@@ -219,6 +219,10 @@ class PodConnection:
             self._prefixes.popitem(last=False)
         if hashes:
             self._prefix_set = None
+
+    @property
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {token_value(self._token)}"),) if self._token else ()
 
     def add_inflight(self, request_id: str, kv_tokens: int, expected_left: float) -> None:
         self.remove_inflight(request_id)

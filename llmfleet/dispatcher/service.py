@@ -38,6 +38,7 @@ from llmfleet.serving import (
     BearerTokenInterceptor,
     MetricsServer,
     TlsFiles,
+    Token,
     add_health_and_reflection,
     bind,
     metrics_addr,
@@ -300,12 +301,12 @@ async def serve_dispatcher(
     predictor: LengthPredictor | None = None,
     settings: DispatcherSettings | None = None,
     tls: TlsFiles | None = None,
-    auth_token: str | None = None,
+    auth_token: Token | None = None,
     sidecar_credentials: grpc.ChannelCredentials | None = None,
     online_ranker_every_s: float = 0.0,
     openai_port: int | None = None,
     health_port: int | None = None,
-    sidecar_token: str | None = None,
+    sidecar_token: Token | None = None,
 ) -> DispatcherHandle:
     """Start a dispatcher. Give `pods` ({id: "host:port"} of sidecars) or a `discovery` source.
 

@@ -12,6 +12,7 @@ from llmfleet.serving import (
     BearerTokenInterceptor,
     MetricsServer,
     TlsFiles,
+    Token,
     add_health_and_reflection,
     bind,
     metrics_addr,
@@ -61,7 +62,7 @@ async def serve_sidecar(
     max_num_seqs: int | None = None,
     load_interval_s: float = 0.25,
     tls: TlsFiles | None = None,
-    auth_token: str | None = None,
+    auth_token: Token | None = None,
 ) -> SidecarHandle:
     """Start a sidecar for the vLLM server at `engine` (a URL, or an engine object such as
     `llmfleet.engine.simulated.SimulatedEngineClient`); `port=0` picks a free port. With

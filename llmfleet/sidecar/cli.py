@@ -59,14 +59,14 @@ def _serve(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from llmfleet.engine.client import EngineClient
-    from llmfleet.serving import TlsFiles, read_token_file
+    from llmfleet.serving import TlsFiles, TokenFile
     from llmfleet.sidecar.app import serve_sidecar
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if bool(args.tls_cert) != bool(args.tls_key):
         raise SystemExit("--tls-cert and --tls-key go together")
     tls = TlsFiles(Path(args.tls_cert), Path(args.tls_key)) if args.tls_cert else None
-    token = read_token_file(args.auth_token_file) if args.auth_token_file else None
+    token = TokenFile(args.auth_token_file) if args.auth_token_file else None  # follows a rotated Secret
 
     async def main() -> None:
         engine: Any = EngineClient(args.engine_url.rstrip("/"), tokenizer=args.tokenizer, timeout=600.0)

@@ -74,3 +74,42 @@ async def test_a_draining_sidecar_sends_text_prompts_to_another_pod() -> None:
             await s.stop()
         for e in engines:
             await e.aclose()
+
+
+async def test_a_rotated_token_file_takes_effect_without_a_restart(tmp_path) -> None:
+    """The operator's token Secret may be recreated; the kubelet swaps the mounted file in place.
+    Sidecar and dispatcher follow the file, so the fleet keeps serving on the new token."""
+    import os
+
+    from llmfleet.serving import TokenFile
+
+    def write(path, token: str) -> None:  # as the kubelet does: a new file swapped in
+        tmp = path.with_suffix(".new")
+        tmp.write_text(token)
+        os.replace(tmp, path)
+
+    sidecar_file, dispatcher_file = tmp_path / "sidecar-token", tmp_path / "dispatcher-token"
+    write(sidecar_file, "old")
+    write(dispatcher_file, "old")
+    engine = SimulatedEngineClient()
+    sidecar = await serve_sidecar(engine, auth_token=TokenFile(sidecar_file), load_interval_s=0.05)
+    handle = await serve_dispatcher(pods={"p": sidecar.address}, sidecar_token=TokenFile(dispatcher_file),
+                                    config=SchedulingConfig(policy="fcfs-rr"))  # fmt: skip
+    try:
+        await handle.wait_ready(1, timeout_s=10)
+        async with DispatcherClient(handle.address) as c:
+            assert len((await c.generate(prompt_ids=[1, 2], max_tokens=3, ignore_eos=True, timeout=10)).token_ids) == 3
+            write(sidecar_file, "new")
+            write(dispatcher_file, "new")
+            g = await c.generate(prompt_ids=[1, 2], max_tokens=3, ignore_eos=True, timeout=10)
+            assert len(g.token_ids) == 3 and g.usage.failovers == 0, "both sides use the new token at once"
+        async with grpc.aio.insecure_channel(sidecar.address) as ch:
+            with pytest.raises(grpc.aio.AioRpcError) as err:
+                await sidecar_pb2_grpc.SidecarStub(ch).Tokenize(
+                    sidecar_pb2.TokenizeRequest(text="hi"), metadata=(("authorization", "Bearer old"),)
+                )
+            assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED, "the old token no longer works"
+    finally:
+        await handle.stop()
+        await sidecar.stop()
+        await engine.aclose()
