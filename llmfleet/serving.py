@@ -194,3 +194,13 @@ class MetricsServer:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)
+
+
+async def serve_health_only(health: Any, host: str, port: int) -> tuple[grpc.aio.Server, int]:
+    """A plaintext server with nothing but `health` (the same servicer, the same answers), for
+    Kubernetes' grpc probes, which cannot speak TLS, when the API itself uses TLS."""
+    server = grpc.aio.server()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    bound = bind(server, host, port, None)
+    await server.start()
+    return server, bound

@@ -3,7 +3,8 @@
 In a cluster (rendered by the operator):
     llmfleet dispatcher --port 50051 --metrics-port 9090 --config /etc/llmfleet/scheduling.yaml \\
         --discovery kubernetes --namespace NS --selector llmfleet.io/fleet=NAME,llmfleet.io/component=engine \\
-        --sidecar-port 50061 [--tls-cert F --tls-key F] [--auth-token-file F]
+        --sidecar-port 50061 --host [::] [--tls-cert F --tls-key F] [--auth-token-file F] \
+        [--sidecar-token-file F] [--sidecar-tls-ca F --sidecar-tls-server-name NAME]
 Locally:
     llmfleet dispatcher --discovery static --pods 127.0.0.1:50061,127.0.0.1:50062 --policy scls --slice-tokens 16
 """
@@ -21,7 +22,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         "reflection on the same port and Prometheus metrics on --metrics-port."
     )
     parser.add_argument("--port", type=int, default=50051, help="gRPC port of the client API (default 50051)")
-    parser.add_argument("--host", default="[::]", help="address to bind (default all interfaces)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind, metrics included (default 127.0.0.1; '[::]' for all interfaces, as in a pod)")  # fmt: skip
     parser.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics port (off if unset)")
     parser.add_argument(
         "--health-port", type=int, default=None,
@@ -47,6 +49,11 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--auth-token-file", default=None, help="require 'authorization: Bearer <token in file>'")
     parser.add_argument("--sidecar-token-file", default=None,
                         help="send this bearer token to the sidecars (their --auth-token-file)")  # fmt: skip
+    parser.add_argument("--sidecar-tls-ca", default=None,
+                        help="call the sidecars over TLS, trusting certificates signed by this CA (PEM)")  # fmt: skip
+    parser.add_argument("--sidecar-tls-server-name", default=None,
+                        help="the name the sidecars' certificate is issued for (pods are dialled by IP;"
+                        " default: the address)")  # fmt: skip
     parser.add_argument(
         "--online-ranker-every", type=float, default=0.0, metavar="SECONDS",
         help="retrain the length ranker from served requests every SECONDS (0: off, the default)",
@@ -78,6 +85,13 @@ def _serve(args: argparse.Namespace) -> int:
     # Files, not values: a rotated Secret takes effect without a restart.
     token = TokenFile(args.auth_token_file) if args.auth_token_file else None
     sidecar_token = TokenFile(args.sidecar_token_file) if args.sidecar_token_file else None
+    if args.sidecar_tls_server_name and not args.sidecar_tls_ca:
+        raise SystemExit("--sidecar-tls-server-name needs --sidecar-tls-ca")
+    sidecar_credentials = None
+    if args.sidecar_tls_ca:
+        import grpc
+
+        sidecar_credentials = grpc.ssl_channel_credentials(root_certificates=Path(args.sidecar_tls_ca).read_bytes())
     if args.discovery == "static":
         try:
             discovery = StaticDiscovery(parse_static(args.pods))
@@ -116,6 +130,8 @@ def _serve(args: argparse.Namespace) -> int:
             openai_port=args.openai_port,
             health_port=args.health_port,
             sidecar_token=sidecar_token,
+            sidecar_credentials=sidecar_credentials,
+            sidecar_tls_server_name=args.sidecar_tls_server_name,
         )
 
     asyncio.run(main())

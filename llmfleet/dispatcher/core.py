@@ -59,6 +59,7 @@ class Dispatcher(SliceExecution):
         metrics: DispatcherMetrics | None = None,
         channel_credentials: object | None = None,
         sidecar_token: Token | None = None,
+        sidecar_tls_server_name: str | None = None,
     ) -> None:
         self.policy = policy
         self.clock = clock
@@ -71,6 +72,7 @@ class Dispatcher(SliceExecution):
         self.metrics = metrics or DispatcherMetrics()
         self._credentials = channel_credentials
         self._sidecar_token = sidecar_token
+        self._tls_server_name = sidecar_tls_server_name
         self.pods: dict[str, PodConnection] = {}
         self.queue: dict[str, LiveRequest] = {}  # insertion order = enqueue order
         self.running: dict[str, LiveRequest] = {}
@@ -142,6 +144,7 @@ class Dispatcher(SliceExecution):
                     load_interval_ms=self.settings.load_interval_ms,
                     stale_after_s=self.settings.load_report_timeout_s,
                     token=self._sidecar_token,
+                    tls_server_name=self._tls_server_name,
                 )
                 self.pods[pod_id] = pod
                 pod.start()

@@ -95,12 +95,13 @@ class PodConnection:
         load_interval_ms: int = 250,
         stale_after_s: float = 3.0,
         token: Token | None = None,
+        tls_server_name: str | None = None,
     ) -> None:
         self.pod_id = pod_id
         self.address = address
         self.clock = clock
         self._on_change = on_change
-        options = [
+        options: list[tuple[str, str | int]] = [
             ("grpc.initial_reconnect_backoff_ms", 200),
             ("grpc.max_reconnect_backoff_ms", 2000),
             # A peer that stops answering (SIGSTOP, a dead node) is found by pings, not by waiting.
@@ -108,6 +109,8 @@ class PodConnection:
             ("grpc.keepalive_timeout_ms", 5_000),
             ("grpc.keepalive_permit_without_calls", 1),
         ]
+        if credentials and tls_server_name:  # pods are dialled by IP; their certificate names the fleet
+            options.append(("grpc.ssl_target_name_override", tls_server_name))
         self.channel = (
             grpc.aio.secure_channel(address, credentials, options=options)
             if credentials

@@ -12,7 +12,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import grpc
-from grpc_health.v1 import health_pb2_grpc
 
 from llmfleet.core.clock import Clock, RealClock
 from llmfleet.core.config import SchedulingConfig
@@ -42,6 +41,7 @@ from llmfleet.serving import (
     add_health_and_reflection,
     bind,
     metrics_addr,
+    serve_health_only,
     set_health,
 )
 from llmfleet.v1 import dispatcher_pb2, dispatcher_pb2_grpc
@@ -303,6 +303,7 @@ async def serve_dispatcher(
     tls: TlsFiles | None = None,
     auth_token: Token | None = None,
     sidecar_credentials: grpc.ChannelCredentials | None = None,
+    sidecar_tls_server_name: str | None = None,
     online_ranker_every_s: float = 0.0,
     openai_port: int | None = None,
     health_port: int | None = None,
@@ -315,7 +316,9 @@ async def serve_dispatcher(
     knobs; `online_ranker_every_s > 0` turns on online ranker retraining. `openai_port` (0 picks
     a free one) adds the OpenAI-compatible HTTP front on the same dispatcher and auth token.
     `health_port` adds a plaintext gRPC health-only port, for probes when the API uses TLS.
-    `sidecar_token` is sent as a bearer token on every call to the sidecars.
+    `sidecar_token` is sent as a bearer token on every call to the sidecars. `sidecar_credentials`
+    (grpc.ssl_channel_credentials) turn on TLS to them; pods are dialled by IP, so their certificate
+    is checked for `sidecar_tls_server_name` instead of the address.
     """
     from llmfleet.policies.registry import make_policy, policy_spec
 
@@ -336,6 +339,7 @@ async def serve_dispatcher(
         settings=settings,
         predictor=predictor or load_predictor(config.ranker, clock=clock, online_every_s=online_ranker_every_s),
         channel_credentials=sidecar_credentials,
+        sidecar_tls_server_name=sidecar_tls_server_name,
         sidecar_token=sidecar_token,
     )
     interceptors = [BearerTokenInterceptor(auth_token, f"/{SERVICE}/")] if auth_token else []
@@ -346,13 +350,8 @@ async def serve_dispatcher(
     await set_health(health, [SERVICE], False)
     bound = bind(server, host, port, tls)
     health_server = None
-    if health_port is not None:
-        # Kubernetes' grpc probes speak plaintext only: with TLS on the API, they ask this port,
-        # which serves nothing but the health service (the same servicer, the same answers).
-        health_server = grpc.aio.server()
-        health_pb2_grpc.add_HealthServicer_to_server(health, health_server)
-        health_port = bind(health_server, host, health_port, None)
-        await health_server.start()
+    if health_port is not None:  # for probes when the API uses TLS
+        health_server, health_port = await serve_health_only(health, host, health_port)
     await dispatcher.start()
     await server.start()
     source = discovery or StaticDiscovery(pods or {})

@@ -37,7 +37,9 @@ from llmfleet.operator.render import (
     FleetRef,
     InvalidFleet,
     render_children,
+    sidecar_token_secret,
 )
+from llmfleet.operator.security import new_sidecar_token_secret
 from llmfleet.operator.status import (
     DeploymentObservation,
     status_changed,
@@ -207,6 +209,7 @@ def register(registry: kopf.OperatorRegistry, resync_seconds: float = 300.0) -> 
             kopf.warn(body, reason="InvalidSpec", message=str(exc))
             raise kopf.PermanentError(f"invalid spec: {exc}") from exc
         try:
+            _ensure_token_secret(state.kube, ref, logger)
             applied = _apply_all(state.kube, children)
             refused = _refusals(applied)
             if not refused:
@@ -234,6 +237,7 @@ def register(registry: kopf.OperatorRegistry, resync_seconds: float = 300.0) -> 
             ref = FleetRef(name=name, namespace=namespace, uid=uid)
             try:
                 fleet, rendered = state.desired(ref, spec)
+                _ensure_token_secret(state.kube, ref, logger)
                 applied = _apply_all(state.kube, list(rendered.values()))
                 _refresh_status(state, ref, fleet, None, dict(status), kwargs["deployment_index"], applied)
             except InvalidFleet:
@@ -285,6 +289,15 @@ def _apply_all(kube: KubeClient, children: list[dict[str, Any]]) -> Applied:
                 raise
             outcome[child_key(child)] = f"{child['kind']} {child['metadata']['name']}: {exc}"
     return outcome
+
+
+def _ensure_token_secret(kube: KubeClient, ref: FleetRef, logger: Any) -> None:
+    """Create the fleet's sidecar token Secret unless it exists (the server answers 409; the
+    operator needs no right to read Secrets). Never re-rendered: its value is random, and
+    rewriting it would cut the dispatcher off its sidecars. Deleted by hand, it comes back with a
+    new token at the next reconcile or resync, which pods pick up from the mounted file."""
+    if kube.create(new_sidecar_token_secret(ref)):
+        logger.info("created Secret %s with a new sidecar token", sidecar_token_secret(ref))
 
 
 def _refusals(applied: Applied) -> list[str]:

@@ -16,15 +16,19 @@ FIELD_MANAGER = "llmfleet-operator"
 # kind -> (group, version, plural); the operator only ever touches these.
 KINDS: dict[str, tuple[str, str, str]] = {
     "ConfigMap": ("", "v1", "configmaps"),
+    "Secret": ("", "v1", "secrets"),
     "Service": ("", "v1", "services"),
     "ServiceAccount": ("", "v1", "serviceaccounts"),
     "Deployment": ("apps", "v1", "deployments"),
     "PodDisruptionBudget": ("policy", "v1", "poddisruptionbudgets"),
+    "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
     "Role": ("rbac.authorization.k8s.io", "v1", "roles"),
     "RoleBinding": ("rbac.authorization.k8s.io", "v1", "rolebindings"),
     "LLMFleet": ("llmfleet.io", "v1alpha1", "llmfleets"),
 }
-CHILD_KINDS = [k for k in KINDS if k != "LLMFleet"]
+# Watched, diffed and deleted by the operator. Not the sidecar token Secret: the operator may only
+# create Secrets (it never reads one), and the garbage collector deletes it with its fleet.
+CHILD_KINDS = [k for k in KINDS if k not in ("LLMFleet", "Secret")]
 
 # List fields whose merge key a hand edit can change, such as a Service port's number. The server
 # then keeps the edited entry (owned by another field manager) beside the one we apply, and rejects
@@ -135,6 +139,17 @@ class KubeClient:
         self.request("PATCH", path, replace, [("fieldManager", self.field_manager)], content_type="application/json-patch+json")
         result = self.request("PATCH", path, obj, query, content_type="application/apply-patch+yaml")
         return result
+
+    def create(self, obj: dict[str, Any]) -> bool:
+        """Create `obj` if nothing of its name exists; False when something already does."""
+        meta = obj["metadata"]
+        try:
+            self.request("POST", resource_path(obj["kind"], meta.get("namespace")), obj, [("fieldManager", self.field_manager)])
+            return True
+        except KubeApiError as exc:
+            if exc.status == 409:
+                return False
+            raise
 
     def get(self, kind: str, namespace: str | None, name: str) -> dict[str, Any] | None:
         try:

@@ -21,24 +21,35 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmfleet.core.config import SchedulingConfig
+from llmfleet.operator import names
 from llmfleet.operator import spec as s
+from llmfleet.operator.names import (  # noqa: F401 - re-exported: the fleet's shared names
+    ALL_INTERFACES,
+    COMPONENT_LABEL,
+    CONFIG_DIR,
+    CONFIG_HASH,
+    DISPATCHER_HEALTH_PORT,
+    DISPATCHER_METRICS_PORT,
+    DISPATCHER_OPENAI_PORT,
+    DISPATCHER_PORT,
+    ENGINE_PORT,
+    FLEET_LABEL,
+    GROUP_LABEL,
+    MANAGED_BY,
+    OPERATOR_NAME,
+    RANKER_DIR,
+    SIDECAR_HEALTH_PORT,
+    SIDECAR_METRICS_PORT,
+    SIDECAR_PORT,
+    FleetRef,
+    selector_labels,
+    sidecar_tls_server_name,
+    sidecar_token_secret,
+)
+from llmfleet.operator.security import TOKEN_KEY, render_network_policies
 
-OPERATOR_NAME = "llmfleet-operator"
-FLEET_LABEL = "llmfleet.io/fleet"
-COMPONENT_LABEL = "llmfleet.io/component"
-GROUP_LABEL = "llmfleet.io/group"
-MANAGED_BY = "app.kubernetes.io/managed-by"
-CONFIG_HASH = "llmfleet.io/config-hash"
-
-ENGINE_PORT = 8000
-SIDECAR_PORT = 50061
-SIDECAR_METRICS_PORT = 9091
-DISPATCHER_PORT = 50051
-DISPATCHER_OPENAI_PORT = 8000
-DISPATCHER_HEALTH_PORT = 50052  # plaintext health only: kubelet's grpc probes cannot speak TLS
-DISPATCHER_METRICS_PORT = 9090
-CONFIG_DIR = "/etc/llmfleet"
-RANKER_DIR = "/etc/llmfleet/ranker"
+SIDECAR_AUTH_DIR = f"{CONFIG_DIR}/sidecar-auth"
+SIDECAR_TLS_DIR = f"{CONFIG_DIR}/sidecar-tls"
 
 
 @dataclass(frozen=True)
@@ -49,50 +60,8 @@ class Defaults:
     sidecar_image: str = "ghcr.io/llmfleet/sidecar:0.1.0"
 
 
-@dataclass(frozen=True)
-class FleetRef:
-    """Identity of the owning LLMFleet, for names, labels and ownerReferences."""
-
-    name: str
-    namespace: str
-    uid: str
-
-
 class InvalidFleet(ValueError):
     """A spec that passed the schema but cannot be rendered; the message says why."""
-
-
-def selector_labels(fleet: str, component: str) -> dict[str, str]:
-    return {FLEET_LABEL: fleet, COMPONENT_LABEL: component}
-
-
-def _labels(ref: FleetRef, component: str, **extra: str) -> dict[str, str]:
-    return {
-        "app.kubernetes.io/name": "llmfleet",
-        "app.kubernetes.io/instance": ref.name,
-        "app.kubernetes.io/component": component,
-        MANAGED_BY: OPERATOR_NAME,
-        **selector_labels(ref.name, component),
-        **extra,
-    }
-
-
-def _meta(ref: FleetRef, name: str, labels: dict[str, str]) -> dict[str, Any]:
-    return {
-        "name": name,
-        "namespace": ref.namespace,
-        "labels": dict(labels),
-        "ownerReferences": [
-            {
-                "apiVersion": f"{s.GROUP}/{s.VERSION}",
-                "kind": s.KIND,
-                "name": ref.name,
-                "uid": ref.uid,
-                "controller": True,
-                "blockOwnerDeletion": True,
-            }
-        ],
-    }
 
 
 def _resources(res: s.ContainerResources, gpus: int = 0) -> dict[str, Any]:
@@ -159,7 +128,7 @@ def render_config_map(ref: FleetRef, spec: s.FleetSpec) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": _meta(ref, f"{ref.name}-scheduling", _labels(ref, "config")),
+        "metadata": names.meta(ref, f"{ref.name}-scheduling", names.labels(ref, "config")),
         "data": {"scheduling.yaml": scheduling_config(spec).to_yaml()},
     }
 
@@ -194,10 +163,15 @@ def _env(spec: s.FleetSpec) -> list[dict[str, Any]]:
 def render_engine_deployment(
     ref: FleetRef, spec: s.FleetSpec, group: str, replicas: int, defaults: Defaults
 ) -> dict[str, Any]:
-    labels = _labels(ref, "engine", **{GROUP_LABEL: group})
+    labels = names.labels(ref, "engine", **{GROUP_LABEL: group})
     match = {**selector_labels(ref.name, "engine"), GROUP_LABEL: group}
     http_probe = {"httpGet": {"path": "/health", "port": ENGINE_PORT}}
-    grpc_probe = {"grpc": {"port": SIDECAR_PORT}}
+    tls = spec.sidecar.tls_secret
+    grpc_probe = {"grpc": {"port": SIDECAR_HEALTH_PORT if tls else SIDECAR_PORT}}
+    token_file = f"{SIDECAR_AUTH_DIR}/{TOKEN_KEY}"
+    tls_args = ["--tls-cert", f"{SIDECAR_TLS_DIR}/tls.crt", "--tls-key", f"{SIDECAR_TLS_DIR}/tls.key",
+                "--health-port", str(SIDECAR_HEALTH_PORT)] if tls else []  # fmt: skip
+    drain_tls = ["--tls-ca", f"{SIDECAR_TLS_DIR}/ca.crt", "--tls-server-name", sidecar_tls_server_name(ref)] if tls else []
     vllm = {
         "name": "vllm",
         "image": spec.engine.image,
@@ -218,26 +192,36 @@ def render_engine_deployment(
         "image": spec.sidecar.image or defaults.sidecar_image,
         "command": [
             "llmfleet", "sidecar",
+            "--host", ALL_INTERFACES,
             "--port", str(SIDECAR_PORT),
             "--engine-url", f"http://127.0.0.1:{ENGINE_PORT}",
             "--metrics-port", str(SIDECAR_METRICS_PORT),
             "--group", group,
+            "--auth-token-file", token_file,
+            *tls_args,
         ],  # fmt: skip
         "ports": [
             {"name": "grpc", "containerPort": SIDECAR_PORT},
             {"name": "metrics", "containerPort": SIDECAR_METRICS_PORT},
+            *([{"name": "health", "containerPort": SIDECAR_HEALTH_PORT}] if tls else []),
         ],
         "resources": _resources(spec.sidecar.resources),
         # The sidecar detokenizes sliced requests itself, with the model's tokenizer from the
         # Hugging Face cache vLLM fills in the shared home (read-only here, never downloaded).
         "env": [{"name": "HF_HOME", "value": f"{ENGINE_HOME}/.cache/huggingface"}, {"name": "HF_HUB_OFFLINE", "value": "1"}],
-        "volumeMounts": [{"name": "home", "mountPath": ENGINE_HOME, "readOnly": True}],
+        "volumeMounts": [
+            {"name": "home", "mountPath": ENGINE_HOME, "readOnly": True},
+            {"name": "sidecar-auth", "mountPath": SIDECAR_AUTH_DIR, "readOnly": True},
+            *([{"name": "sidecar-tls", "mountPath": SIDECAR_TLS_DIR, "readOnly": True}] if tls else []),
+        ],
         "readinessProbe": {**grpc_probe, "periodSeconds": 5},
         # Liveness asks the "liveness" health service, which serves while the process runs; the
         # default service means "ready" and is off while no engine is up, which is no reason to restart.
         "livenessProbe": {"grpc": {**grpc_probe["grpc"], "service": "liveness"}, "periodSeconds": 10, "failureThreshold": 6},
         # Drain first: in-flight slices finish or migrate before the engine goes away.
-        "lifecycle": {"preStop": {"exec": {"command": ["llmfleet", "sidecar", "drain", "--port", str(SIDECAR_PORT)]}}},
+        "lifecycle": {"preStop": {"exec": {"command": [
+            "llmfleet", "sidecar", "drain", "--port", str(SIDECAR_PORT), "--auth-token-file", token_file, *drain_tls,
+        ]}}},  # fmt: skip
         "securityContext": {**_RESTRICTED, "runAsNonRoot": True, "readOnlyRootFilesystem": True},
     }
     pod_spec: dict[str, Any] = {
@@ -246,7 +230,12 @@ def render_engine_deployment(
         "enableServiceLinks": False,
         "automountServiceAccountToken": False,
         "securityContext": {"runAsNonRoot": True, "fsGroup": ENGINE_UID, "seccompProfile": {"type": "RuntimeDefault"}},
-        "volumes": [{"name": "shm", "emptyDir": {"medium": "Memory"}}, {"name": "home", "emptyDir": {}}],
+        "volumes": [
+            {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.engine.shm_size}},
+            {"name": "home", "emptyDir": {}},
+            _token_volume(ref),
+            *([{"name": "sidecar-tls", "secret": {"secretName": tls}}] if tls else []),
+        ],
     }
     if spec.node_selector:
         pod_spec["nodeSelector"] = dict(spec.node_selector)
@@ -257,7 +246,7 @@ def render_engine_deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(ref, f"{ref.name}-{group}", labels),
+        "metadata": names.meta(ref, f"{ref.name}-{group}", labels),
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": match},
@@ -268,16 +257,21 @@ def render_engine_deployment(
     }
 
 
+def _token_volume(ref: FleetRef) -> dict[str, Any]:
+    items = [{"key": TOKEN_KEY, "path": TOKEN_KEY}]
+    return {"name": "sidecar-auth", "secret": {"secretName": sidecar_token_secret(ref), "items": items}}
+
+
 def render_engine_service(ref: FleetRef, group: str) -> dict[str, Any]:
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(ref, f"{ref.name}-{group}", _labels(ref, "engine", **{GROUP_LABEL: group})),
+        "metadata": names.meta(ref, f"{ref.name}-{group}", names.labels(ref, "engine", **{GROUP_LABEL: group})),
         "spec": {
             "clusterIP": "None",
             "selector": {**selector_labels(ref.name, "engine"), GROUP_LABEL: group},
+            # vLLM's own port is not published: only the sidecar beside it calls it.
             "ports": [
-                {"name": "http", "port": ENGINE_PORT, "targetPort": ENGINE_PORT},
                 {"name": "grpc", "port": SIDECAR_PORT, "targetPort": SIDECAR_PORT},
                 {"name": "metrics", "port": SIDECAR_METRICS_PORT, "targetPort": SIDECAR_METRICS_PORT},
             ],
@@ -289,20 +283,20 @@ def render_pdb(ref: FleetRef) -> dict[str, Any]:
     return {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _meta(ref, f"{ref.name}-engines", _labels(ref, "engine")),
+        "metadata": names.meta(ref, f"{ref.name}-engines", names.labels(ref, "engine")),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(ref.name, "engine")}},
     }
 
 
 def render_dispatcher_rbac(ref: FleetRef) -> list[dict[str, Any]]:
     name = f"{ref.name}-dispatcher"
-    labels = _labels(ref, "dispatcher")
+    labels = names.labels(ref, "dispatcher")
     return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": _meta(ref, name, labels)},
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": names.meta(ref, name, labels)},
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "Role",
-            "metadata": _meta(ref, name, labels),
+            "metadata": names.meta(ref, name, labels),
             "rules": [
                 {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]}
             ],
@@ -310,7 +304,7 @@ def render_dispatcher_rbac(ref: FleetRef) -> list[dict[str, Any]]:
         {
             "apiVersion": "rbac.authorization.k8s.io/v1",
             "kind": "RoleBinding",
-            "metadata": _meta(ref, name, labels),
+            "metadata": names.meta(ref, name, labels),
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
             "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ref.namespace}],
         },
@@ -320,6 +314,7 @@ def render_dispatcher_rbac(ref: FleetRef) -> list[dict[str, Any]]:
 def _dispatcher_args(ref: FleetRef, spec: s.FleetSpec) -> list[str]:
     args = [
         "llmfleet", "dispatcher",
+        "--host", ALL_INTERFACES,
         "--port", str(DISPATCHER_PORT),
         "--metrics-port", str(DISPATCHER_METRICS_PORT),
         "--config", f"{CONFIG_DIR}/scheduling.yaml",
@@ -327,7 +322,10 @@ def _dispatcher_args(ref: FleetRef, spec: s.FleetSpec) -> list[str]:
         "--namespace", "$(POD_NAMESPACE)",
         "--selector", f"{FLEET_LABEL}={ref.name},{COMPONENT_LABEL}=engine",
         "--sidecar-port", str(SIDECAR_PORT),
+        "--sidecar-token-file", f"{SIDECAR_AUTH_DIR}/{TOKEN_KEY}",
     ]  # fmt: skip
+    if spec.sidecar.tls_secret:
+        args += ["--sidecar-tls-ca", f"{SIDECAR_TLS_DIR}/ca.crt", "--sidecar-tls-server-name", sidecar_tls_server_name(ref)]
     if spec.dispatcher.tls_secret:
         args += ["--tls-cert", f"{CONFIG_DIR}/tls/tls.crt", "--tls-key", f"{CONFIG_DIR}/tls/tls.key",
                  "--health-port", str(DISPATCHER_HEALTH_PORT)]  # fmt: skip
@@ -340,11 +338,16 @@ def _dispatcher_args(ref: FleetRef, spec: s.FleetSpec) -> list[str]:
 
 def render_dispatcher_deployment(ref: FleetRef, spec: s.FleetSpec, defaults: Defaults) -> dict[str, Any]:
     name = f"{ref.name}-dispatcher"
-    labels = _labels(ref, "dispatcher")
+    labels = names.labels(ref, "dispatcher")
     d = spec.dispatcher
     config_text = scheduling_config(spec).to_yaml()
     mounts = [{"name": "config", "mountPath": f"{CONFIG_DIR}/scheduling.yaml", "subPath": "scheduling.yaml", "readOnly": True}]
-    volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": f"{ref.name}-scheduling"}}]
+    volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": f"{ref.name}-scheduling"}}, _token_volume(ref)]
+    mounts.append({"name": "sidecar-auth", "mountPath": SIDECAR_AUTH_DIR, "readOnly": True})
+    if spec.sidecar.tls_secret:  # the CA only: the dispatcher verifies sidecars, it holds no sidecar key
+        mounts.append({"name": "sidecar-tls", "mountPath": SIDECAR_TLS_DIR, "readOnly": True})
+        volumes.append({"name": "sidecar-tls", "secret": {"secretName": spec.sidecar.tls_secret,
+                                                          "items": [{"key": "ca.crt", "path": "ca.crt"}]}})  # fmt: skip
     if d.tls_secret:
         mounts.append({"name": "tls", "mountPath": f"{CONFIG_DIR}/tls", "readOnly": True})
         volumes.append({"name": "tls", "secret": {"secretName": d.tls_secret}})
@@ -380,7 +383,7 @@ def render_dispatcher_deployment(ref: FleetRef, spec: s.FleetSpec, defaults: Def
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _meta(ref, name, labels),
+        "metadata": names.meta(ref, name, labels),
         "spec": {
             "replicas": d.replicas,
             "selector": {"matchLabels": selector_labels(ref.name, "dispatcher")},
@@ -402,7 +405,7 @@ def render_dispatcher_service(ref: FleetRef, spec: s.FleetSpec) -> dict[str, Any
     return {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _meta(ref, f"{ref.name}-dispatcher", _labels(ref, "dispatcher")),
+        "metadata": names.meta(ref, f"{ref.name}-dispatcher", names.labels(ref, "dispatcher")),
         "spec": {
             "type": spec.dispatcher.service_type,
             "selector": selector_labels(ref.name, "dispatcher"),
@@ -435,6 +438,7 @@ def render_children(ref: FleetRef, spec: s.FleetSpec, defaults: Defaults | None 
     children.extend(render_engine_service(ref, group) for group in replicas)
     children.append(render_dispatcher_service(ref, spec))
     children.append(render_pdb(ref))
+    children.extend(render_network_policies(ref, spec))
     children.extend(render_engine_deployment(ref, spec, group, count, defaults) for group, count in replicas.items())
     children.append(render_dispatcher_deployment(ref, spec, defaults))
     return children

@@ -80,6 +80,10 @@ class EngineSpec(_Spec):
     tensor_parallel_size: int = Field(default=1, ge=1, le=16)
     extra_args: list[str] = Field(default_factory=list, max_length=64, description="Appended to the vLLM command.")
     env: list[EnvVar] = Field(default_factory=list, max_length=64)
+    shm_size: str = Field(
+        default="8Gi", pattern=QUANTITY, max_length=32,
+        description="Size limit of the engine's /dev/shm (in memory; counts against the pod's memory).",
+    )  # fmt: skip
 
 
 class ContainerResources(_Spec):
@@ -151,6 +155,55 @@ class DispatcherSpec(_Spec):
 class SidecarSpec(_Spec):
     image: str | None = Field(default=None, min_length=1, max_length=512, description="Defaults to the operator's setting.")
     resources: ContainerResources = Field(default_factory=ContainerResources)
+    tls_secret: str | None = Field(
+        default=None, min_length=1, max_length=253, pattern=DNS_LABEL,
+        description="Serve the sidecar API over TLS: a Secret with tls.crt, tls.key and ca.crt (cert-manager's "
+        "layout), whose certificate names <fleet>-sidecar. The dispatcher verifies it against ca.crt.",
+    )  # fmt: skip
+
+
+class SelectorRequirement(_Spec):
+    key: str = Field(min_length=1, max_length=317)
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[Annotated[str, Field(max_length=63)]] | None = Field(default=None, max_length=64)
+
+
+class LabelSelector(_Spec):
+    """A meta/v1 LabelSelector; {} matches everything."""
+
+    match_labels: dict[str, Annotated[str, Field(max_length=63)]] | None = Field(default=None, max_length=64)
+    match_expressions: list[SelectorRequirement] | None = Field(default=None, max_length=16)
+
+
+class NetworkPeer(_Spec):
+    """Where traffic may come from: pods matching podSelector in namespaces matching namespaceSelector."""
+
+    namespace_selector: LabelSelector | None = Field(
+        default=None, description="Namespaces; {} is every namespace, unset is the fleet's own."
+    )
+    pod_selector: LabelSelector | None = Field(default=None, description="Pods; unset is every pod.")
+
+
+# Prometheus as kube-prometheus-stack and the Prometheus operator run it, in any namespace.
+DEFAULT_SCRAPERS = (
+    NetworkPeer(namespace_selector=LabelSelector(), pod_selector=LabelSelector(match_labels={"app.kubernetes.io/name": "prometheus"})),
+)
+
+
+class NetworkPolicySpec(_Spec):
+    """The fleet's NetworkPolicies (they take effect where the cluster's network plugin enforces them)."""
+
+    enabled: bool = Field(default=True, description="Render the fleet's NetworkPolicies.")
+    metrics_from: list[NetworkPeer] = Field(
+        default_factory=lambda: list(DEFAULT_SCRAPERS), max_length=16,
+        description="Who may scrape the dispatcher's and sidecars' metrics (default: Prometheus pods, "
+        "app.kubernetes.io/name=prometheus, in any namespace).",
+    )  # fmt: skip
+    clients_from: list[NetworkPeer] | None = Field(
+        default=None, max_length=16,
+        description="Who may call the dispatcher's gRPC and OpenAI ports (default: anyone; the API's own token "
+        "and TLS guard it).",
+    )  # fmt: skip
 
 
 class Toleration(_Spec):
@@ -238,6 +291,7 @@ class FleetSpec(_Spec):
     scheduling: SchedulingSpec = Field(default_factory=SchedulingSpec)
     dispatcher: DispatcherSpec = Field(default_factory=DispatcherSpec)
     sidecar: SidecarSpec = Field(default_factory=SidecarSpec)
+    network_policy: NetworkPolicySpec = Field(default_factory=NetworkPolicySpec)
     node_selector: dict[str, Annotated[str, Field(max_length=63)]] | None = Field(default=None, max_length=64)
     tolerations: list[Toleration] | None = Field(default=None, max_length=64)
     affinity: dict[str, Any] | None = Field(

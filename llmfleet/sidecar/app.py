@@ -16,6 +16,7 @@ from llmfleet.serving import (
     add_health_and_reflection,
     bind,
     metrics_addr,
+    serve_health_only,
     set_health,
 )
 from llmfleet.sidecar.server import SERVICE, SidecarService
@@ -31,6 +32,8 @@ class SidecarHandle:
     port: int
     metrics_port: int | None
     _metrics_server: MetricsServer | None = None
+    _health_server: grpc.aio.Server | None = None
+    health_port: int | None = None
 
     @property
     def address(self) -> str:
@@ -44,6 +47,8 @@ class SidecarHandle:
         if drain_timeout_s is not None:
             await self.service.drain(drain_timeout_s)
         await self.server.stop(grace_s)
+        if self._health_server is not None:
+            await self._health_server.stop(None)
         await self.service.close()
         if self._metrics_server:
             self._metrics_server.stop()
@@ -63,11 +68,13 @@ async def serve_sidecar(
     load_interval_s: float = 0.25,
     tls: TlsFiles | None = None,
     auth_token: Token | None = None,
+    health_port: int | None = None,
 ) -> SidecarHandle:
     """Start a sidecar for the vLLM server at `engine` (a URL, or an engine object such as
     `llmfleet.engine.simulated.SimulatedEngineClient`); `port=0` picks a free port. With
     `auth_token`, every Sidecar call (slices, drain, tokenize, load) needs it as a bearer token;
-    health and reflection stay open for probes."""
+    health and reflection stay open for probes. `health_port` adds a plaintext health-only port
+    (for Kubernetes' probes when the API uses `tls`)."""
     service = SidecarService(engine, group=group, max_num_seqs=max_num_seqs, load_interval_s=load_interval_s)
     interceptors = [BearerTokenInterceptor(auth_token, f"/{SERVICE}/")] if auth_token else []
     server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
@@ -76,6 +83,9 @@ async def serve_sidecar(
     await set_health(service.health, [SERVICE], False)  # SERVING once the engine answers
     bound = bind(server, host, port, tls)
     await server.start()
+    health_server = None
+    if health_port is not None:
+        health_server, health_port = await serve_health_only(service.health, host, health_port)
     metrics_server = (
         MetricsServer(service.metrics.registry, metrics_port, metrics_addr(host)) if metrics_port is not None else None
     )
@@ -86,4 +96,6 @@ async def serve_sidecar(
         port=bound,
         metrics_port=metrics_server.port if metrics_server else None,
         _metrics_server=metrics_server,
+        _health_server=health_server,
+        health_port=health_port,
     )

@@ -17,7 +17,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         "reports, and drains on SIGTERM without dropping slices. Serves gRPC health and reflection."
     )
     parser.add_argument("--port", type=int, default=50061, help="gRPC port (default 50061)")
-    parser.add_argument("--host", default="[::]", help="address to bind (default all interfaces)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind, metrics included (default 127.0.0.1; '[::]' for all interfaces, as in a pod)")  # fmt: skip
     parser.add_argument(
         "--engine",
         choices=("vllm", "simulated"),
@@ -39,6 +40,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drain-timeout", type=float, default=25.0, help="seconds to drain on SIGTERM before handing slices back")
     parser.add_argument("--tls-cert", default=None, help="serve TLS with this certificate (PEM)")
     parser.add_argument("--tls-key", default=None, help="private key for --tls-cert (PEM)")
+    parser.add_argument("--health-port", type=int, default=None,
+                        help="also serve the gRPC health service, plaintext and alone, on this port (for Kubernetes"
+                        " probes when the API uses TLS)")  # fmt: skip
     parser.add_argument("--auth-token-file", default=None,
                         help="require 'authorization: Bearer <token in file>' on every Sidecar call (the dispatcher's"
                         " --sidecar-token-file); health and reflection stay open")  # fmt: skip
@@ -49,6 +53,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     drain.add_argument("--host", default="127.0.0.1")
     drain.add_argument("--timeout", type=float, default=25.0, help="seconds before remaining slices are handed back")
     drain.add_argument("--auth-token-file", default=None, help="the sidecar's bearer token, when it requires one")
+    drain.add_argument("--tls-ca", default=None, help="the sidecar serves TLS: trust certificates signed by this CA")
+    drain.add_argument("--tls-server-name", default=None, help="the name the sidecar's certificate is issued for")
     drain.set_defaults(func=_drain)
 
 
@@ -85,6 +91,7 @@ def _serve(args: argparse.Namespace) -> int:
             load_interval_s=args.load_interval,
             tls=tls,
             auth_token=token,
+            health_port=args.health_port,
         )
         what = "a simulated engine" if args.engine == "simulated" else f"engine {args.engine_url}"
         print(f"sidecar serving on port {handle.port} for {what}", flush=True)
@@ -109,7 +116,16 @@ def _drain(args: argparse.Namespace) -> int:
 
     token = read_token_file(args.auth_token_file) if args.auth_token_file else None
     metadata = (("authorization", f"Bearer {token}"),) if token else ()
-    with grpc.insecure_channel(f"{args.host}:{args.port}") as channel:
+    target = f"{args.host}:{args.port}"
+    if args.tls_ca:
+        from pathlib import Path
+
+        creds = grpc.ssl_channel_credentials(root_certificates=Path(args.tls_ca).read_bytes())
+        options = [("grpc.ssl_target_name_override", args.tls_server_name)] if args.tls_server_name else []
+        channel = grpc.secure_channel(target, creds, options=options)
+    else:
+        channel = grpc.insecure_channel(target)
+    with channel:
         stub = sidecar_pb2_grpc.SidecarStub(channel)
         try:
             request = sidecar_pb2.DrainRequest(timeout_ms=int(args.timeout * 1000))

@@ -26,7 +26,8 @@ def test_render_prints_the_children(capsys: pytest.CaptureFixture[str]) -> None:
     assert "namespace" not in yaml.safe_load((REPO / "examples" / "full.yaml").read_text())["metadata"]
     assert main(["operator", "render", str(REPO / "examples" / "full.yaml")]) == 0
     docs = list(yaml.safe_load_all(capsys.readouterr().out))
-    assert len(docs) == 13 and {d["metadata"]["namespace"] for d in docs} == {"default"}
+    assert len(docs) == 15 and {d["metadata"]["namespace"] for d in docs} == {"default"}
+    assert sum(d["kind"] == "NetworkPolicy" for d in docs) == 2
     assert main(["operator", "render", str(REPO / "examples" / "full.yaml"), "--namespace", "inference"]) == 0
     docs = list(yaml.safe_load_all(capsys.readouterr().out))
     assert {d["metadata"]["namespace"] for d in docs} == {"inference"}

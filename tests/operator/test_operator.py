@@ -72,8 +72,10 @@ async def test_create_makes_every_child_and_status_converges(namespace: Namespac
         ("Deployment", "llama-8b-medium"), ("Deployment", "llama-8b-short"), ("PodDisruptionBudget", "llama-8b-engines"),
         ("RoleBinding", "llama-8b-dispatcher"), ("Role", "llama-8b-dispatcher"), ("ServiceAccount", "llama-8b-dispatcher"),
         ("Service", "llama-8b-dispatcher"), ("Service", "llama-8b-long"), ("Service", "llama-8b-medium"),
-        ("Service", "llama-8b-short"),
+        ("Service", "llama-8b-short"), ("NetworkPolicy", "llama-8b-dispatcher"), ("NetworkPolicy", "llama-8b-engines"),
     ])  # fmt: skip
+    secret = ns.get("Secret", "llama-8b-sidecar-token")
+    assert secret is not None and secret["data"]["token"], "the sidecar token the pods mount"
     status = _status(ns, name)
     assert status["observedGeneration"] == 1
     assert status["ready"] == "3/3" and status["replicas"] == 3
@@ -124,6 +126,21 @@ async def test_spec_changes_roll_the_children(namespace: Namespace, kubelet: Fak
     await eventually(rolled, "children updated", TIMEOUT)
     await eventually(lambda: _status(ns, name).get("observedGeneration") == 2 and _status(ns, name)["ready"] == "3/3",
                      "status of generation 2", TIMEOUT)  # fmt: skip
+
+
+async def test_the_sidecar_token_is_made_once_and_remade_when_deleted(namespace: Namespace, kubelet: FakeKubelet,
+                                                                      operator: Any) -> None:  # fmt: skip
+    ns = namespace
+    name = _create(ns)
+    await _ready(ns, name)
+    token = (ns.get("Secret", "qwen-small-sidecar-token") or {})["data"]["token"]
+    ns.patch("LLMFleet", name, {"spec": {"replicas": 2}})
+    await eventually(lambda: _deployment(ns, "qwen-small-default")["spec"]["replicas"] == 2, "reconciled", TIMEOUT)
+    assert ns.get("Secret", "qwen-small-sidecar-token")["data"]["token"] == token, "a reconcile keeps the token"
+    assert ns.delete("Secret", "qwen-small-sidecar-token")
+    ns.patch("LLMFleet", name, {"spec": {"replicas": 1}})
+    await eventually(lambda: ns.get("Secret", "qwen-small-sidecar-token") is not None, "token Secret remade", TIMEOUT)
+    assert ns.get("Secret", "qwen-small-sidecar-token")["data"]["token"] != token, "a new random token"
 
 
 async def test_removed_group_is_pruned(namespace: Namespace, kubelet: FakeKubelet, operator: Any) -> None:

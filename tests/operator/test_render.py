@@ -43,6 +43,7 @@ def test_full_example_renders_every_child_kind() -> None:
         ("PodDisruptionBudget", "llama-8b-engines"),
         ("ServiceAccount", "llama-8b-dispatcher"), ("Role", "llama-8b-dispatcher"), ("RoleBinding", "llama-8b-dispatcher"),
         ("Deployment", "llama-8b-dispatcher"), ("Service", "llama-8b-dispatcher"),
+        ("NetworkPolicy", "llama-8b-engines"), ("NetworkPolicy", "llama-8b-dispatcher"),
     }  # fmt: skip
 
 
@@ -73,13 +74,19 @@ def test_engine_pod_contract() -> None:
     assert vllm["readinessProbe"]["httpGet"] == {"path": "/health", "port": 8000}
     assert {"name": "HF_TOKEN", "valueFrom": {"secretKeyRef": {"name": "hf-token", "key": "token"}}} in vllm["env"]
     sidecar = _container(deployment, "sidecar")
-    assert sidecar["command"] == ["llmfleet", "sidecar", "--port", "50061", "--engine-url", "http://127.0.0.1:8000",
-                                  "--metrics-port", "9091", "--group", "medium"]  # fmt: skip
+    token = "/etc/llmfleet/sidecar-auth/token"
+    assert sidecar["command"] == ["llmfleet", "sidecar", "--host", "[::]", "--port", "50061",
+                                  "--engine-url", "http://127.0.0.1:8000", "--metrics-port", "9091", "--group", "medium",
+                                  "--auth-token-file", token]  # fmt: skip
     assert sidecar["readinessProbe"]["grpc"] == {"port": 50061}
     assert sidecar["livenessProbe"]["grpc"] == {"port": 50061, "service": "liveness"}  # not readiness: engine may be loading
-    assert sidecar["lifecycle"]["preStop"]["exec"]["command"] == ["llmfleet", "sidecar", "drain", "--port", "50061"]
+    assert sidecar["lifecycle"]["preStop"]["exec"]["command"] == [
+        "llmfleet", "sidecar", "drain", "--port", "50061", "--auth-token-file", token]  # fmt: skip
     assert sidecar["securityContext"]["runAsNonRoot"] is True
     spec = pod["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    assert volumes["sidecar-auth"]["secret"]["secretName"] == "llama-8b-sidecar-token"
+    assert volumes["shm"]["emptyDir"] == {"medium": "Memory", "sizeLimit": "8Gi"}
     assert spec["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-H100-80GB-HBM3"}
     assert spec["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert "podAntiAffinity" in spec["affinity"]
@@ -90,7 +97,7 @@ def test_engine_services_are_headless_per_group_so_endpointslices_carry_the_grou
     assert svc["spec"]["clusterIP"] == "None"
     assert svc["metadata"]["labels"].items() >= {"llmfleet.io/fleet": "llama-8b", "llmfleet.io/component": "engine",
                                                  "llmfleet.io/group": "long"}.items()  # fmt: skip
-    assert {p["port"] for p in svc["spec"]["ports"]} == {8000, 50061, 9091}
+    assert {p["port"] for p in svc["spec"]["ports"]} == {50061, 9091}, "vLLM's own port is not published"
 
 
 def test_dispatcher_contract_with_tls_and_auth() -> None:
@@ -98,9 +105,10 @@ def test_dispatcher_contract_with_tls_and_auth() -> None:
     dep = children[("Deployment", "llama-8b-dispatcher")]
     c = _container(dep, "dispatcher")
     assert c["command"] == [
-        "llmfleet", "dispatcher", "--port", "50051", "--metrics-port", "9090",
+        "llmfleet", "dispatcher", "--host", "[::]", "--port", "50051", "--metrics-port", "9090",
         "--config", "/etc/llmfleet/scheduling.yaml", "--discovery", "kubernetes", "--namespace", "$(POD_NAMESPACE)",
         "--selector", "llmfleet.io/fleet=llama-8b,llmfleet.io/component=engine", "--sidecar-port", "50061",
+        "--sidecar-token-file", "/etc/llmfleet/sidecar-auth/token",
         "--tls-cert", "/etc/llmfleet/tls/tls.crt", "--tls-key", "/etc/llmfleet/tls/tls.key", "--health-port", "50052",
         "--auth-token-file", "/etc/llmfleet/auth/token", "--openai-port", "8000",
     ]  # fmt: skip
@@ -218,3 +226,77 @@ def test_drift_ignores_server_defaults_but_not_edits() -> None:
     assert drifted(desired, live)
     assert drifted(desired, None)
 
+
+
+def test_network_policies_let_only_the_dispatcher_call_sidecars_and_only_scrapers_read_metrics() -> None:
+    children = _children()
+    engines = children[("NetworkPolicy", "llama-8b-engines")]["spec"]
+    assert engines["podSelector"] == {"matchLabels": {"llmfleet.io/fleet": "llama-8b", "llmfleet.io/component": "engine"}}
+    assert engines["policyTypes"] == ["Ingress"]
+    by_port = {rule["ports"][0]["port"]: rule for rule in engines["ingress"]}
+    assert set(by_port) == {50061, 9091}, "vLLM's port 8000 is reachable from no other pod"
+    assert by_port[50061]["from"] == [{"podSelector": {"matchLabels": {"llmfleet.io/fleet": "llama-8b",
+                                                                       "llmfleet.io/component": "dispatcher"}}}]  # fmt: skip
+    prometheus = [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}}]
+    assert by_port[9091]["from"] == prometheus
+    dispatcher = children[("NetworkPolicy", "llama-8b-dispatcher")]["spec"]
+    api, metrics = dispatcher["ingress"]
+    assert [p["port"] for p in api["ports"]] == [50051, 8000, 50052] and "from" not in api, "clients: anyone by default"
+    assert metrics["ports"] == [{"protocol": "TCP", "port": 9090}] and metrics["from"] == prometheus
+
+
+@pytest.mark.parametrize(
+    "network_policy, engine_rules, dispatcher_from",
+    [
+        ({"enabled": False}, None, None),
+        # No scraper at all: the metrics rule goes (an empty `from` would let everyone in).
+        ({"metricsFrom": []}, [[50061]], "anyone"),
+        ({"clientsFrom": [{"namespaceSelector": {"matchLabels": {"team": "a"}}}]}, [[50061], [9091]],
+         [{"namespaceSelector": {"matchLabels": {"team": "a"}}}]),
+        ({"clientsFrom": []}, [[50061], [9091]], "nobody"),
+    ],
+)  # fmt: skip
+def test_network_policy_settings(network_policy: dict, engine_rules: list | None, dispatcher_from: Any) -> None:
+    children = _children("minimal.yaml", networkPolicy=network_policy)
+    if engine_rules is None:
+        assert not any(kind == "NetworkPolicy" for kind, _ in children)
+        return
+    engines = children[("NetworkPolicy", "llama-8b-engines")]["spec"]["ingress"]
+    assert [[p["port"] for p in rule["ports"]] for rule in engines] == engine_rules
+    api = [r for r in children[("NetworkPolicy", "llama-8b-dispatcher")]["spec"]["ingress"] if r["ports"][0]["port"] == 50051]
+    if dispatcher_from == "nobody":
+        assert api == []
+    elif dispatcher_from == "anyone":
+        assert "from" not in api[0]
+    else:
+        assert api[0]["from"] == dispatcher_from
+
+
+def test_sidecar_tls_serves_tls_probes_plaintext_health_and_the_dispatcher_verifies_the_fleet_name() -> None:
+    children = _children("minimal.yaml", sidecar={"tlsSecret": "sidecar-certs"})
+    engine = children[("Deployment", "llama-8b-default")]
+    sidecar = _container(engine, "sidecar")
+    cmd = sidecar["command"]
+    assert cmd[cmd.index("--tls-cert") + 1] == "/etc/llmfleet/sidecar-tls/tls.crt"
+    assert cmd[cmd.index("--tls-key") + 1] == "/etc/llmfleet/sidecar-tls/tls.key"
+    assert cmd[cmd.index("--health-port") + 1] == "50062"
+    assert sidecar["readinessProbe"]["grpc"] == {"port": 50062}, "kubelet probes speak plaintext only"
+    drain = sidecar["lifecycle"]["preStop"]["exec"]["command"]
+    assert drain[drain.index("--tls-server-name") + 1] == "llama-8b-sidecar"
+    volumes = {v["name"]: v for v in engine["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["sidecar-tls"]["secret"] == {"secretName": "sidecar-certs"}
+    dispatcher = children[("Deployment", "llama-8b-dispatcher")]
+    dcmd = _container(dispatcher, "dispatcher")["command"]
+    assert dcmd[dcmd.index("--sidecar-tls-ca") + 1] == "/etc/llmfleet/sidecar-tls/ca.crt"
+    assert dcmd[dcmd.index("--sidecar-tls-server-name") + 1] == "llama-8b-sidecar"
+    dvolumes = {v["name"]: v for v in dispatcher["spec"]["template"]["spec"]["volumes"]}
+    assert dvolumes["sidecar-tls"]["secret"]["items"] == [{"key": "ca.crt", "path": "ca.crt"}], "no sidecar key"
+
+
+def test_the_sidecar_token_secret_is_random_and_owned_by_the_fleet() -> None:
+    from llmfleet.operator.security import new_sidecar_token_secret
+
+    a, b = new_sidecar_token_secret(REF), new_sidecar_token_secret(REF)
+    assert a["metadata"]["name"] == "llama-8b-sidecar-token" and a["type"] == "Opaque"
+    assert len(a["stringData"]["token"]) >= 40 and a["stringData"]["token"] != b["stringData"]["token"]
+    assert a["metadata"]["ownerReferences"][0]["uid"] == REF.uid, "deleted with the fleet by the garbage collector"
