@@ -4,8 +4,6 @@ auth, TLS, health, reflection, Stats and Prometheus metrics."""
 from __future__ import annotations
 
 import asyncio
-import datetime
-from pathlib import Path
 
 import grpc
 import httpx
@@ -17,8 +15,8 @@ from llmfleet.client import DispatcherClient
 from llmfleet.core.clock import wait_for_condition
 from llmfleet.core.config import SchedulingConfig
 from llmfleet.dispatcher import serve_dispatcher
-from llmfleet.serving import TlsFiles
 from tests.dispatcher.fake_sidecar import reference, start_fake_pod
+from tests.tls import self_signed
 
 PROMPT = [5, 6, 7]
 
@@ -196,31 +194,8 @@ async def test_bearer_token_is_required_but_health_stays_open(fake_pods):
         await handle.stop()
 
 
-def _self_signed(tmp: Path) -> TlsFiles:
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")])
-    now = datetime.datetime.now(datetime.UTC)
-    cert = (
-        x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
-        .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )  # fmt: skip
-    (tmp / "tls.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    (tmp / "tls.key").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
-    )
-    return TlsFiles(tmp / "tls.crt", tmp / "tls.key")
-
-
 async def test_tls_client_api(fake_pods, tmp_path):
-    tls = _self_signed(tmp_path)
+    tls = self_signed(tmp_path)
     handle = await serve_dispatcher(pods={"p": fake_pods[0].address}, tls=tls, host="localhost", openai_port=0,
                                     health_port=0)  # fmt: skip
     try:

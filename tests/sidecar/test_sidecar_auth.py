@@ -113,3 +113,55 @@ async def test_a_rotated_token_file_takes_effect_without_a_restart(tmp_path) -> 
         await handle.stop()
         await sidecar.stop()
         await engine.aclose()
+
+
+async def test_the_dispatcher_calls_tls_sidecars_by_ip_checking_the_fleet_name(tmp_path) -> None:
+    """With sidecar TLS, the dispatcher dials pods by IP and checks the certificate against the
+    fleet's sidecar name; probes use the plaintext health-only port; the preStop drain speaks TLS."""
+    import asyncio
+    import sys
+
+    from tests.tls import self_signed
+
+    tls = self_signed(tmp_path, "demo-sidecar")
+    ca = (tmp_path / "ca.crt").read_bytes()
+    token_file = tmp_path / "token"
+    token_file.write_text(TOKEN)
+    engine = SimulatedEngineClient()
+    sidecar = await serve_sidecar(engine, tls=tls, auth_token=TOKEN, health_port=0, load_interval_s=0.05)
+    handles = []
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{sidecar.health_port}") as ch:
+            resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="liveness"), timeout=5)
+            assert resp.status == health_pb2.HealthCheckResponse.SERVING, "kubelet's plaintext probe is answered"
+        for server_name, works in (("demo-sidecar", True), (None, False), ("other-sidecar", False)):
+            handle = await serve_dispatcher(pods={"p": sidecar.address}, sidecar_token=TOKEN,
+                                            sidecar_credentials=grpc.ssl_channel_credentials(root_certificates=ca),
+                                            sidecar_tls_server_name=server_name,
+                                            config=SchedulingConfig(policy="fcfs-rr"))  # fmt: skip
+            handles.append(handle)
+            if works:
+                await handle.wait_ready(1, timeout_s=10)
+                async with DispatcherClient(handle.address) as c:
+                    g = await c.generate(prompt_ids=[1, 2], max_tokens=4, ignore_eos=True, timeout=10)
+                assert len(g.token_ids) == 4
+            else:  # the certificate does not name what was asked for: no connection, never trusted
+                with pytest.raises(TimeoutError):
+                    await handle.wait_ready(1, timeout_s=2)
+        async with grpc.aio.insecure_channel(sidecar.address) as ch:  # plaintext to the TLS port fails
+            with pytest.raises(grpc.aio.AioRpcError):
+                await sidecar_pb2_grpc.SidecarStub(ch).Tokenize(sidecar_pb2.TokenizeRequest(text="hi"), timeout=3)
+        drain = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "llmfleet.cli", "sidecar", "drain", "--port", str(sidecar.port),
+            "--auth-token-file", str(token_file), "--tls-ca", str(tmp_path / "ca.crt"),
+            "--tls-server-name", "demo-sidecar", "--timeout", "1",
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(drain.communicate(), 60)
+        assert drain.returncode == 0, out.decode()
+        assert sidecar.service.draining
+    finally:
+        for handle in handles:
+            await handle.stop()
+        await sidecar.stop()
+        await engine.aclose()
