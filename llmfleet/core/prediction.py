@@ -1,8 +1,8 @@
 """The contract between output-length predictors and the schedulers that use them.
 
-A predictor is consulted once, when a request is admitted (by the simulator or the live
-dispatcher). Its estimate is stored on the request, so policies stay pure and never call
-a model themselves.
+A predictor is consulted when a request is admitted, and again at slice boundaries with the text
+generated so far (a re-estimate of what is left), by the simulator or the live dispatcher. The
+latest estimate is stored on the request, so policies stay pure and never call a model themselves.
 """
 
 from __future__ import annotations
@@ -21,6 +21,9 @@ class PredictionInput:
     prompt_text: str | None = None
     # Only simulators know this; stand-in noise models use it, learned rankers must not.
     true_output_tokens: int | None = None
+    # For a re-estimate between slices: what has been generated so far.
+    generated_tokens: int = 0
+    generated_text: str | None = None
 
 
 @dataclass(frozen=True)
@@ -30,6 +33,9 @@ class LengthEstimate:
     score: float  # larger means a longer expected output; only the order across requests matters
     expected_tokens: float  # calibrated point estimate of output tokens (e.g. the median)
     upper_tokens: float  # a high quantile (e.g. p90) of output tokens, for memory reservation
+    # The generated tokens it was conditioned on: 0 for a guess from the prompt alone. Expected
+    # and upper tokens are totals either way (generated so far included).
+    at_generated: int = 0
 
 
 class LengthPredictor(Protocol):

@@ -24,6 +24,7 @@ from dataclasses import replace
 from llmfleet.core.clock import Clock
 from llmfleet.core.prediction import LengthEstimate, LengthPredictor, PredictionInput
 from llmfleet.core.scheduling import Assignment, Policy, Preempt, SchedulerView
+from llmfleet.dispatcher.estimates import Reestimator, reestimates
 from llmfleet.dispatcher.metrics import DispatcherMetrics
 from llmfleet.dispatcher.model import (
     DispatcherSettings,
@@ -70,6 +71,7 @@ class Dispatcher(SliceExecution):
             predictor = PromptLengthPredictor()
         self.predictor = predictor
         self.metrics = metrics or DispatcherMetrics()
+        self.reestimator = Reestimator(predictor, self.metrics, self.kick) if reestimates(predictor) else None
         self._credentials = channel_credentials
         self._sidecar_token = sidecar_token
         self._tls_server_name = sidecar_tls_server_name
@@ -101,6 +103,8 @@ class Dispatcher(SliceExecution):
         run_learner = getattr(self.predictor, "run", None)  # an OnlineRanker retrains in the background
         if run_learner is not None and hasattr(self.predictor, "record_completion"):
             self._tasks.append(asyncio.create_task(run_learner(), name="dispatcher-online-ranker"))
+        if self.reestimator is not None:
+            self._tasks.append(asyncio.create_task(self.reestimator.run(), name="dispatcher-reestimates"))
 
     async def stop(self, grace_s: float = 5.0) -> None:
         """Stop admitting; let live requests finish for `grace_s`; fail the rest UNAVAILABLE."""
@@ -326,6 +330,7 @@ class Dispatcher(SliceExecution):
         self.failed += code not in ("CANCELLED",)
         self.metrics.requests.labels(code.lower()).inc()
         req.events.put_nowait(FailEvent(code, message))
+        self._forget_estimate(req)  # its true length will never be known
 
     def _finish(self, req: LiveRequest, reason: str) -> None:
         if req.done:
@@ -344,8 +349,25 @@ class Dispatcher(SliceExecution):
         req.events.put_nowait(FinishEvent(reason, usage))
         self._learn(req, reason)
 
+    def _forget_estimate(self, req: LiveRequest) -> None:
+        forget = getattr(self.predictor, "forget", None)
+        if forget is not None:
+            forget(req.request_id)
+
     def _learn(self, req: LiveRequest, reason: str) -> None:
-        """Feed a naturally ended request with prompt text to an online ranker, if there is one."""
+        """Judge the ranker on a naturally ended request (drift guard) and feed it to an online
+        ranker, if there is one. A request cut by max_tokens has no natural length: skipped."""
+        natural = reason == "stop" and not req.spec.ignore_eos and req.resumed_tokens == 0
+        observe = getattr(self.predictor, "observe", None)
+        if observe is not None:
+            if natural:
+                observe(req.request_id, len(req.generated))
+                p = self.predictor
+                self.metrics.ranker_tau.set(getattr(p, "tau", None) or 0.0)
+                self.metrics.ranker_baseline_tau.set(getattr(p, "baseline_tau", None) or 0.0)
+                self.metrics.ranker_fallback.set(1.0 if getattr(p, "fallback", False) else 0.0)
+            else:
+                self._forget_estimate(req)
         record = getattr(self.predictor, "record_completion", None)
         if record is None or reason != "stop" or not req.spec.prompt_text or req.spec.ignore_eos:
             return

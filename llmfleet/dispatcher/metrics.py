@@ -51,6 +51,24 @@ class DispatcherMetrics:
             registry=r,
         )
         self.tokens = Counter("llmfleet_dispatcher_tokens", "Output tokens streamed to clients", registry=r)
+        self.reestimates = Counter(
+            "llmfleet_dispatcher_reestimates", "Remaining-length re-estimates made at slice boundaries", registry=r
+        )
+        self.reestimate_seconds = Histogram(
+            "llmfleet_dispatcher_reestimate_seconds", "Seconds per re-estimate batch (in a worker thread)",
+            buckets=(1e-4, 5e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5), registry=r,
+        )  # fmt: skip
+        self.ranker_tau = Gauge(
+            "llmfleet_dispatcher_ranker_tau",
+            "Kendall tau between admission estimates and true output lengths, over the recent window", registry=r,
+        )  # fmt: skip
+        self.ranker_baseline_tau = Gauge(
+            "llmfleet_dispatcher_ranker_prompt_length_tau",
+            "The same tau for the prompt-length baseline (the ranker falls back to it while it is better)", registry=r,
+        )  # fmt: skip
+        self.ranker_fallback = Gauge(
+            "llmfleet_dispatcher_ranker_fallback", "1 while the prompt-length baseline stands in for the ranker", registry=r
+        )
         self.pod_inflight = Gauge("llmfleet_dispatcher_pod_inflight", "Slices running on each pod", ["pod"], registry=r)
         self.pod_running = Gauge("llmfleet_dispatcher_pod_engine_running", "Engine running requests", ["pod"], registry=r)
         self.pod_waiting = Gauge("llmfleet_dispatcher_pod_engine_waiting", "Engine waiting requests", ["pod"], registry=r)

@@ -16,6 +16,7 @@ import logging
 
 from llmfleet.core.clock import Clock
 from llmfleet.core.scheduling import Assignment, Preempt
+from llmfleet.dispatcher.estimates import Reestimator
 from llmfleet.dispatcher.metrics import DispatcherMetrics
 from llmfleet.dispatcher.model import DispatcherSettings, LiveRequest, TokenEvent
 from llmfleet.dispatcher.outcomes import Action, SliceOutcome, after_slice, classify
@@ -33,6 +34,7 @@ class SliceExecution:
     migrations: int
     failovers: int
     _slice_tasks: set[asyncio.Task[None]]
+    reestimator: Reestimator | None
 
     settings: DispatcherSettings
 
@@ -208,6 +210,8 @@ class SliceExecution:
 
     def _requeue(self, req: LiveRequest, keep_pod: bool = True) -> None:
         self.running.pop(req.request_id, None)
+        if self.reestimator is not None:  # a slice boundary: what is left, given the text so far?
+            self.reestimator.request(req)
         if not keep_pod:
             req.pod_id = None
         req.enqueued_s = self.clock.now()

@@ -55,7 +55,11 @@ class LLMFleetDefault:
 
     def remaining(self, req: RequestState) -> float:
         g = req.generated_tokens
-        expected = req.estimate.expected_tokens if req.estimate is not None else FALLBACK_OUTPUT_TOKENS
+        est = req.estimate
+        if est is not None and est.at_generated > 0:
+            # A re-estimate read the text so far: trust it over the growth prior.
+            return max(est.expected_tokens - g, 1.0)
+        expected = est.expected_tokens if est is not None else FALLBACK_OUTPUT_TOKENS
         return max(expected, self.growth * g, g + 1.0) - g
 
     def decide(self, view: SchedulerView) -> tuple[Decision, ...]:

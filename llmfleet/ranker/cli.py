@@ -45,6 +45,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     train.add_argument("--generator", default=None,
                        help="generating model whose lengths the estimates are calibrated to (default: the one with most rows)")
     train.add_argument("--threads", type=int, default=1, help="LightGBM threads (default 1; best on shared cores)")
+    train.add_argument("--remaining-data", nargs="+", default=None, metavar="PATH",
+                       help="answers (with text) to learn remaining length from, e.g. every generator's "
+                            "model_outputs.json (default: --data). Split by the same prompts: held-out prompts stay out")  # fmt: skip
     train.add_argument("--skip-invalid", action="store_true", help="drop invalid rows instead of stopping")
     train.add_argument("--no-progress", action="store_true", help="no progress bars")
     train.set_defaults(func=_train)
@@ -59,6 +62,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     ev.add_argument("--include-trained", action="store_true",
                     help="also score prompts the model was trained on (not a held-out measurement)")
     ev.add_argument("--skip-invalid", action="store_true", help="drop invalid rows instead of stopping")
+    ev.add_argument("--generated-tokens", type=_int_list, default=[], metavar="K,K,...",
+                    help="also report remaining_tau: for each k, tau of the remaining length predicted from the prompt "
+                         "plus the answer's first k tokens, over held-out rows longer than k (e.g. 0,32,64,128)")  # fmt: skip
     ev.set_defaults(func=_eval)
 
     pr = sub.add_parser("predict", help="score prompts with an artifact",
@@ -96,11 +102,12 @@ def _train(args: argparse.Namespace) -> int:
             print("error: --holdout must be in [0, 1)", file=sys.stderr)
             return 2
         examples = load_examples(args.data, count_tokens, skip_invalid=args.skip_invalid)
+        extra = load_examples(args.remaining_data, count_tokens, skip_invalid=args.skip_invalid) if args.remaining_data else None
         options = TrainOptions(
             embedder=args.embedder, holdout_fraction=args.holdout, seed=args.seed, generator=args.generator,
             num_threads=args.threads, progress=not args.no_progress,
         )
-        result = train_ranker(examples, options)
+        result = train_ranker(examples, options, remaining_examples=extra)
         out = result.ranker.save(args.out, result.train_keys, result.holdout_pool)
     except _errors() as exc:
         return _fail(exc)
@@ -124,6 +131,10 @@ def _eval(args: argparse.Namespace) -> int:
         examples = load_examples(args.data, count_tokens, skip_invalid=args.skip_invalid)
         seen = set() if args.include_trained else read_train_keys(args.model)
         result, arrays = evaluate(ranker, examples, seen)
+        if args.generated_tokens:
+            from llmfleet.ranker.evaluate import evaluate_remaining
+
+            result.update(evaluate_remaining(ranker, examples, seen, args.generated_tokens))
     except _errors() as exc:
         return _fail(exc)
     out = Path(args.out)
@@ -140,7 +151,20 @@ def _eval(args: argparse.Namespace) -> int:
         f"toy SJF queue mean latency (load 0.9): ranker {q['ranker']:.0f}, oracle {q['oracle']:.0f}, "
         f"FCFS {q['fcfs']:.0f} token-times\nwrote {out} and {plot}"
     )
+    for k, tau in result.get("remaining_tau", {}).items():
+        print(f"remaining tau after {k} tokens: {tau:.3f} (prompt only {result['remaining_tau_prompt_only'][k]:.3f}, "
+              f"n={result['remaining_rows'][k]})")  # fmt: skip
     return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if any(v < 0 for v in values):
+        raise argparse.ArgumentTypeError("token counts must be >= 0")
+    return values
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 MAX_BAD_ROWS_SHOWN = 5
@@ -34,6 +34,8 @@ class Example:
     prompt: str
     output_tokens: int
     generator: str  # the model that wrote the output; the file's folder name when the data omits it
+    # The answer itself, when the data has it: the remaining-length model learns from its prefixes.
+    output: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def prompt_key(self) -> str:
@@ -142,7 +144,7 @@ def load_examples(
             if count_tokens is None:
                 raise RankerDataError(f"{path}: rows carry output text but no tokenizer was given to count it")
             counts = count_tokens([t for _, t, _ in pending_text])
-            examples.extend(Example(p, n, g) for (p, _, g), n in zip(pending_text, counts, strict=True))
+            examples.extend(Example(p, n, g, t) for (p, t, g), n in zip(pending_text, counts, strict=True))
     if not examples:
         raise RankerDataError(f"no usable rows in {', '.join(str(p) for p in paths)}")
     return examples

@@ -90,6 +90,53 @@ def evaluate(
     return result, {"scores": scores, "truth": truth}
 
 
+def evaluate_remaining(ranker: LearnedRanker, examples: Sequence[Example], train_keys: set[str] | None,
+                       ks: Sequence[int]) -> dict:  # fmt: skip
+    """For each k: over held-out rows whose answer is longer than k tokens, Kendall's tau between
+    the predicted and the true remaining length given the prompt plus the answer's first k tokens
+    (the ranker's own tokenizer counts them), beside the prompt-only score on the same rows."""
+    from llmfleet.core.prediction import PredictionInput
+    from llmfleet.ranker.remaining import cut_after
+    from llmfleet.ranker.text import TOKENIZER_NAME, token_offsets
+
+    seen = train_keys or set()
+    held = [ex for ex in examples if ex.prompt_key not in seen and ex.output]
+    if ranker.remaining is None:
+        raise RankerDataError("this artifact has no remaining-length model (train it from data with answer texts)")
+    if len(held) < 2:
+        raise RankerDataError("--generated-tokens needs held-out rows with answer texts (alpaca_eval 'output')")
+    offsets = token_offsets([ex.output or "" for ex in held])
+    prompt_scores = ranker.score_texts([ex.prompt for ex in held])
+    taus, baseline, rows, per_request_ms = {}, {}, {}, []
+    for k in ks:
+        alive = [i for i, off in enumerate(offsets) if len(off) > k]
+        truth = np.array([len(offsets[i]) - k for i in alive], float)
+        items = [
+            PredictionInput(str(i), 0, held[i].prompt, generated_tokens=k,
+                            generated_text=cut_after(held[i].output or "", offsets[i], k))
+            for i in alive
+        ]  # fmt: skip
+        scores = np.zeros(len(items))
+        for start in range(0, len(items), BATCH):
+            t0 = time.perf_counter()
+            part = ranker.predict(items[start : start + BATCH])
+            per_request_ms.append((time.perf_counter() - t0) * 1000 / max(len(part), 1))
+            scores[start : start + len(part)] = [e.score for e in part]
+        taus[str(k)] = kendall_tau(scores, truth)
+        baseline[str(k)] = kendall_tau(prompt_scores[alive], truth)
+        rows[str(k)] = len(alive)
+    return {
+        "remaining_tau": taus,
+        "remaining_tau_prompt_only": baseline,
+        "remaining_rows": rows,
+        "remaining_tokens_counted_with": TOKENIZER_NAME,
+        "remaining_latency_ms_per_request_batch32": {
+            "p50": float(np.percentile(per_request_ms, 50)) if per_request_ms else 0.0,
+            "p99": float(np.percentile(per_request_ms, 99)) if per_request_ms else 0.0,
+        },
+    }
+
+
 def plot_ranks(scores: np.ndarray, truth: np.ndarray, title: str, path: str | Path) -> None:
     """Scatter of predicted rank against true rank, with tau in the title."""
     import matplotlib

@@ -39,6 +39,7 @@ FORMAT_NAME = "llmfleet-ranker"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 BOOSTER_FILE = "ranker.lgb.txt"
+REMAINING_FILE = "remaining.lgb.txt"  # optional: the remaining-length model
 TABLE_FILE = "static_table.npy"
 TRAIN_KEYS_FILE = "train_prompts.txt"
 POOL_FILE = "holdout_pool.jsonl"
@@ -142,6 +143,7 @@ class LearnedRanker:
         calibration: Calibration,
         length_only: LengthOnlyScore,
         metadata: dict | None = None,
+        remaining: Any = None,
     ) -> None:
         self.booster = booster
         self.config = config
@@ -149,6 +151,7 @@ class LearnedRanker:
         self.calibration = calibration
         self.length_only = length_only
         self.metadata = metadata or {}
+        self.remaining = remaining  # a RemainingModel, or None: re-estimates fall back to the prompt
 
     # ---- scoring -------------------------------------------------------------------------
     def features(self, prompts: Sequence[str]) -> np.ndarray:
@@ -170,15 +173,55 @@ class LearnedRanker:
         return [LengthEstimate(float(s), float(a), float(b)) for s, a, b in zip(scores, p50, p90, strict=True)]
 
     def predict(self, items: Sequence[PredictionInput]) -> list[LengthEstimate]:
+        """Prompt-only estimates, except for items with generated text (and a remaining-length
+        model): those get a re-estimate of what is left, conditioned on that text."""
         scores = np.zeros(len(items))
-        with_text = [i for i, it in enumerate(items) if it.prompt_text is not None]
-        without = [i for i, it in enumerate(items) if it.prompt_text is None]
+        again = [i for i, it in enumerate(items) if self._can_reestimate(it)]
+        first = [i for i in range(len(items)) if i not in set(again)]
+        with_text = [i for i in first if items[i].prompt_text is not None]
+        without = [i for i in first if items[i].prompt_text is None]
         if with_text:
             texts = [_check_text(items[i]) for i in with_text]
             scores[with_text] = self.score_texts(texts)
         if without:
             scores[without] = self.length_only(np.array([items[i].prompt_tokens for i in without]))
-        return self.estimate(scores)
+        out = self.estimate(scores)
+        if again:
+            for i, est in zip(again, self.reestimate([items[i] for i in again]), strict=True):
+                out[i] = est
+        return out
+
+    @property
+    def reestimates(self) -> bool:
+        """Whether it reads generated text (the dispatcher then re-estimates at slice boundaries)."""
+        return self.remaining is not None
+
+    def _can_reestimate(self, item: PredictionInput) -> bool:
+        return self.remaining is not None and item.generated_tokens > 0 and bool(item.generated_text) and bool(item.prompt_text)
+
+    def reestimate(self, items: Sequence[PredictionInput]) -> list[LengthEstimate]:
+        """Remaining length given the prompt and the text generated so far. The score is on the
+        prompt-only scale (standardised log1p of the tokens still to come), so re-estimated and
+        fresh requests rank together; expected and upper tokens are totals, as at admission."""
+        from llmfleet.ranker.text import count_tokens
+
+        prompts = [_check_text(it) for it in items]
+        prefixes = [it.generated_text or "" for it in items]
+        ks = count_tokens(prefixes)  # k in the ranker's own tokens, as it was trained
+        x = self.remaining.features(self.features(prompts), prompts, prefixes, ks, self.embedder)
+        log_left = self.remaining.predict_log(x)
+        stats = (self.metadata.get("target_stats") or {}).get((self.metadata.get("training") or {}).get("calibrated_for"), {})
+        mu, sd = float(stats.get("mean_log1p", 0.0)), float(stats.get("std_log1p", 1.0)) or 1.0
+        q90 = self.remaining.q90_log_residual
+        return [
+            LengthEstimate(
+                score=float((left - mu) / sd),
+                expected_tokens=it.generated_tokens + max(1.0, float(np.expm1(left))),
+                upper_tokens=it.generated_tokens + max(1.0, float(np.expm1(left + q90))),
+                at_generated=it.generated_tokens,
+            )
+            for it, left in zip(items, log_left, strict=True)
+        ]
 
     # ---- artifact ------------------------------------------------------------------------
     def save(
@@ -193,6 +236,8 @@ class LearnedRanker:
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         tmp.chmod(0o755)  # mkdtemp makes it private; an artifact is meant to be shared
         (tmp / BOOSTER_FILE).write_text(self.booster.model_to_string())
+        if self.remaining is not None:
+            (tmp / REMAINING_FILE).write_text(self.remaining.booster.model_to_string())
         if self.embedder is not None and self.embedder.kind == "static":
             np.save(tmp / TABLE_FILE, self.embedder.table.astype(np.float16))
         (tmp / TRAIN_KEYS_FILE).write_text("".join(k + "\n" for k in train_keys))
@@ -210,6 +255,7 @@ class LearnedRanker:
             "calibration": self.calibration.to_json(),
             "length_only": {"log_tokens": list(self.length_only.log_tokens), "score": list(self.length_only.score)},
             "metadata": self.metadata,
+            "remaining": self.remaining.to_json() if self.remaining is not None else None,
             "files": {p.name: _sha256(p) for p in sorted(tmp.iterdir())},
         }
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
@@ -252,7 +298,18 @@ class LearnedRanker:
             embedder = ContextualEmbedder(config.contextual_max_tokens)
         if booster.num_feature() != len(config.cheap_names()) + (embedder.dim if embedder else 0):
             raise RankerArtifactError(f"{root}: model expects {booster.num_feature()} features, config gives another count")
-        return cls(booster, config, embedder, calibration, length_only, manifest.get("metadata", {}))
+        remaining = None
+        if manifest.get("remaining"):
+            from llmfleet.ranker.remaining import RemainingModel
+
+            try:
+                rem_booster = lgb.Booster(model_str=(root / REMAINING_FILE).read_text())
+                spec = manifest["remaining"]
+                curve = tuple((int(k), float(t)) for k, t in spec.get("tau_curve", []))
+                remaining = RemainingModel(rem_booster, float(spec["q90_log_residual"]), bool(spec["prefix_embedding"]), curve)
+            except Exception as exc:
+                raise RankerArtifactError(f"{root}: {REMAINING_FILE} is missing or corrupt ({exc})") from None
+        return cls(booster, config, embedder, calibration, length_only, manifest.get("metadata", {}), remaining)
 
 
 def _sha256(path: Path) -> str:

@@ -164,6 +164,10 @@ class OnlineRanker:
     def live(self) -> LengthPredictor:
         return self._live
 
+    @property
+    def reestimates(self) -> bool:
+        return bool(getattr(self._live, "reestimates", False))
+
     def predict(self, items: Sequence[PredictionInput]) -> list[LengthEstimate]:
         live = self._live  # one read: the whole call uses one model even if a swap lands meanwhile
         return live.predict(items)

@@ -78,6 +78,11 @@ def token_ids(texts: Sequence[str]) -> list[list[int]]:
     return [enc.ids for enc in _tokenizer().encode_batch(list(texts), add_special_tokens=False)]
 
 
+def token_offsets(texts: Sequence[str]) -> list[list[tuple[int, int]]]:
+    """Character span of every WordPiece token of each text (to cut a text after k tokens)."""
+    return [list(enc.offsets) for enc in _tokenizer().encode_batch(list(texts), add_special_tokens=False)]
+
+
 def count_tokens(texts: Sequence[str]) -> list[int]:
     """Lengths in the ranker's stated tokenizer (see TOKENIZER_NAME)."""
     return [len(ids) for ids in token_ids(texts)]

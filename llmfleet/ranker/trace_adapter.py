@@ -116,6 +116,10 @@ class RankerPredictor:
         self.ranker = ranker
         self.adapter = adapter
 
+    @property
+    def reestimates(self) -> bool:
+        return self.ranker.reestimates
+
     def fit_reference(self, lengths: Sequence[int]) -> None:
         """Optional: the trace's output lengths, so quantile matching is exact from the first request."""
         if self.adapter is not None:

@@ -52,6 +52,8 @@ class TrainOptions:
     max_rounds: int = 1500
     num_threads: int = 1  # LightGBM's OpenMP spins badly on shared cores; 1 thread is fastest here
     progress: bool = True
+    remaining: bool = True  # also learn remaining length from answer prefixes (needs answer texts)
+    remaining_rounds: int = 600
 
 
 @dataclass
@@ -105,8 +107,15 @@ def _standardised_targets(examples: Sequence[Example]) -> tuple[np.ndarray, dict
     return target, stats
 
 
-def train_ranker(examples: Sequence[Example], options: TrainOptions, embedder: Any = None) -> TrainResult:
-    """Fit a ranker; `embedder` may be passed in to share one table between many trainings."""
+def train_ranker(
+    examples: Sequence[Example], options: TrainOptions, embedder: Any = None,
+    remaining_examples: Sequence[Example] | None = None,
+) -> TrainResult:  # fmt: skip
+    """Fit a ranker; `embedder` may be passed in to share one table between many trainings.
+
+    The remaining-length model learns from the answer texts of `remaining_examples` (default:
+    `examples`) on the training prompts only. Answers from many models teach it more about how
+    answers unfold than one model's alone (measured in bench/RANKER.md)."""
     import lightgbm as lgb
 
     train, held = split_by_prompt(examples, options.holdout_fraction, options.seed)
@@ -182,7 +191,30 @@ def train_ranker(examples: Sequence[Example], options: TrainOptions, embedder: A
         "target_stats": target_stats,
         "training": report,
     }
-    ranker = LearnedRanker(final, config, embedder, calibration, length_only, metadata)
+    remaining = None
+    held_keys = {ex.prompt_key for ex in held}
+    answers = [ex for ex in (remaining_examples if remaining_examples is not None else train)
+               if ex.output and ex.prompt_key not in held_keys]  # fmt: skip
+    if options.remaining and len(answers) >= MIN_TRAIN_PROMPTS:
+        from llmfleet.ranker.remaining import fit_remaining
+
+        new = [k for k in dict.fromkeys(ex.prompt_key for ex in answers) if k not in row_of_key]
+        texts = {ex.prompt_key: ex.prompt for ex in answers}
+        extra_x = prompt_features([texts[k] for k in new], config, embedder, False) if new else prompt_x[:0]
+        feats = {**{k: prompt_x[i] for k, i in row_of_key.items()}, **{k: extra_x[j] for j, k in enumerate(new)}}
+        folds = {k: fold_of_prompt[i] for k, i in row_of_key.items()}
+        rng = np.random.default_rng(options.seed)
+        with progress_bar("training the remaining-length model", total=1, enabled=options.progress) as bar:
+            remaining = fit_remaining(
+                np.array([feats[ex.prompt_key] for ex in answers]), [ex.prompt for ex in answers],
+                [ex.output or "" for ex in answers],
+                np.array([folds.get(ex.prompt_key, rng.integers(options.folds)) for ex in answers]),
+                params, embedder, rounds=options.remaining_rounds, prefix_embedding=options.embedder != "none",
+            )  # fmt: skip
+            bar.advance()
+        metadata["remaining"] = {"answers": len(answers), "generators": sorted({ex.generator for ex in answers}),
+                                 "tau_curve_heldback": [list(p) for p in remaining.tau_curve]}  # fmt: skip
+    ranker = LearnedRanker(final, config, embedder, calibration, length_only, metadata, remaining)
     pool = [
         {"prompt": ex.prompt, "output_tokens": ex.output_tokens}
         for ex in held

@@ -29,14 +29,20 @@ GRID = (0.5, 0.75, 0.9, 1.0, 1.1)  # multiples of the overload point every polic
 
 
 class MemoPredictor:
-    """A predictor that asks the one it wraps about each request id once."""
+    """A predictor that asks the one it wraps about each request id once (at admission)."""
 
     def __init__(self, inner: LengthPredictor) -> None:
         self.inner = inner
         self.name = inner.name
         self._memo: dict[str, LengthEstimate] = {}
 
+    @property
+    def reestimates(self) -> bool:
+        return bool(getattr(self.inner, "reestimates", False))
+
     def predict(self, items: Sequence[PredictionInput]) -> list[LengthEstimate]:
+        if any(it.generated_tokens for it in items):  # a re-estimate depends on progress: not memoised
+            return self.inner.predict(items)
         new = [it for it in items if it.request_id not in self._memo]
         if new:
             for it, est in zip(new, self.inner.predict(new), strict=True):
@@ -56,6 +62,8 @@ class CapacityStudy:
     tau: float = 0.6
     seed: int = 0
     ranker: str | None = None
+    reestimate: bool = True
+    reestimate_eval: str | None = None
     limit: int | None = None
     on_run: Callable[[str, float, dict[str, Any]], None] | None = None
 
@@ -75,7 +83,8 @@ class CapacityStudy:
             if self._predictor is None:
                 # A request's estimate depends on the request, not on the load: one predictor,
                 # memoised, serves every probe (a learned ranker predicts each request once).
-                self._predictor = MemoPredictor(load_predictor(self.ranker, trace, self.tau, self.seed))
+                self._predictor = MemoPredictor(load_predictor(self.ranker, trace, self.tau, self.seed, self.reestimate,
+                                                               self.reestimate_eval))  # fmt: skip
             (run,) = run_policies(
                 trace, [config], self.cost, self.cfg, self._predictor, slo=self.slo, labels=[label]
             )

@@ -95,6 +95,15 @@ def _add_sim_args(p: argparse.ArgumentParser, rate: bool = True) -> None:
     p.add_argument(
         "--ranker", default=None, help="learned ranker artifact directory (replaces the noise stand-in)"
     )
+    p.add_argument(
+        "--reestimate-tau", default=None, metavar="EVAL.json",
+        help="the noise stand-in takes its tau, and re-estimates at slice boundaries at the remaining-length tau per "
+        "generated tokens, from this `llmfleet ranker eval --generated-tokens` output",
+    )  # fmt: skip
+    p.add_argument(
+        "--no-reestimate", action="store_true",
+        help="estimate once at admission only, even with a ranker or --reestimate-tau that can re-estimate",
+    )  # fmt: skip
     p.add_argument("--ttft-slo", type=_positive_float, default=2.0, help="SLO: time to first token, s (default 2)")
     p.add_argument(
         "--tpot-slo", type=_positive_float, default=0.1, help="SLO: time per output token, s (default 0.1)"
@@ -232,7 +241,8 @@ def _setup(args: argparse.Namespace, names: list[str], rate_scale: float) -> dic
     configs = _configs(args, names)
     trace = load_trace(args.trace, rate_scale=rate_scale, limit=args.limit)
     cost, cfg = _engine(args)
-    predictor = load_predictor(configs[0].ranker, trace, args.tau, args.seed)
+    predictor = load_predictor(configs[0].ranker, trace, args.tau, args.seed, reestimate=not args.no_reestimate,
+                               reestimate_eval=args.reestimate_tau)  # fmt: skip
     return {"trace": trace, "cost": cost, "cfg": cfg, "predictor": predictor, "configs": configs}
 
 
@@ -413,6 +423,8 @@ def cmd_capacity(args: argparse.Namespace) -> int:
                 tau=args.tau,
                 seed=args.seed,
                 ranker=configs[0].ranker,
+                reestimate=not args.no_reestimate,
+                reestimate_eval=args.reestimate_tau,
                 limit=args.limit,
                 on_run=on_run,
             )

@@ -9,7 +9,7 @@ from typing import Any
 
 from llmfleet.core.config import SchedulingConfig
 from llmfleet.core.noise_predictor import NoisyOraclePredictor
-from llmfleet.core.prediction import LengthPredictor
+from llmfleet.core.prediction import LengthEstimate, LengthPredictor, PredictionInput
 from llmfleet.policies.registry import make_policy
 from llmfleet.sim.costmodel import CostModel
 from llmfleet.sim.metrics import Slo, extras, summarize
@@ -24,10 +24,41 @@ class PolicyRun:
     result: SimResult
 
 
+class ReestimatedBy:
+    """Admission estimates from one predictor, slice-boundary re-estimates from another."""
+
+    reestimates = True
+
+    def __init__(self, admission: LengthPredictor, later: LengthPredictor) -> None:
+        self.admission, self.later = admission, later
+        self.name = f"{admission.name}+{later.name}"
+
+    def fit_reference(self, lengths: Sequence[int]) -> None:
+        fit = getattr(self.admission, "fit_reference", None)
+        if fit is not None:
+            fit(lengths)
+
+    def predict(self, items: Sequence[PredictionInput]) -> list[LengthEstimate]:
+        out: dict[int, LengthEstimate] = {}
+        for predictor, group in ((self.admission, [i for i, it in enumerate(items) if not it.generated_tokens]),
+                                 (self.later, [i for i, it in enumerate(items) if it.generated_tokens])):  # fmt: skip
+            if group:
+                out.update(zip(group, predictor.predict([items[i] for i in group]), strict=True))
+        return [out[i] for i in range(len(items))]
+
+
 def load_predictor(
-    ranker_dir: str | None, trace: Sequence[TraceRequest], tau: float, seed: int = 0
+    ranker_dir: str | None, trace: Sequence[TraceRequest], tau: float, seed: int = 0, reestimate: bool = True,
+    reestimate_eval: str | None = None,
 ) -> LengthPredictor:
-    """The learned ranker when `ranker_dir` is given, else the noise stand-in at `tau`."""
+    """The learned ranker when `ranker_dir` is given, else the noise stand-in at `tau`.
+
+    Trace requests carry no text, so the simulator cannot run a ranker's remaining-length model
+    on real prefixes. With `reestimate`, an artifact that has one re-estimates at slice
+    boundaries through the noise model, at the remaining-length tau it measured per k on its
+    held-back prompts (its manifest's `tau_curve`): the same quality, not the same numbers.
+    `reestimate_eval` (an `llmfleet ranker eval --generated-tokens` JSON) gives the noise
+    stand-in its tau and re-estimate curve instead of `tau`."""
     if ranker_dir:
         try:
             from llmfleet.ranker import load_predictor as load_ranker  # type: ignore[attr-defined]
@@ -42,7 +73,19 @@ def load_predictor(
         fit_reference = getattr(predictor, "fit_reference", None)
         if fit_reference is not None:
             fit_reference([t.output_tokens for t in trace])
+        remaining = getattr(getattr(predictor, "ranker", None), "remaining", None)
+        if reestimate and remaining is not None and remaining.tau_curve:
+            lengths = [t.output_tokens for t in trace]
+            noise = NoisyOraclePredictor.fitted(lengths, tau=tau, seed=seed)
+            noise = NoisyOraclePredictor(tau=tau, seed=seed, log_mean=noise.log_mean, log_std=noise.log_std,
+                                         tau_curve=remaining.tau_curve)  # fmt: skip
+            return ReestimatedBy(predictor, noise)
         return predictor
+    if reestimate_eval:
+        stand_in = NoisyOraclePredictor.from_eval(reestimate_eval, (t.output_tokens for t in trace), seed=seed)
+        if not reestimate:
+            stand_in.tau_curve = ()
+        return stand_in
     return NoisyOraclePredictor.fitted((t.output_tokens for t in trace), tau=tau, seed=seed)
 
 

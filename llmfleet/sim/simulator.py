@@ -97,6 +97,7 @@ class Simulator:
         self.cost = cost
         self.cfg = cfg or SimConfig()
         self.predictor = predictor
+        self._reestimates = predictor is not None and bool(getattr(predictor, "reestimates", False))
         self.progress = progress
         self.observer = observer
         self.pod_ids = [f"pod-{i}" for i in range(self.cfg.instances)]
@@ -145,12 +146,21 @@ class Simulator:
             else:
                 req.policy_preemptions += 1
             req.requeue(t)
+            if self._reestimates and reason == "slice":
+                self._reestimate(req)
             self.queue[req.rid] = req
             self.queue_states[req.rid] = req.state(self.pod_ids)
         if self.observer is not None:
             self.observer(t, req, reason)
 
     # ------------------------------------------------------------------ predictions
+    def _reestimate(self, req: SimRequest) -> None:
+        """A slice boundary: ask again, knowing what was generated (as the live dispatcher does)."""
+        assert self.predictor is not None
+        item = PredictionInput(req.rid, req.prompt, true_output_tokens=req.output, generated_tokens=req.generated)
+        (req.estimate,) = self.predictor.predict([item])
+        req.exp_out = req.estimate.expected_tokens
+
     def _estimate(self, i: int):
         if self.predictor is None:
             return None

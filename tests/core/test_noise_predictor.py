@@ -52,3 +52,28 @@ def test_needs_true_lengths_and_valid_tau() -> None:
         NoisyOraclePredictor().predict([PredictionInput("x", 5)])
     with pytest.raises(ValueError, match="tau"):
         NoisyOraclePredictor(tau=1.5)
+
+
+def test_re_estimates_follow_the_measured_tau_curve_on_the_remaining_length() -> None:
+    base = _lengths()
+    pred = NoisyOraclePredictor.fitted(base, tau=0.3, seed=7)
+    pred = NoisyOraclePredictor(tau=0.3, seed=7, log_mean=pred.log_mean, log_std=pred.log_std,
+                                tau_curve=((32, 0.5), (64, 0.8)))  # fmt: skip
+    assert pred.reestimates and pred.tau_at(0) == 0.3 and pred.tau_at(16) == pytest.approx(0.4)
+    assert pred.tau_at(48) == pytest.approx(0.65) and pred.tau_at(500) == 0.8
+    for k, tau in ((32, 0.5), (64, 0.8)):
+        lengths = [k + n for n in base]  # what is left after k tokens is distributed as before
+        items = [PredictionInput(f"r{i}", 100, true_output_tokens=n, generated_tokens=k) for i, n in enumerate(lengths)]
+        est = pred.predict(items)
+        assert all(e.at_generated == k and e.expected_tokens > k for e in est)
+        assert kendall_tau([e.score for e in est], base) == pytest.approx(tau, abs=0.05)
+    assert not NoisyOraclePredictor(tau=0.3).reestimates, "without a curve: one estimate at admission"
+
+
+def test_the_curve_comes_from_a_ranker_eval(tmp_path) -> None:
+    import json
+
+    path = tmp_path / "eval.json"
+    path.write_text(json.dumps({"kendall_tau": 0.37, "remaining_tau": {"0": 0.37, "32": 0.41, "64": 0.46}}))
+    pred = NoisyOraclePredictor.from_eval(str(path), _lengths(200), seed=3)
+    assert pred.tau == 0.37 and pred.tau_curve == ((32, 0.41), (64, 0.46))

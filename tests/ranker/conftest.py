@@ -51,7 +51,7 @@ def embedder(llama_examples: list[Example]) -> StaticEmbedder:
     return StaticEmbedder(table)
 
 
-FAST = {"folds": 3, "max_rounds": 400, "progress": False}
+FAST = {"folds": 3, "max_rounds": 400, "progress": False, "remaining_rounds": 200}
 
 
 @pytest.fixture(scope="session")

@@ -123,3 +123,26 @@ def test_kv_too_small_for_one_request_is_explained() -> None:
     cfg = SimConfig(instances=1, engine=EngineConfig(kv_capacity_tokens=64))
     with pytest.raises(RuntimeError, match="KV"):
         Simulator([TraceRequest("big", 0.0, 50, 100)], make_policy("fcfs-rr"), COST, cfg).run()
+
+
+def test_a_re_estimating_predictor_is_asked_again_at_each_slice_boundary() -> None:
+    from llmfleet.core.config import SchedulingConfig
+
+    class Sharpening:
+        name = "sharpening"
+        reestimates = True
+
+        def __init__(self) -> None:
+            self.asked: list[tuple[str, int]] = []
+
+        def predict(self, items):
+            self.asked.extend((it.request_id, it.generated_tokens) for it in items)
+            return [LengthEstimate(0.0, float(it.true_output_tokens), float(it.true_output_tokens), it.generated_tokens)
+                    for it in items]  # fmt: skip
+
+    pred = Sharpening()
+    trace = [TraceRequest("long", 0.0, 50, 20)]
+    policy = make_policy(SchedulingConfig(policy="llmfleet", slice_tokens=8))
+    result = Simulator(trace, policy, COST, SimConfig(instances=1), predictor=pred).run()
+    assert len(result.records) == 1
+    assert pred.asked == [("long", 0), ("long", 8), ("long", 16)], "admission, then after each of the two full slices"
