@@ -40,6 +40,27 @@ def _mean_sd(values: list[float]) -> dict:
             "runs": values}  # fmt: skip
 
 
+def noise_floor(everyone) -> dict:
+    """How well other models' answer lengths to the same prompts rank Llama-3-8B's: what the
+    prompt says about length, measured without any model (a ceiling far above today's ranker)."""
+    import numpy as np
+
+    from llmfleet.ranker.metrics import kendall_tau
+
+    by: dict[str, dict[str, int]] = {}
+    for ex in everyone:
+        by.setdefault(ex.generator, {})[ex.prompt_key] = ex.output_tokens
+    keys = [k for k in by[TARGET] if all(k in lengths for lengths in by.values())]
+    truth = np.array([by[TARGET][k] for k in keys], float)
+    others = [g for g in sorted(by) if g != TARGET]
+    mean_log = np.array([[np.log1p(by[g][k]) for g in others] for k in keys]).mean(axis=1)
+    return {
+        "prompts": len(keys),
+        "tau_of_each_other_generator": {g: kendall_tau([by[g][k] for k in keys], truth) for g in others},
+        "tau_of_the_mean_log_length_of_the_other_13": kendall_tau(mean_log, truth),
+    }
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     ap.add_argument("--seeds", type=int, nargs="+", default=[7, 8, 9])
@@ -47,9 +68,16 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench/results/ranker_remaining.json"))
     ap.add_argument("--eval-out", default=str(ROOT / "bench/results/ranker_remaining_eval.json"),
                     help="the first seed's pooled eval JSON (for bench/sim_reestimate.py)")  # fmt: skip
+    ap.add_argument("--noise-floor-only", action="store_true", help="only (re)compute the noise floor into --out")
     args = ap.parse_args()
     llama = load_examples([DATA / TARGET / "model_outputs.json"], count_tokens)
     everyone = load_examples(sorted(DATA.glob("*/model_outputs.json")), count_tokens)
+    if args.noise_floor_only:
+        doc = json.loads(Path(args.out).read_text())
+        doc["noise_floor"] = noise_floor(everyone)
+        Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+        print(json.dumps(doc["noise_floor"], indent=2))
+        return 0
     embedder = make_embedder("static", progress=False)
     variants = {"Llama-3-8B answers": llama, "all 14 generators' answers": everyone}
     results: dict[str, dict[str, list[float]]] = {}
@@ -76,6 +104,7 @@ def main() -> int:
     doc = {
         "protocol": f"{TARGET}, 80/20 split by prompt, seeds {args.seeds}; tokens: the ranker's WordPiece tokenizer",
         "variants": {name: {k: (_mean_sd(v) if k != "rows" else v) for k, v in row.items()} for name, row in results.items()},
+        "noise_floor": noise_floor(everyone),
         "targets": {"prompt_only_tau": 0.45, "remaining_tau_32": 0.45, "remaining_tau_64": 0.45, "reestimate_ms_p99": 2.0},
         "wall_s": round(time.time() - t0, 1),
         "command": "python bench/ranker_remaining.py " + " ".join(sys.argv[1:]),

@@ -86,3 +86,27 @@ async def test_no_re_estimates_for_fixed_lengths_or_predictors_that_cannot_read(
 def test_the_default_policy_ranks_by_a_re_estimate_as_given(generated, estimate, remaining) -> None:
     req = RequestState(request_id="r", seq=0, arrival_s=0.0, prompt_tokens=10, generated_tokens=generated, estimate=estimate)
     assert LLMFleetDefault().remaining(req) == pytest.approx(remaining)
+
+
+async def test_the_drift_guard_judges_requests_that_end_naturally_and_exports_tau(fake_pods) -> None:
+    from llmfleet.ranker.drift import GuardedPredictor
+
+    for pod in fake_pods:
+        pod.servicer.faults.eos_at = 6  # every request ends with EOS after 6 tokens: a natural length
+    guard = GuardedPredictor(Reading(), window=50, min_samples=2)
+    handle = await serve_dispatcher(pods={f"p{i}": p.address for i, p in enumerate(fake_pods)}, predictor=guard,
+                                    config=SchedulingConfig(policy="llmfleet", slice_tokens=4))  # fmt: skip
+    try:
+        await handle.wait_ready(2, timeout_s=10)
+        async with DispatcherClient(handle.address) as c:
+            for prompt in ("a", "bb", "ccc"):
+                g = await c.generate(prompt=prompt, max_tokens=20, timeout=20)
+                assert g.finish_reason == "stop" and len(g.token_ids) == 6
+            await c.generate(prompt="cut short", max_tokens=3, timeout=20)  # "length": no natural length
+        assert len(guard.window) == 3, "the three natural endings were judged, the capped one was not"
+        assert not guard._pending, "nothing left waiting for an outcome"
+        registry = handle.dispatcher.metrics.registry
+        assert registry.get_sample_value("llmfleet_dispatcher_ranker_tau") == guard.tau
+        assert registry.get_sample_value("llmfleet_dispatcher_ranker_fallback") in (0.0, 1.0)
+    finally:
+        await handle.stop()
