@@ -47,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     out = run_demo(options)
     results = out["results"]
     payload = results_json("azure-conv (live fleet)", 2, args.rate, results)
-    payload["ratios_vs_fcfs_rr"] = ratio_rows(results)
+    payload["ratios_vs_fcfs_rr"] = ratio_rows(results, "fcfs-rr", out["outcomes"])
     payload["diagnostics"] = {r["policy"]: {k: r[k] for k in ("failed", "wrong_length", "retries")} for r in results}
     payload["setup"] = {
         "requests": args.requests,

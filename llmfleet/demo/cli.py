@@ -12,7 +12,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         "dispatcher), replay a window of the Azure conversation trace through gRPC under each policy, "
         "and print a comparison table. Everything it starts is stopped at the end, even on Ctrl-C."
     )
-    parser.add_argument("--policies", default="fcfs-rr,llmfleet", help="comma-separated policies (default: %(default)s)")
+    parser.add_argument("--policies", default="fcfs-rr,least-load,llmfleet",
+                        help="comma-separated policies: vanilla vLLM behind round robin, the peers' least-load routing, "
+                             "llmfleet (default: %(default)s)")  # fmt: skip
     parser.add_argument("--engines", type=int, default=2, help="vLLM engines in the fleet (default: %(default)s)")
     parser.add_argument("--max-num-seqs", type=int, default=8, help="each engine's --max-num-seqs (default: %(default)s)")
     parser.add_argument("--requests", type=int, default=60, help="requests to replay per policy (default: %(default)s)")

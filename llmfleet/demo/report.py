@@ -53,58 +53,130 @@ def results_json(trace: str, instances: int, rate_scale: float, results: Sequenc
     }
 
 
-def ratio_rows(results: Sequence[dict[str, Any]], baseline: str = "fcfs-rr") -> dict[str, dict[str, float]]:
-    """Each policy's mean and p99 latency and throughput as a ratio of the baseline's."""
+BOOTSTRAP_RESAMPLES = 2000
+_CI_STATS = {  # ratio name -> (per-request value, statistic over a sample)
+    "mean_ttft_ratio": ("ttft", "mean"),
+    "mean_latency_ratio": ("latency", "mean"),
+    "p99_latency_ratio": ("latency", "p99"),
+}
+
+
+def _paired(base: Sequence[Outcome], other: Sequence[Outcome], value: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-request values of the requests both runs completed, in the same order (the demo
+    replays the same requests under every policy, so each one is its own control)."""
+
+    def per_request(outcomes: Sequence[Outcome]) -> dict[str, float]:
+        out = {}
+        for o in outcomes:
+            if o.ok and o.finish_s is not None and o.first_token_s is not None:
+                out[o.request_id] = (o.first_token_s if value == "ttft" else o.finish_s) - o.arrival_s
+        return out
+
+    a, b = per_request(base), per_request(other)
+    ids = sorted(a.keys() & b.keys())
+    return np.array([a[i] for i in ids]), np.array([b[i] for i in ids])
+
+
+def bootstrap_ratio_ci(
+    base: Sequence[Outcome], other: Sequence[Outcome], value: str, stat: str,
+    resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+) -> tuple[float, float]:  # fmt: skip
+    """95% confidence interval of stat(other) / stat(base), by a paired bootstrap over requests."""
+    a, b = _paired(base, other, value)
+    if len(a) < 2:
+        return math.nan, math.nan
+    idx = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
+    if stat == "mean":
+        ra, rb = a[idx].mean(axis=1), b[idx].mean(axis=1)
+    else:
+        ra, rb = np.percentile(a[idx], 99, axis=1), np.percentile(b[idx], 99, axis=1)
+    ratios = rb / ra
+    return float(np.percentile(ratios, 2.5)), float(np.percentile(ratios, 97.5))
+
+
+def ratio_rows(
+    results: Sequence[dict[str, Any]],
+    baseline: str = "fcfs-rr",
+    outcomes_by_policy: Mapping[str, Sequence[Outcome]] | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Each policy's mean TTFT, mean and p99 latency and throughput as a ratio of the baseline's;
+    with the outcomes, `ci95` holds a paired bootstrap 95% interval for each latency ratio."""
     base = next((r for r in results if r["policy"] == baseline), None)
     if base is None:
         return {}
-    return {
-        r["policy"]: {
+    rows: dict[str, dict[str, Any]] = {}
+    for r in results:
+        row: dict[str, Any] = {
+            "mean_ttft_ratio": r["mean_ttft_s"] / base["mean_ttft_s"],
             "mean_latency_ratio": r["mean_latency_s"] / base["mean_latency_s"],
             "p99_latency_ratio": r["p99_latency_s"] / base["p99_latency_s"],
             "throughput_ratio": r["throughput_tok_s"] / base["throughput_tok_s"],
         }
-        for r in results
-    }
+        if outcomes_by_policy and r["policy"] in outcomes_by_policy and baseline in outcomes_by_policy:
+            row["ci95"] = {
+                name: list(bootstrap_ratio_ci(outcomes_by_policy[baseline], outcomes_by_policy[r["policy"]], value, stat))
+                for name, (value, stat) in _CI_STATS.items()
+            }
+        rows[r["policy"]] = row
+    return rows
 
 
-def print_table(results: Sequence[dict[str, Any]], baseline: str = "fcfs-rr") -> None:
+def _with_ci(ratio: float, ci: Sequence[float] | None) -> str:
+    if ci is None or any(math.isnan(v) for v in ci):
+        return f"{ratio:.2f}"
+    return f"{ratio:.2f} [{ci[0]:.2f}-{ci[1]:.2f}]"
+
+
+def print_table(
+    results: Sequence[dict[str, Any]], baseline: str = "fcfs-rr",
+    outcomes_by_policy: Mapping[str, Sequence[Outcome]] | None = None,
+) -> None:  # fmt: skip
     from rich.console import Console
     from rich.table import Table
 
-    ratios = ratio_rows(results, baseline)
+    ratios = ratio_rows(results, baseline, outcomes_by_policy)
     table = Table(title="Live fleet: latency from arrival to last token (seconds)")
-    for col in ("policy", "done", "fail", "mean", "p50", "p99", "TTFT", "tok/s", "imbal.", "mean ratio", "p99 ratio"):
+    columns = ("policy", "done", "fail", "mean", "p50", "p99", "TTFT", "tok/s", "imbal.",
+               "TTFT ratio", "mean ratio", "p99 ratio", "tok/s ratio")  # fmt: skip
+    for col in columns:
         table.add_column(col, justify="right" if col != "policy" else "left", no_wrap=True)
     for r in results:
         q = ratios.get(r["policy"], {})
+        ci = q.get("ci95", {})
         table.add_row(
             r["policy"], str(r["completed"]), str(r.get("failed", 0)),
             f"{r['mean_latency_s']:.2f}", f"{r['p50_latency_s']:.2f}", f"{r['p99_latency_s']:.2f}",
             f"{r['mean_ttft_s']:.2f}", f"{r['throughput_tok_s']:.0f}", f"{r['load_imbalance']:.2f}",
-            f"{q.get('mean_latency_ratio', math.nan):.2f}", f"{q.get('p99_latency_ratio', math.nan):.2f}",
-        )
-    table.caption = f"ratios are to {baseline}, measured in the same run; TTFT is the mean time to first token"
-    Console(width=max(110, Console().width)).print(table)
+            *(_with_ci(q.get(k, math.nan), ci.get(k)) for k in ("mean_ttft_ratio", "mean_latency_ratio", "p99_latency_ratio")),
+            f"{q.get('throughput_ratio', math.nan):.2f}",
+        )  # fmt: skip
+    table.caption = (f"ratios are to {baseline}, measured in the same run, with paired bootstrap 95% intervals over "
+                     "the same requests; TTFT is the mean time to first token")  # fmt: skip
+    Console(width=max(150, Console().width)).print(table)
 
 
 def plot(outcomes_by_policy: Mapping[str, Sequence[Outcome]], results: Sequence[dict[str, Any]], path: Path, title: str) -> None:
-    """Latency CDFs per policy, beside mean/p99 bars."""
+    """Per-request latency and TTFT CDFs per policy, beside mean/p99 bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_cdf, ax_bar) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax_cdf, ax_ttft, ax_bar) = plt.subplots(1, 3, figsize=(15, 4.2))
     for policy, outcomes in outcomes_by_policy.items():
-        lat = np.sort([o.finish_s - o.arrival_s for o in outcomes if o.ok and o.finish_s is not None])
+        done = [o for o in outcomes if o.ok and o.finish_s is not None]
+        lat = np.sort([o.finish_s - o.arrival_s for o in done if o.finish_s is not None])
+        ttft = np.sort([o.first_token_s - o.arrival_s for o in done if o.first_token_s is not None])
         if lat.size:
             ax_cdf.plot(lat, np.arange(1, lat.size + 1) / lat.size, label=policy)
-    ax_cdf.set_xlabel("latency (s)")
-    ax_cdf.set_ylabel("fraction of requests")
-    ax_cdf.set_title("Latency CDF")
-    ax_cdf.grid(alpha=0.3)
-    ax_cdf.legend()
+        if ttft.size:
+            ax_ttft.plot(ttft, np.arange(1, ttft.size + 1) / ttft.size, label=policy)
+    for ax, what in ((ax_cdf, "latency"), (ax_ttft, "time to first token")):
+        ax.set_xlabel(f"{what} (s)")
+        ax.set_ylabel("fraction of requests")
+        ax.set_title(f"{what[0].upper()}{what[1:]} CDF")
+        ax.grid(alpha=0.3)
+        ax.legend()
     names = [r["policy"] for r in results]
     x = np.arange(len(names))
     ax_bar.bar(x - 0.2, [r["mean_latency_s"] for r in results], 0.4, label="mean")

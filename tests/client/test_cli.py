@@ -8,13 +8,12 @@ import signal
 import sys
 from pathlib import Path
 
-import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmfleet.core.clock import wait_for_condition
 from llmfleet.engine.process import free_port
 from tests.dispatcher.fake_sidecar import reference
+from tests.probes import serving
 
 
 async def _cli(*args: str, timeout: float = 60) -> tuple[int, str, str]:
@@ -23,15 +22,6 @@ async def _cli(*args: str, timeout: float = 60) -> tuple[int, str, str]:
     )
     out, err = await asyncio.wait_for(proc.communicate(), timeout)
     return proc.returncode or 0, out.decode(), err.decode()
-
-
-async def _serving(target: str) -> bool:
-    try:
-        async with grpc.aio.insecure_channel(target) as ch:
-            resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
-            return resp.status == health_pb2.HealthCheckResponse.SERVING
-    except grpc.aio.AioRpcError:
-        return False
 
 
 async def test_dispatcher_and_client_clis(fake_pods, tmp_path: Path):
@@ -49,7 +39,7 @@ async def test_dispatcher_and_client_clis(fake_pods, tmp_path: Path):
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
     )  # fmt: skip
     try:
-        await wait_for_condition(lambda: _serving(target), 60, what="dispatcher SERVING")
+        await wait_for_condition(lambda: serving(target), 60, what="dispatcher SERVING")
         auth = ("client", "--target", target, "--token-file", str(token))
         rc, out, err = await _cli(*auth, "generate", "--token-ids", "1,2,3", "--max-tokens", "10", "--json")
         assert rc == 0, err

@@ -11,25 +11,16 @@ import sys
 
 import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from llmfleet.client import DispatcherClient
 from llmfleet.core.clock import wait_for_condition
 from llmfleet.engine.process import free_port
 from llmfleet.engine.simulated import SimulatedEngineClient
 from llmfleet.sidecar import serve_sidecar
+from tests.probes import serving
 
 PROMPT = [21, 22, 23, 24]
 N = 300
-
-
-async def _serving(target: str) -> bool:
-    try:
-        async with grpc.aio.insecure_channel(target) as ch:
-            resp = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1)
-            return resp.status == health_pb2.HealthCheckResponse.SERVING
-    except grpc.aio.AioRpcError:
-        return False
 
 
 async def _dispatcher(pods: str) -> tuple[asyncio.subprocess.Process, str]:
@@ -40,7 +31,7 @@ async def _dispatcher(pods: str) -> tuple[asyncio.subprocess.Process, str]:
         stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
     )  # fmt: skip
     target = f"127.0.0.1:{port}"
-    await wait_for_condition(lambda: _serving(target), 60, what=f"dispatcher {target} serving")
+    await wait_for_condition(lambda: serving(target), 60, what=f"dispatcher {target} serving")
     return proc, target
 
 

@@ -70,3 +70,46 @@ def test_summary_has_the_simulator_schema_and_counts_failures() -> None:
     ratios = ratio_rows([base, dict(row, mean_latency_s=row["mean_latency_s"] / 2)])
     assert ratios["p"]["mean_latency_ratio"] == pytest.approx(0.5)
     assert math.isclose(ratios["fcfs-rr"]["p99_latency_ratio"], 1.0)
+
+
+def _runs(n: int, speedup: float, seed: int = 1) -> tuple[list[Outcome], list[Outcome]]:
+    import random
+
+    rng = random.Random(seed)
+    base, other = [], []
+    for i in range(n):
+        arrival, ttft, lat = float(i), rng.uniform(0.1, 2.0), rng.uniform(2.0, 30.0)
+        base.append(Outcome(f"r{i}", arrival, arrival + ttft, arrival + lat, 10, 10, "ok"))
+        other.append(Outcome(f"r{i}", arrival, arrival + ttft * speedup, arrival + lat * speedup * rng.uniform(0.9, 1.1),
+                             10, 10, "ok"))  # fmt: skip
+    return base, other
+
+
+def test_ratio_intervals_come_from_a_paired_bootstrap_over_the_same_requests() -> None:
+    from llmfleet.demo.report import bootstrap_ratio_ci
+
+    base, faster = _runs(200, 0.7)
+    lo, hi = bootstrap_ratio_ci(base, faster, "latency", "mean")
+    assert lo < 0.7 < hi and hi < 0.8, "a clear win: the interval excludes 1"
+    lo, hi = bootstrap_ratio_ci(base, faster, "ttft", "mean")
+    assert lo == pytest.approx(0.7) and hi == pytest.approx(0.7), "every TTFT scaled exactly: no spread"
+    lo, hi = bootstrap_ratio_ci(base, base, "latency", "p99")
+    assert lo == hi == 1.0
+    few, _ = _runs(30, 1.0, seed=2)
+    noisy, _ = _runs(30, 1.0, seed=3)  # unrelated latencies: 30 requests cannot tell them apart
+    lo, hi = bootstrap_ratio_ci(few, noisy, "latency", "mean")
+    assert lo < 1.0 < hi or hi - lo > 0.2
+    # Requests that failed in either run are left out of the pairing.
+    failed = [Outcome(o.request_id, o.arrival_s, None, None, 0, 10, "UNAVAILABLE") if i < 100 else o
+              for i, o in enumerate(faster)]  # fmt: skip
+    assert bootstrap_ratio_ci(base[:1], failed[:1], "latency", "mean") == (pytest.approx(math.nan, nan_ok=True),) * 2
+
+
+def test_ratio_rows_carry_intervals_for_every_latency_ratio() -> None:
+    base, faster = _runs(100, 0.5)
+    rows = [summarize_outcomes("fcfs-rr", base, [1.0]), summarize_outcomes("llmfleet", faster, [1.0])]
+    ratios = ratio_rows(rows, "fcfs-rr", {"fcfs-rr": base, "llmfleet": faster})
+    ci = ratios["llmfleet"]["ci95"]
+    assert set(ci) == {"mean_ttft_ratio", "mean_latency_ratio", "p99_latency_ratio"}
+    assert ci["mean_latency_ratio"][0] <= ratios["llmfleet"]["mean_latency_ratio"] <= ci["mean_latency_ratio"][1]
+    assert ratios["llmfleet"]["mean_ttft_ratio"] == pytest.approx(0.5)
