@@ -208,7 +208,9 @@ class LearnedRanker:
         prompts = [_check_text(it) for it in items]
         prefixes = [it.generated_text or "" for it in items]
         ks = count_tokens(prefixes)  # k in the ranker's own tokens, as it was trained
-        x = self.remaining.features(self.features(prompts), prompts, prefixes, ks, self.embedder)
+        prompt_x = self.features(prompts)
+        scores = np.asarray(self.booster.predict(prompt_x, num_threads=1), dtype=float) if self.remaining.prompt_score else None
+        x = self.remaining.features(prompt_x, prompts, prefixes, ks, self.embedder, scores)
         log_left = self.remaining.predict_log(x)
         stats = (self.metadata.get("target_stats") or {}).get((self.metadata.get("training") or {}).get("calibrated_for"), {})
         mu, sd = float(stats.get("mean_log1p", 0.0)), float(stats.get("std_log1p", 1.0)) or 1.0
@@ -306,7 +308,8 @@ class LearnedRanker:
                 rem_booster = lgb.Booster(model_str=(root / REMAINING_FILE).read_text())
                 spec = manifest["remaining"]
                 curve = tuple((int(k), float(t)) for k, t in spec.get("tau_curve", []))
-                remaining = RemainingModel(rem_booster, float(spec["q90_log_residual"]), bool(spec["prefix_embedding"]), curve)
+                remaining = RemainingModel(rem_booster, float(spec["q90_log_residual"]), bool(spec["prefix_embedding"]), curve,
+                                           bool(spec.get("prompt_score", False)))  # fmt: skip
             except Exception as exc:
                 raise RankerArtifactError(f"{root}: {REMAINING_FILE} is missing or corrupt ({exc})") from None
         return cls(booster, config, embedder, calibration, length_only, manifest.get("metadata", {}), remaining)

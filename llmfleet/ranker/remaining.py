@@ -77,11 +77,18 @@ class RemainingModel:
     # Kendall's tau of the remaining length per k on the held-back prompts: how the estimate
     # sharpens with progress (the simulator's model of re-estimates reads it).
     tau_curve: tuple[tuple[int, float], ...] = ()
+    # The prompt-only model's score as one more feature (stacking): its summary of the prompt is
+    # learned with early stopping on the target model's answers and ranks better than raw features.
+    prompt_score: bool = False
 
     def features(self, prompt_x: np.ndarray, prompts: Sequence[str], prefixes: Sequence[str], ks: Sequence[int],
-                 embedder: Any) -> np.ndarray:  # fmt: skip
+                 embedder: Any, prompt_scores: np.ndarray | None = None) -> np.ndarray:  # fmt: skip
         rows = np.array([prefix_features(p, t, k) for p, t, k in zip(prompts, prefixes, ks, strict=True)], np.float32)
         parts = [prompt_x.astype(np.float32, copy=False), rows.reshape(len(prompts), len(PREFIX_FEATURES))]
+        if self.prompt_score:
+            if prompt_scores is None:
+                raise ValueError("this remaining-length model reads the prompt-only score; pass prompt_scores")
+            parts.append(np.asarray(prompt_scores, np.float32).reshape(-1, 1))
         if self.prefix_embedding and embedder is not None:
             parts.append(embedder.embed([t[-PREFIX_TAIL_CHARS:] or " " for t in prefixes]))
         return np.hstack(parts)
@@ -91,6 +98,7 @@ class RemainingModel:
 
     def to_json(self) -> dict:
         return {"q90_log_residual": self.q90_log_residual, "prefix_embedding": self.prefix_embedding,
+                "prompt_score": self.prompt_score,
                 "prefix_features": PREFIX_FEATURES, "k_train": list(K_TRAIN),
                 "tau_curve": [list(p) for p in self.tau_curve]}  # fmt: skip
 
@@ -113,16 +121,17 @@ def training_triples(outputs: Sequence[str], ks: Sequence[int] = K_TRAIN) -> tup
 
 def fit_remaining(
     prompt_x: np.ndarray, prompts: Sequence[str], outputs: Sequence[str], fold_of_row: np.ndarray, params: dict,
-    embedder: Any, rounds: int = 600, prefix_embedding: bool = True,
+    embedder: Any, rounds: int = 600, prefix_embedding: bool = True, prompt_scores: np.ndarray | None = None,
 ) -> RemainingModel:  # fmt: skip
     """Train on every row's triples. Rows of fold 0 are held back first to measure the p90
     residual, then the model is refit on all rows."""
     import lightgbm as lgb
 
     rows, prefixes, ks, remaining = training_triples(outputs)
-    model = RemainingModel(None, 0.0, prefix_embedding)
+    model = RemainingModel(None, 0.0, prefix_embedding, prompt_score=prompt_scores is not None)
     idx = np.array(rows)
-    x = model.features(prompt_x[idx], [prompts[i] for i in rows], prefixes, ks, embedder)
+    scores = prompt_scores[idx] if prompt_scores is not None else None
+    x = model.features(prompt_x[idx], [prompts[i] for i in rows], prefixes, ks, embedder, scores)
     y = np.log1p(np.array(remaining, float))
     held = fold_of_row[idx] == 0
     if held.any() and (~held).any():

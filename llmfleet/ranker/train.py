@@ -54,6 +54,7 @@ class TrainOptions:
     progress: bool = True
     remaining: bool = True  # also learn remaining length from answer prefixes (needs answer texts)
     remaining_rounds: int = 600
+    stack_prompt_score: bool = True  # the prompt-only score is a feature of the remaining model
 
 
 @dataclass
@@ -203,6 +204,11 @@ def train_ranker(
         extra_x = prompt_features([texts[k] for k in new], config, embedder, False) if new else prompt_x[:0]
         feats = {**{k: prompt_x[i] for k, i in row_of_key.items()}, **{k: extra_x[j] for j, k in enumerate(new)}}
         folds = {k: fold_of_prompt[i] for k, i in row_of_key.items()}
+        # Stacking: each training prompt's out-of-fold prompt-only score, so the remaining model
+        # never sees a score the prompt model fitted on that same prompt.
+        oof_of_key = {ex.prompt_key: float(o) for ex, o in zip(train, oof, strict=True)}
+        other_scores = final.predict(extra_x) if new else np.zeros(0)
+        score_of_key = {**oof_of_key, **{k: float(other_scores[j]) for j, k in enumerate(new)}}
         rng = np.random.default_rng(options.seed)
         with progress_bar("training the remaining-length model", total=1, enabled=options.progress) as bar:
             remaining = fit_remaining(
@@ -210,6 +216,7 @@ def train_ranker(
                 [ex.output or "" for ex in answers],
                 np.array([folds.get(ex.prompt_key, rng.integers(options.folds)) for ex in answers]),
                 params, embedder, rounds=options.remaining_rounds, prefix_embedding=options.embedder != "none",
+                prompt_scores=np.array([score_of_key[ex.prompt_key] for ex in answers]) if options.stack_prompt_score else None,
             )  # fmt: skip
             bar.advance()
         metadata["remaining"] = {"answers": len(answers), "generators": sorted({ex.generator for ex in answers}),

@@ -54,8 +54,9 @@ def test_reestimates_read_the_prefix_and_beat_the_prompt_on_real_answers(trained
     taus, base = result["remaining_tau"], result["remaining_tau_prompt_only"]
     assert result["remaining_rows"]["64"] < result["remaining_rows"]["0"]
     assert taus["0"] == pytest.approx(base["0"]), "k=0 is the prompt-only estimate"
-    for k in ("32", "64"):
-        assert taus[k] > base[k] + 0.03, f"reading {k} generated tokens must sharpen the estimate: {taus} vs {base}"
+    # The prefix says little after 32 tokens and much more after 64 (bench/RANKER.md: +0.06 and +0.16).
+    for k, gain in (("32", 0.02), ("64", 0.05)):
+        assert taus[k] > base[k] + gain, f"reading {k} generated tokens must sharpen the estimate: {taus} vs {base}"
 
 
 def test_a_reestimate_is_a_total_conditioned_on_what_was_generated(trained: TrainResult) -> None:
