@@ -68,6 +68,7 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "bench/results/ranker_remaining.json"))
     ap.add_argument("--eval-out", default=str(ROOT / "bench/results/ranker_remaining_eval.json"),
                     help="the first seed's pooled eval JSON (for bench/sim_reestimate.py)")  # fmt: skip
+    ap.add_argument("--stack-prompt-score", action="store_true", help="ablation: the prompt-only score as a feature")
     ap.add_argument("--noise-floor-only", action="store_true", help="only (re)compute the noise floor into --out")
     args = ap.parse_args()
     llama = load_examples([DATA / TARGET / "model_outputs.json"], count_tokens)
@@ -84,7 +85,8 @@ def main() -> int:
     t0 = time.time()
     for seed in args.seeds:
         for name, answers in variants.items():
-            options = TrainOptions(seed=seed, progress=False, num_threads=args.threads)
+            options = TrainOptions(seed=seed, progress=False, num_threads=args.threads,
+                                   stack_prompt_score=args.stack_prompt_score)  # fmt: skip
             res = train_ranker(llama, options, embedder, remaining_examples=answers)
             seen = set(res.train_keys)
             prompt_only, _ = evaluate(res.ranker, llama, seen, seed=seed)
@@ -105,6 +107,7 @@ def main() -> int:
         "protocol": f"{TARGET}, 80/20 split by prompt, seeds {args.seeds}; tokens: the ranker's WordPiece tokenizer",
         "variants": {name: {k: (_mean_sd(v) if k != "rows" else v) for k, v in row.items()} for name, row in results.items()},
         "noise_floor": noise_floor(everyone),
+        "stack_prompt_score": args.stack_prompt_score,
         "targets": {"prompt_only_tau": 0.45, "remaining_tau_32": 0.45, "remaining_tau_64": 0.45, "reestimate_ms_p99": 2.0},
         "wall_s": round(time.time() - t0, 1),
         "command": "python bench/ranker_remaining.py " + " ".join(sys.argv[1:]),
