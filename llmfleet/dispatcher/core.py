@@ -24,7 +24,7 @@ from dataclasses import replace
 from llmfleet.core.clock import Clock
 from llmfleet.core.prediction import LengthEstimate, LengthPredictor, PredictionInput
 from llmfleet.core.scheduling import Assignment, Policy, Preempt, SchedulerView
-from llmfleet.dispatcher.estimates import Reestimator, reestimates
+from llmfleet.dispatcher.estimates import Reestimator, forget_estimate, learn_from, reestimates
 from llmfleet.dispatcher.metrics import DispatcherMetrics
 from llmfleet.dispatcher.model import (
     DispatcherSettings,
@@ -330,7 +330,7 @@ class Dispatcher(SliceExecution):
         self.failed += code not in ("CANCELLED",)
         self.metrics.requests.labels(code.lower()).inc()
         req.events.put_nowait(FailEvent(code, message))
-        self._forget_estimate(req)  # its true length will never be known
+        forget_estimate(self.predictor, req)  # its true length will never be known
 
     def _finish(self, req: LiveRequest, reason: str) -> None:
         if req.done:
@@ -347,34 +347,7 @@ class Dispatcher(SliceExecution):
         if rest:
             req.events.put_nowait(TokenEvent((), rest, req.resume_state(reason)))
         req.events.put_nowait(FinishEvent(reason, usage))
-        self._learn(req, reason)
-
-    def _forget_estimate(self, req: LiveRequest) -> None:
-        forget = getattr(self.predictor, "forget", None)
-        if forget is not None:
-            forget(req.request_id)
-
-    def _learn(self, req: LiveRequest, reason: str) -> None:
-        """Judge the ranker on a naturally ended request (drift guard) and feed it to an online
-        ranker, if there is one. A request cut by max_tokens has no natural length: skipped."""
-        natural = reason == "stop" and not req.spec.ignore_eos and req.resumed_tokens == 0
-        observe = getattr(self.predictor, "observe", None)
-        if observe is not None:
-            if natural:
-                observe(req.request_id, len(req.generated))
-                p = self.predictor
-                self.metrics.ranker_tau.set(getattr(p, "tau", None) or 0.0)
-                self.metrics.ranker_baseline_tau.set(getattr(p, "baseline_tau", None) or 0.0)
-                self.metrics.ranker_fallback.set(1.0 if getattr(p, "fallback", False) else 0.0)
-            else:
-                self._forget_estimate(req)
-        record = getattr(self.predictor, "record_completion", None)
-        if record is None or reason != "stop" or not req.spec.prompt_text or req.spec.ignore_eos:
-            return
-        try:
-            record(req.spec.prompt_text, len(req.prompt_ids), len(req.generated))
-        except Exception:  # learning is best effort; serving must go on
-            log.exception("online ranker could not record a completion")
+        learn_from(self.predictor, self.metrics, req, reason)
 
     # ----- scheduling ---------------------------------------------------------------------------
     def kick(self) -> None:

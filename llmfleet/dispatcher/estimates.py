@@ -1,4 +1,7 @@
-"""Remaining-length re-estimates at slice boundaries, made off the event loop.
+"""What the dispatcher does with length predictions after admission: re-estimates at slice
+boundaries (made off the event loop), and learning from how requests really ended.
+
+Re-estimates.
 
 When a slice ends and its request goes back to the queue, the dispatcher knows the text
 generated so far; a predictor that can read it (`reestimates` is true: a learned ranker with a
@@ -6,6 +9,9 @@ remaining-length model) re-estimates what is left. The request is not held for i
 schedulable with its previous estimate, and the new one replaces it when the worker thread
 answers (batched, so one model call serves every boundary that fell in the same moment). The
 policies then rank by the fresher estimate at their next decision.
+
+Learning. A request that ends naturally (EOS or a stop, not cut by max_tokens or resumed) has a
+true length: the drift guard judges the ranker on it and an online ranker records it.
 """
 
 from __future__ import annotations
@@ -47,7 +53,7 @@ class Reestimator:
             await self._wake.wait()
             self._wake.clear()
             while self.pending:
-                batch = [r for r in list(self.pending.values())[:BATCH]]
+                batch = list(self.pending.values())[:BATCH]
                 for r in batch:
                     self.pending.pop(r.request_id, None)
                 await self._estimate(batch)
@@ -72,3 +78,33 @@ class Reestimator:
                 req.touch()
                 self.metrics.reestimates.inc()
         self.on_update()
+
+
+def forget_estimate(predictor: LengthPredictor, req: LiveRequest) -> None:
+    """The request ended without a natural length: the drift guard will never judge it."""
+    forget = getattr(predictor, "forget", None)
+    if forget is not None:
+        forget(req.request_id)
+
+
+def learn_from(predictor: LengthPredictor, metrics: DispatcherMetrics, req: LiveRequest, reason: str) -> None:
+    """Judge the ranker on a finished request (drift guard, with its gauges) and feed it to an
+    online ranker, if there is one."""
+    natural = reason == "stop" and not req.spec.ignore_eos and req.resumed_tokens == 0
+    observe = getattr(predictor, "observe", None)
+    if observe is not None:
+        if natural:
+            observe(req.request_id, len(req.generated))
+            metrics.ranker_tau.set(getattr(predictor, "tau", None) or 0.0)
+            metrics.ranker_baseline_tau.set(getattr(predictor, "baseline_tau", None) or 0.0)
+            metrics.ranker_fallback.set(1.0 if getattr(predictor, "fallback", False) else 0.0)
+        else:
+            forget_estimate(predictor, req)
+    record = getattr(predictor, "record_completion", None)
+    # A resumed request's generated tokens include what the client brought: still its true length.
+    if record is None or reason != "stop" or req.spec.ignore_eos or not req.spec.prompt_text:
+        return
+    try:
+        record(req.spec.prompt_text, len(req.prompt_ids), len(req.generated))
+    except Exception:  # learning is best effort; serving must go on
+        log.exception("online ranker could not record a completion")
