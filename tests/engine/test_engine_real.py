@@ -68,9 +68,9 @@ async def test_scraper_sees_waiting_when_slots_are_full(engine: EngineProcess) -
 async def test_priority_changes_order_of_service(engine: EngineProcess) -> None:
     """With all 4 slots busy, a later high-priority request starts before an earlier low-priority one.
 
-    The test, not the clock, frees the slots: the blockers are too long to finish during the test
-    (1,900 tokens), and cancelling one (vLLM aborts a request whose client goes away) frees exactly
-    one slot. So the outcome does not depend on how fast a busy machine runs the engine."""
+    The test frees the first slot: cancelling one blocker (vLLM aborts a request whose client goes
+    away) frees exactly one. The blockers (1,900 tokens) usually outlast the test, but the tiny
+    model is fast enough that one may end by itself on some runs; the checks below hold either way."""
     async with EngineClient(engine.url, timeout=600) as client:
         # Earlier tests share this engine and cancel their requests; vLLM aborts those only once it
         # notices the disconnect. Start from an idle engine, or a leftover that ends frees a slot.
@@ -82,10 +82,12 @@ async def test_priority_changes_order_of_service(engine: EngineProcess) -> None:
             asyncio.create_task(client.complete(f"blocker {i}", 1900, ignore_eos=True, priority=0)) for i in range(4)
         ]
         first_token_at: dict[str, float] = {}
+        last_token_at: dict[str, float] = {}
 
         async def timed(name: str, priority: int) -> None:
             async for _chunk in client.stream(f"request {name}", 8, ignore_eos=True, priority=priority):
                 first_token_at.setdefault(name, time.monotonic())
+                last_token_at[name] = time.monotonic()
 
         try:
             await wait_for_condition(lambda: _running_at_least(client, 4), timeout=60, interval=0.05, what="4 running")
@@ -96,12 +98,13 @@ async def test_priority_changes_order_of_service(engine: EngineProcess) -> None:
             assert (await client.load()).running == 4
             assert not first_token_at, "nothing may start while every slot is held"
             blockers[0].cancel()  # one slot frees: the engine must give it to the high-priority request
-            await wait_for_condition(lambda: "high" in first_token_at, timeout=60, what="high started")
-            assert "low" not in first_token_at, "the earlier low-priority request took the freed slot"
-            for b in blockers[1:]:
-                b.cancel()
-            await asyncio.gather(low, high)
-            assert first_token_at["high"] < first_token_at["low"]
+            await asyncio.wait_for(asyncio.gather(low, high), 120)  # low runs once high's slot frees
+            assert first_token_at["high"] < first_token_at["low"], "the earlier low-priority request went first"
+            # With one slot free, low may start only when high ends, unless a blocker ended by itself
+            # meanwhile (the tiny model can decode 1,900 tokens within a slow run): then it may start
+            # at once, and the order above is all there is to check.
+            if not any(b.done() and not b.cancelled() for b in blockers[1:]):
+                assert first_token_at["low"] >= last_token_at["high"], "low ran beside high in one freed slot"
         finally:
             for b in blockers:
                 b.cancel()
