@@ -45,7 +45,9 @@ async def test_stream_yields_the_same_tokens_as_a_plain_completion(engine: Engin
 
 async def test_scraper_sees_waiting_when_slots_are_full(engine: EngineProcess) -> None:
     # The engine runs with --max-num-seqs 4, so ten long requests must leave some waiting.
-    async with EngineClient(engine.url, timeout=120) as client:
+    # A loaded machine can take more than the 3 s probe timeout to scrape /metrics; this test
+    # polls until a deadline, so a slow scrape is "not yet", never a failure.
+    async with EngineClient(engine.url, timeout=120, probe_timeout=30.0) as client:
         tasks = [
             asyncio.create_task(client.complete(f"queue test {i}", 400, ignore_eos=True)) for i in range(10)
         ]
@@ -71,7 +73,7 @@ async def test_priority_changes_order_of_service(engine: EngineProcess) -> None:
     The test frees the first slot: cancelling one blocker (vLLM aborts a request whose client goes
     away) frees exactly one. The blockers (1,900 tokens) usually outlast the test, but the tiny
     model is fast enough that one may end by itself on some runs; the checks below hold either way."""
-    async with EngineClient(engine.url, timeout=600) as client:
+    async with EngineClient(engine.url, timeout=600, probe_timeout=30.0) as client:  # see the test above
         # Earlier tests share this engine and cancel their requests; vLLM aborts those only once it
         # notices the disconnect. Start from an idle engine, or a leftover that ends frees a slot.
         await wait_for_condition(lambda: _idle(client), timeout=60, interval=0.05, what="engine idle")
