@@ -17,6 +17,7 @@ import json
 import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,9 +55,9 @@ def main() -> int:
     t0 = time.time()
     for seed in range(args.seeds):
         with_re = NoisyOraclePredictor.from_eval(args.eval, (t.output_tokens for t in trace), seed=seed)
-        without = NoisyOraclePredictor(tau=with_re.tau, seed=seed, log_mean=with_re.log_mean, log_std=with_re.log_std)
+        without = replace(with_re, tau_curve=())
         row = {"seed": seed}
-        perfect = NoisyOraclePredictor(tau=1.0, seed=seed, log_mean=with_re.log_mean, log_std=with_re.log_std)
+        perfect = replace(with_re, tau=1.0, tau_curve=())
         runs = (("default", default, without), ("once", sliced, without), ("reestimated", sliced, with_re),
                 # The ceiling: what any estimator could give this policy (exact lengths from the start).
                 ("default, exact lengths", default, perfect), (f"S={args.slice_tokens}, exact lengths", sliced, perfect))  # fmt: skip

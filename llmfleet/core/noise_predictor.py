@@ -77,22 +77,24 @@ class NoisyOraclePredictor:
     def from_eval(cls, path: str, lengths: Iterable[int], seed: int = 0) -> NoisyOraclePredictor:
         """Fitted to a workload's lengths, with tau and the re-estimate curve of a ranker's eval.json."""
         import json
+        from pathlib import Path
 
-        data = json.loads(open(path, encoding="utf-8").read())
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
         curve = data.get("remaining_tau") or {}
-        base = cls.fitted(lengths, tau=float(curve.get("0", data["kendall_tau"])), seed=seed)
-        return cls(tau=base.tau, seed=seed, log_mean=base.log_mean, log_std=base.log_std,
-                   tau_curve=tuple((int(k), float(t)) for k, t in curve.items() if int(k) > 0))  # fmt: skip
+        return cls.fitted(lengths, tau=float(curve.get("0", data["kendall_tau"])), seed=seed,
+                          tau_curve=tuple((int(k), float(t)) for k, t in curve.items() if int(k) > 0))  # fmt: skip
 
     @classmethod
-    def fitted(cls, lengths: Iterable[int], tau: float = 0.6, seed: int = 0) -> NoisyOraclePredictor:
+    def fitted(
+        cls, lengths: Iterable[int], tau: float = 0.6, seed: int = 0, tau_curve: tuple[tuple[int, float], ...] = ()
+    ) -> NoisyOraclePredictor:
         """Match `log_mean`/`log_std` to a workload's output lengths (a simulator knows them)."""
         logs = [math.log1p(max(0, n)) for n in lengths]
         if len(logs) < 2:
-            return cls(tau=tau, seed=seed)
+            return cls(tau=tau, seed=seed, tau_curve=tau_curve)
         mean = sum(logs) / len(logs)
         std = math.sqrt(sum((x - mean) ** 2 for x in logs) / (len(logs) - 1)) or 1.0
-        return cls(tau=tau, seed=seed, log_mean=mean, log_std=std)
+        return cls(tau=tau, seed=seed, log_mean=mean, log_std=std, tau_curve=tau_curve)
 
     def _noise(self, request_id: str, generated: int = 0) -> float:
         key = f"{self.seed}:{request_id}" if not generated else f"{self.seed}:{request_id}:{generated}"

@@ -177,7 +177,8 @@ class LearnedRanker:
         model): those get a re-estimate of what is left, conditioned on that text."""
         scores = np.zeros(len(items))
         again = [i for i, it in enumerate(items) if self._can_reestimate(it)]
-        first = [i for i in range(len(items)) if i not in set(again)]
+        skip = set(again)
+        first = [i for i in range(len(items)) if i not in skip]
         with_text = [i for i in first if items[i].prompt_text is not None]
         without = [i for i in first if items[i].prompt_text is None]
         if with_text:

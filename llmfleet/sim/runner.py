@@ -4,7 +4,7 @@ and find each policy's goodput: the highest load at which it still meets the SLO
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from llmfleet.core.config import SchedulingConfig
@@ -76,16 +76,12 @@ def load_predictor(
         remaining = getattr(getattr(predictor, "ranker", None), "remaining", None)
         if reestimate and remaining is not None and remaining.tau_curve:
             lengths = [t.output_tokens for t in trace]
-            noise = NoisyOraclePredictor.fitted(lengths, tau=tau, seed=seed)
-            noise = NoisyOraclePredictor(tau=tau, seed=seed, log_mean=noise.log_mean, log_std=noise.log_std,
-                                         tau_curve=remaining.tau_curve)  # fmt: skip
+            noise = NoisyOraclePredictor.fitted(lengths, tau=tau, seed=seed, tau_curve=remaining.tau_curve)
             return ReestimatedBy(predictor, noise)
         return predictor
     if reestimate_eval:
         stand_in = NoisyOraclePredictor.from_eval(reestimate_eval, (t.output_tokens for t in trace), seed=seed)
-        if not reestimate:
-            stand_in.tau_curve = ()
-        return stand_in
+        return stand_in if reestimate else replace(stand_in, tau_curve=())
     return NoisyOraclePredictor.fitted((t.output_tokens for t in trace), tau=tau, seed=seed)
 
 
