@@ -77,6 +77,10 @@ from llmfleet.core.prediction import LengthEstimate
 # Assignment.max_tokens value meaning "generate until the request finishes".
 ALL_REMAINING = 1 << 30
 
+# Assignment.rank spans 0..MAX_RANK, so a client priority can still order requests above it
+# within vLLM's 32-bit priority (`llmfleet.dispatcher.slices.engine_priority`).
+MAX_RANK = (1 << 16) - 1
+
 # Fallbacks, in one place, for when nothing better is known:
 FALLBACK_SLICE_TOKENS = 128  # S for slice-only policies when the config sets no sliceTokens
 FALLBACK_OUTPUT_TOKENS = 128.0  # expected output of a request with no length estimate
@@ -186,10 +190,16 @@ class Assignment:
     request_id: str
     pod_id: str
     max_tokens: int = ALL_REMAINING
+    # Place in the engine's own queue, lower first (vLLM's `--scheduling-policy priority`; equal
+    # ranks start in arrival order). It only matters when the policy queues the request inside
+    # the engine (admission lookahead): the engine then keeps the policy's order.
+    rank: int = 0
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
             raise ValueError(f"Assignment.max_tokens must be >= 1, got {self.max_tokens}")
+        if not 0 <= self.rank <= MAX_RANK:
+            raise ValueError(f"Assignment.rank must be within 0..{MAX_RANK}, got {self.rank}")
 
 
 

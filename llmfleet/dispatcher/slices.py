@@ -15,7 +15,7 @@ import contextlib
 import logging
 
 from llmfleet.core.clock import Clock
-from llmfleet.core.scheduling import Assignment, Preempt
+from llmfleet.core.scheduling import MAX_RANK, Assignment, Preempt
 from llmfleet.dispatcher.estimates import Reestimator
 from llmfleet.dispatcher.metrics import DispatcherMetrics
 from llmfleet.dispatcher.model import DispatcherSettings, LiveRequest, TokenEvent
@@ -23,6 +23,19 @@ from llmfleet.dispatcher.outcomes import Action, SliceOutcome, after_slice, clas
 from llmfleet.dispatcher.pods import PodConnection, PodFailure, SliceEnd, SliceTokens
 
 log = logging.getLogger(__name__)
+
+PRIORITY_BOUND = 2**31 - 1  # vLLM's priority travels as a 32-bit int through the sidecar
+
+
+def engine_priority(client_priority: int, rank: int) -> int:
+    """vLLM's priority for a slice: lower starts first in the engine's queue.
+
+    The client's priority (larger is more important) orders first; the policy's rank orders
+    requests of equal client priority. Clamped to 32 bits, so extreme client priorities keep
+    their order among themselves only up to about +-32,000.
+    """
+    value = -client_priority * (MAX_RANK + 1) + rank
+    return max(-PRIORITY_BOUND, min(PRIORITY_BOUND, value))
 
 
 class SliceExecution:
@@ -83,13 +96,14 @@ class SliceExecution:
         pod.add_inflight(req.request_id, len(req.prompt_ids) + len(req.generated) + n, expected_left)
         pod.start_prefill(req.request_id, len(req.prompt_ids) + len(req.generated))
         pod.remember_prefixes(req.hash_ids)
-        task = asyncio.create_task(self._run_slice(req, pod, n), name=f"slice-{req.request_id}")
+        priority = engine_priority(req.spec.priority, d.rank)
+        task = asyncio.create_task(self._run_slice(req, pod, n, priority), name=f"slice-{req.request_id}")
         req.slice_task = task
         self._slice_tasks.add(task)
         task.add_done_callback(self._slice_tasks.discard)
         return 1
 
-    async def _run_slice(self, req: LiveRequest, pod: PodConnection, n: int) -> None:
+    async def _run_slice(self, req: LiveRequest, pod: PodConnection, n: int, priority: int) -> None:
         started = self.clock.now()
         got = 0
         end: SliceEnd | None = None
@@ -99,7 +113,7 @@ class SliceExecution:
             list(req.prompt_ids),
             list(req.generated),
             n,
-            priority=-req.spec.priority,  # llmfleet: larger is more important; vLLM: lower runs first
+            priority=priority,
             ignore_eos=req.spec.ignore_eos,
             sampling=req.spec.sampling,
             pending_text_tokens=req.pending_text_tokens,

@@ -65,6 +65,11 @@ def build_command(
         cmd += ["--served-model-name", served_model_name]
     if max_model_len and not _has_flag(extra, "--max-model-len"):
         cmd += ["--max-model-len", str(max_model_len)]
+    if not _has_flag(extra, "--scheduling-policy"):
+        # The dispatcher sends each request's rank as its priority: a request it lets wait inside
+        # the engine (admission lookahead) then starts in the policy's order, not in FCFS order.
+        # Equal priorities start in arrival order, so FCFS policies are unaffected.
+        cmd += ["--scheduling-policy", "priority"]
     env: dict[str, str] = {"HF_HUB_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
     if build.is_cpu:
         if not _has_flag(extra, "--dtype"):

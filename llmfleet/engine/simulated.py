@@ -83,7 +83,7 @@ class SimulatedEngineConfig:
     step_base_s: float = 0.010
     step_per_seq_s: float = 0.0005
     prefill_per_token_s: float = 0.00002
-    priority_scheduling: bool = False
+    priority_scheduling: bool = True  # as llmfleet starts vLLM (`--scheduling-policy priority`)
     kv_tokens: int = 65536
     eos_every: int = 0  # ~1 in this many tokens is EOS (0: never), unless ignore_eos
     name: str = "sim"

@@ -143,6 +143,8 @@ def _engine_args(spec: s.FleetSpec) -> list[str]:
         "--gpu-memory-utilization", str(e.gpu_memory_utilization),
         "--kv-cache-dtype", e.kv_cache_dtype,
         "--tensor-parallel-size", str(e.tensor_parallel_size),
+        # The dispatcher's rank travels as the priority (admission lookahead keeps its order).
+        *(["--scheduling-policy", "priority"] if "--scheduling-policy" not in e.extra_args else []),
         *e.extra_args,
     ]  # fmt: skip
 

@@ -12,7 +12,14 @@ import heapq
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from llmfleet.core.scheduling import ALL_REMAINING, Assignment, Decision, RequestState, SchedulerView
+from llmfleet.core.scheduling import (
+    ALL_REMAINING,
+    MAX_RANK,
+    Assignment,
+    Decision,
+    RequestState,
+    SchedulerView,
+)
 from llmfleet.policies.routing import RoutingProfile, Tentative
 
 # Hold requests at the dispatcher and only release one when a pod can start it now: the
@@ -28,19 +35,22 @@ def dispatch_in_order(
     ordered: Iterable[RequestState],
     profile: RoutingProfile = HOLDING,
     max_tokens: int | None = None,
+    rank: Callable[[RequestState], int] | None = None,
 ) -> tuple[Decision, ...]:
-    """Place requests in the given order; `max_tokens=None` means run to completion."""
+    """Place requests in the given order; `max_tokens=None` means run to completion. `rank`
+    gives each Assignment its place in the engine's own queue (clipped to 0..MAX_RANK)."""
     tent = Tentative(view.pods)
     out: list[Decision] = []
     holding = "free-slot" in profile.filters
     for req in ordered:
-        if holding and tent.free_slots() == 0:
+        if holding and tent.free_slots(profile.lookahead) == 0:
             break
         pod = profile.pick(view, req, tent.pods)
         if pod is None:
             continue
         tent.place(req, pod)
-        out.append(Assignment(req.request_id, pod.pod_id, max_tokens or ALL_REMAINING))
+        place = min(MAX_RANK, max(0, rank(req))) if rank is not None else 0
+        out.append(Assignment(req.request_id, pod.pod_id, max_tokens or ALL_REMAINING, place))
     return tuple(out)
 
 
@@ -49,15 +59,17 @@ def dispatch_ranked(
     key: Callable[[RequestState], Any],
     profile: RoutingProfile = HOLDING,
     max_tokens: int | None = None,
+    rank: Callable[[RequestState], int] | None = None,
 ) -> tuple[Decision, ...]:
-    """Start the best-ranked queued requests (lowest `key` first) on pods that can take them now."""
-    slots = Tentative(view.pods).free_slots()
+    """Start the best-ranked queued requests (lowest `key` first) on pods that can take them now,
+    or, with the profile's lookahead, queue them inside the engines in `rank` order."""
+    slots = Tentative(view.pods).free_slots(profile.lookahead)
     if slots == 0 or not view.queue:
         return ()
     # Only the best few can start now; a partial selection beats sorting a long queue. The
     # margin covers requests that no pod can fit (KV room) being skipped.
     ordered = heapq.nsmallest(slots * 2 + 8, view.queue, key=key)
-    return dispatch_in_order(view, ordered, profile, max_tokens)
+    return dispatch_in_order(view, ordered, profile, max_tokens, rank)
 
 
 class RoutedFcfs:

@@ -8,8 +8,11 @@
   first. The bound is the mean-versus-tail dial (bench/results/sim_guard_conv.png): 30 s keeps
   the p99 at vanilla vLLM's; a guard relative to each request's predicted size was measured and
   did no better (bench/SIM.md).
-* Admission: the dispatcher holds the queue and only releases a request when a pod can start
-  it now (free slot and KV room): the engine's FCFS queue would otherwise undo the ranking.
+* Admission: the dispatcher holds the queue and releases a request when a pod can start it now
+  (free slot and KV room), plus `engineLookahead` more per pod that wait inside the engine. Each
+  carries its rank (`Assignment.rank`), and the engine's priority queue starts them in that
+  order, so a slot freed by a finished request is refilled at the engine's next step rather
+  than after a round trip to the dispatcher, and the engine's queue never undoes the ranking.
 * Prefill pacing (`prefillPaceTokens`): a pod gets a new request only once what it is still
   prefilling, plus the new prompt's uncached tokens, fits the budget (or it prefills nothing).
   Prompts released in bursts become multi-second chunked-prefill stalls for every running
@@ -28,7 +31,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from llmfleet.core.config import SchedulingFields
-from llmfleet.core.scheduling import FALLBACK_OUTPUT_TOKENS, Decision, RequestState, SchedulerView
+from llmfleet.core.scheduling import FALLBACK_OUTPUT_TOKENS, MAX_RANK, Decision, RequestState, SchedulerView
 from llmfleet.policies.base import dispatch_ranked
 from llmfleet.policies.routing import RoutingProfile
 
@@ -50,7 +53,9 @@ class LLMFleetDefault:
         config = config or SchedulingFields()
         self.slice_tokens = config.slice_tokens  # None: run to completion once started
         self.starvation_bound_s = config.starvation_bound_seconds
-        self.profile = replace(profile, prefill_pace_tokens=config.prefill_pace_tokens)
+        self.profile = replace(
+            profile, prefill_pace_tokens=config.prefill_pace_tokens, lookahead=config.engine_lookahead
+        )
         self.growth = growth
 
     def remaining(self, req: RequestState) -> float:
@@ -70,4 +75,9 @@ class LLMFleetDefault:
                 return (0, r.arrival_s, r.seq)
             return (1, remaining(r), r.seq)
 
-        return dispatch_ranked(view, key, self.profile, self.slice_tokens)
+        def rank(r: RequestState) -> int:
+            # The engine's queue order: guarded requests first (the engine breaks ties by
+            # arrival), then shortest remaining first, in tokens.
+            return 0 if r.arrival_s < cutoff else min(MAX_RANK, 1 + int(remaining(r)))
+
+        return dispatch_ranked(view, key, self.profile, self.slice_tokens, rank)

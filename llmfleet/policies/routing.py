@@ -33,9 +33,17 @@ def filter_healthy(view: SchedulerView, req: RequestState, pods: Sequence[PodSta
     return [p for p in pods if p.healthy]
 
 
-def filter_free_slot(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[PodState]:
-    """Pods that can start the request now, without queueing it inside the engine."""
-    return [p for p in pods if p.free_slots > 0]
+def open_slots(pod: PodState, lookahead: int = 0) -> int:
+    """Requests the pod can still take: its free slots plus `lookahead` more that would wait
+    inside the engine (where vLLM's priority queue keeps them in the policy's rank order)."""
+    return max(0, pod.max_running + lookahead - pod.running - pod.waiting)
+
+
+def filter_free_slot(
+    view: SchedulerView, req: RequestState, pods: Sequence[PodState], lookahead: int = 0
+) -> list[PodState]:
+    """Pods that can start the request now (or, with a lookahead, right after a running one ends)."""
+    return [p for p in pods if open_slots(p, lookahead) > 0]
 
 
 def filter_kv_room(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[PodState]:
@@ -193,6 +201,7 @@ class RoutingProfile:
     scorers: tuple[tuple[str, float], ...] = (("queue", 1.0), ("kv-cache", 1.0))
     picker: str = "max-score"
     prefill_pace_tokens: int | None = None  # None: no pacing
+    lookahead: int = 0  # what "free-slot" lets wait inside each engine beyond its free slots
 
     def __post_init__(self) -> None:
         unknown = [f for f in self.filters if f not in FILTERS]
@@ -202,11 +211,16 @@ class RoutingProfile:
             raise ValueError(f"unknown routing plugins: {unknown}")
         if any(w < 0 for _, w in self.scorers):
             raise ValueError("scorer weights must be non-negative")
+        if self.lookahead < 0:
+            raise ValueError("lookahead must be non-negative")
 
     def candidates(self, view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[PodState]:
         out = list(pods)
         for name in self.filters:
-            out = FILTERS[name](view, req, out)
+            if name == "free-slot":
+                out = filter_free_slot(view, req, out, self.lookahead)
+            else:
+                out = FILTERS[name](view, req, out)
             if not out:
                 return out
         if self.prefill_pace_tokens is not None:
@@ -252,5 +266,5 @@ class Tentative:
             + req.context_tokens * cur.recompute_s_per_token,
         )
 
-    def free_slots(self) -> int:
-        return sum(p.free_slots for p in self.pods if p.healthy)
+    def free_slots(self, lookahead: int = 0) -> int:
+        return sum(open_slots(p, lookahead) for p in self.pods if p.healthy)

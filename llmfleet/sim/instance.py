@@ -218,8 +218,21 @@ class Instance:
     def est_running_tokens(self) -> float:
         return max(float(len(self.running)), self.run_cap - self.run_gen)
 
+    def _enqueue(self, req: SimRequest, ahead_of_equals: bool = False) -> None:
+        """vLLM's priority queue: lower rank first, arrival order among equal ranks (a preempted
+        request goes back ahead of the requests of its rank, as vLLM's earlier arrival time puts it)."""
+        w = self.waiting
+        if not w or (w[-1].rank < req.rank or (w[-1].rank == req.rank and not ahead_of_equals)):
+            w.append(req)  # the common case: every rank 0 (FCFS policies), or in rank order
+            return
+        for i, other in enumerate(w):
+            if other.rank > req.rank or (ahead_of_equals and other.rank == req.rank):
+                w.insert(i, req)
+                return
+        w.append(req)
+
     def submit(self, req: SimRequest, t: float) -> None:
-        self.waiting.append(req)
+        self._enqueue(req)
         self._wait_add(req)
         if not self.busy:
             # Start after every decision of this instant is in, so they batch together.
@@ -278,12 +291,14 @@ class Instance:
             grow = sum(1 for r in decoders if r.priv_tokens % B == 0)
             if grow <= self.free_blocks() or len(self.running) == 1:
                 break
-            victim = self.running.pop()
+            # vLLM's priority scheduler preempts the lowest-priority (largest rank), latest one.
+            worst = max(range(len(self.running)), key=lambda i: (self.running[i].rank, i))
+            victim = self.running.pop(worst)
             self._run_remove(victim)
             self.preemptions += 1
             self._release(victim, "all")
             victim.engine_preemptions += 1
-            self.waiting.appendleft(victim)
+            self._enqueue(victim, ahead_of_equals=True)
             self._wait_add(victim)
         if grow > self.free_blocks():
             raise RuntimeError(

@@ -37,6 +37,7 @@ class SimRequest:
         "exp_out",
         "wait_est",
         "run_cap",
+        "rank",
         "_state",
     )
 
@@ -69,14 +70,16 @@ class SimRequest:
         self.policy_preemptions = 0
         self.wait_est = 0.0
         self.run_cap = 0.0
+        self.rank = 0  # place in the engine's priority queue (Assignment.rank)
         self._state: RequestState | None = None
 
-    def assign(self, pod: int, max_tokens: int, t: float) -> None:
+    def assign(self, pod: int, max_tokens: int, t: float, rank: int = 0) -> None:
         if self.pod >= 0 and pod != self.pod:
             self.migrations += 1
         self.pod = pod
         self.assigned_s = t
         self.slice_max = max_tokens
+        self.rank = rank
         remaining = self.output - self.generated
         self.target = self.generated + (
             remaining if max_tokens >= ALL_REMAINING else min(max_tokens, remaining)

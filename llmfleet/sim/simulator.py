@@ -244,7 +244,7 @@ class Simulator:
                 assigned.add(d.request_id)
                 del self.queue[d.request_id]
                 del self.queue_states[d.request_id]
-                req.assign(idx, d.max_tokens, self.now)
+                req.assign(idx, d.max_tokens, self.now, d.rank)
                 self.running[req.rid] = req
                 self.running_states[req.rid] = req.state(self.pod_ids)
                 self.instances[idx].submit(req, self.now)

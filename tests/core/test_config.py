@@ -36,7 +36,9 @@ L4_VIEW = view([req("r", 0, generated=150)], L4_PODS)
 @pytest.mark.parametrize(
     ("field", "before", "after", "v"),
     [
-        ("policy", {"policy": "llmfleet"}, {"policy": "fcfs-rr"}, view([req("r", 0)], [pod("a", running=4)])),
+        # the pod is full and its lookahead used: llmfleet holds the request, fcfs-rr sends it
+        ("policy", {"policy": "llmfleet"}, {"policy": "fcfs-rr"}, view([req("r", 0)], [pod("a", running=4, waiting=2)])),
+        ("engineLookahead", {}, {"engineLookahead": 0}, view([req("r", 0)], [pod("a", running=4)])),
         ("sliceTokens", {}, {"sliceTokens": 16}, view([req("r", 0, expected=50)], [pod("a")])),
         ("starvationBoundSeconds", {}, {"starvationBoundSeconds": 60}, GUARD_VIEW),  # "long" waited 40 s
         (
@@ -58,10 +60,14 @@ def test_each_crd_scheduling_field_changes_what_the_policy_decides(field, before
 
 
 def test_the_values_arrive_unchanged() -> None:
-    config = _through_the_crd({"sliceTokens": 64, "starvationBoundSeconds": 12.5, "prefillPaceTokens": 99, "maxQueue": 7})
+    config = _through_the_crd(
+        {"sliceTokens": 64, "starvationBoundSeconds": 12.5, "prefillPaceTokens": 99, "maxQueue": 7, "engineLookahead": 5}
+    )
     assert (config.slice_tokens, config.starvation_bound_seconds, config.prefill_pace_tokens, config.max_queue) == (64, 12.5, 99, 7)
+    assert config.engine_lookahead == 5
     policy = make_policy(config)
     assert (policy.slice_tokens, policy.starvation_bound_s, policy.profile.prefill_pace_tokens) == (64, 12.5, 99)  # type: ignore[attr-defined]
+    assert policy.profile.lookahead == 5  # type: ignore[attr-defined]
 
 
 def test_defaults_live_in_one_place() -> None:

@@ -68,7 +68,7 @@ def test_engine_pod_contract() -> None:
     assert vllm["args"] == [
         "--model", "/models/llama-3.1-8b-instruct", "--served-model-name", "llama-8b", "--port", "8000",
         "--max-model-len", "8192", "--gpu-memory-utilization", "0.9", "--kv-cache-dtype", "fp8",
-        "--tensor-parallel-size", "1", "--enable-prefix-caching", "--max-num-seqs", "256",
+        "--tensor-parallel-size", "1", "--scheduling-policy", "priority", "--enable-prefix-caching", "--max-num-seqs", "256",
     ]  # fmt: skip
     assert vllm["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert vllm["readinessProbe"]["httpGet"] == {"path": "/health", "port": 8000}

@@ -266,9 +266,35 @@ def test_llmfleet_default(now, pods, expected) -> None:
         req("short", 1, expected=10, arrival=0.5, hash_ids=(7,)),
         req("mid", 2, expected=100, arrival=0.6),
     ]
-    policy = make_policy("llmfleet", starvation_bound_seconds=60)
+    policy = make_policy("llmfleet", starvation_bound_seconds=60, engine_lookahead=0)
     got = placed(policy.decide(view(queue, pods, now=now)))
     assert [(r, p) for r, p, _ in got] == expected
+
+
+@pytest.mark.parametrize(
+    ("lookahead", "pods", "expected"),
+    [
+        # full pods take `lookahead` more each, best rank first; the rank is what the engine's
+        # priority queue orders by: the guarded request 0, then 1 + remaining tokens
+        (1, [pod("a", running=4), pod("b", running=4)], [("old", "a", 0), ("short", "b", 11)]),
+        (
+            2,
+            [pod("a", running=4), pod("b", running=4, waiting=1)],
+            [("old", "a", 0), ("short", "b", 11), ("mid", "a", 101)],
+        ),
+        (1, [pod("a", running=4, waiting=1), pod("b", running=4, waiting=1)], []),  # lookahead used up
+        (0, [pod("a", running=4), pod("b", running=3)], [("old", "b", 0)]),  # free slots only
+    ],
+)
+def test_llmfleet_lookahead_queues_in_rank_order(lookahead, pods, expected) -> None:
+    queue = [
+        req("old", 0, expected=900, arrival=0.0),
+        req("short", 1, expected=10, arrival=0.5),
+        req("mid", 2, expected=100, arrival=0.6),
+    ]
+    policy = make_policy("llmfleet", starvation_bound_seconds=60, engine_lookahead=lookahead)
+    got = policy.decide(view(queue, pods, now=60.2))
+    assert [(d.request_id, d.pod_id, d.rank) for d in got] == expected
 
 
 def test_llmfleet_guard_never_passes_over_a_starved_request() -> None:
@@ -277,7 +303,7 @@ def test_llmfleet_guard_never_passes_over_a_starved_request() -> None:
     import random
 
     rng = random.Random(3)
-    policy = make_policy("llmfleet", starvation_bound_seconds=30)
+    policy = make_policy("llmfleet", starvation_bound_seconds=30, engine_lookahead=0)
     for _ in range(200):
         queue = [
             req(f"r{i}", i, expected=rng.choice([5, 50, 500]), arrival=rng.uniform(0, 100)) for i in range(8)
@@ -293,7 +319,7 @@ def test_llmfleet_guard_never_passes_over_a_starved_request() -> None:
 def test_llmfleet_ranks_grown_requests_as_longer() -> None:
     # "grown" was predicted short but has already produced 300 tokens: it now ranks behind "fresh".
     queue = [req("grown", 0, expected=20, generated=300), req("fresh", 1, expected=200)]
-    got = placed(make_policy("llmfleet").decide(view(queue, [pod("a", running=3)])))
+    got = placed(make_policy("llmfleet", engine_lookahead=0).decide(view(queue, [pod("a", running=3)])))
     assert [r for r, _, _ in got] == ["fresh"]
 
 
