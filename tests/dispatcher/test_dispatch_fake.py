@@ -7,8 +7,10 @@ import pytest
 
 from llmfleet.client import DispatcherClient
 from llmfleet.core.config import SchedulingConfig
+from llmfleet.core.scheduling import MAX_RANK
 from llmfleet.dispatcher import serve_dispatcher
 from llmfleet.dispatcher.pods import slice_seed
+from llmfleet.dispatcher.slices import engine_priority
 from tests.dispatcher.fake_sidecar import reference
 
 PROMPT = [11, 12, 13, 14, 15]
@@ -167,9 +169,41 @@ async def test_priority_reaches_the_engine_inverted(fake_pods):
     try:
         async with DispatcherClient(handle.address) as c:
             await c.generate(prompt_ids=PROMPT, max_tokens=2, priority=5, timeout=20)
-        assert fake_pods[0].servicer.priorities == [-5]  # vLLM: lower value runs first
+            await c.generate(prompt_ids=PROMPT, max_tokens=2, timeout=20)
+        # vLLM: lower value runs first; fcfs-rr ranks every request 0
+        assert fake_pods[0].servicer.priorities == [-5 * (MAX_RANK + 1), 0]
     finally:
         await handle.stop()
+
+
+async def test_the_policy_rank_reaches_the_engine_as_its_priority(fake_pods):
+    """llmfleet's rank (1 + the expected remaining tokens) is the engine queue's order, under the
+    client's priority."""
+    handle = await _fleet(fake_pods[:1], policy="llmfleet")
+    try:
+        async with DispatcherClient(handle.address) as c:
+            await c.generate(prompt_ids=PROMPT, max_tokens=2, timeout=20)
+            await c.generate(prompt_ids=PROMPT, max_tokens=2, priority=1, timeout=20)
+        plain, important = fake_pods[0].servicer.priorities
+        assert 0 < plain <= MAX_RANK
+        assert important == plain - (MAX_RANK + 1)  # the same rank, one client priority level up
+    finally:
+        await handle.stop()
+
+
+@pytest.mark.parametrize(
+    ("client", "rank", "expected"),
+    [
+        (0, 0, 0),
+        (0, 17, 17),
+        (1, 17, 17 - (MAX_RANK + 1)),  # any client priority beats any rank below it
+        (-1, 0, MAX_RANK + 1),
+        (2**31 - 1, 5, -(2**31 - 1)),  # clamped to vLLM's 32 bits
+        (-(2**31 - 1), MAX_RANK, 2**31 - 1),
+    ],
+)
+def test_engine_priority_orders_by_client_priority_then_rank(client, rank, expected):
+    assert engine_priority(client, rank) == expected
 
 
 async def test_sampling_reaches_each_slice_with_min_tokens_counted_down(fake_pods):

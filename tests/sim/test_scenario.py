@@ -81,3 +81,33 @@ def test_slices_requeue_and_resume_from_the_prefix_cache() -> None:
     assert r.latency_s == pytest.approx(t)
     assert result.prefill_tokens == 512 + 16 + 16
     assert result.prefix_hit_tokens == (528 - 16) + (544 - 16)
+
+
+class _RankedToOnePod:
+    """Test policy: sends every queued request to the one pod at once, with a fixed rank each."""
+
+    name = "ranked"
+
+    def __init__(self, ranks: dict[str, int]) -> None:
+        self.ranks = ranks
+
+    def decide(self, view):
+        from llmfleet.core.scheduling import Assignment
+
+        return tuple(Assignment(r.request_id, view.pods[0].pod_id, rank=self.ranks[r.request_id]) for r in view.queue)
+
+
+def test_requests_waiting_inside_the_engine_start_in_rank_order() -> None:
+    """The engine's queue is vLLM's priority queue: lower rank first, arrival order among equals."""
+    trace = [
+        TraceRequest("blocker", 0.0, prompt_tokens=10, output_tokens=5),
+        TraceRequest("late-rank", 0.001, prompt_tokens=10, output_tokens=1),
+        TraceRequest("tie-first", 0.002, prompt_tokens=10, output_tokens=1),
+        TraceRequest("early-rank", 0.003, prompt_tokens=10, output_tokens=1),
+        TraceRequest("tie-second", 0.004, prompt_tokens=10, output_tokens=1),
+    ]
+    ranks = {"blocker": 0, "late-rank": 9, "tie-first": 3, "early-rank": 1, "tie-second": 3}
+    cfg = SimConfig(instances=1, engine=EngineConfig(max_running=1, token_budget=100_000, kv_capacity_tokens=1 << 20))
+    result = Simulator(trace, _RankedToOnePod(ranks), linear_cost_model(A, D), cfg).run()
+    order = [r.request_id for r in sorted(result.records, key=lambda r: r.arrival_s + r.latency_s)]
+    assert order == ["blocker", "early-rank", "tie-first", "tie-second", "late-rank"]
