@@ -63,7 +63,19 @@ def report(policy: str, outcomes: list[Outcome], rows: list[Row], slots: int) ->
         "engine_free_slots_while_queued": round(sum(sum(max(0, slots - p[1]) for p in r[2]) for r in queued) / n, 2),
         "mean_inflight": round(sum(sum(p[0] for p in r[2]) for r in rows) / len(rows), 2),
         "mean_engine_running": round(sum(sum(p[1] for p in r[2]) for r in rows) / len(rows), 2),
+        # Does the ranking show? Mean TTFT of the shortest and the longest third of the requests.
+        **ttft_by_length(outcomes),
     }
+
+
+def ttft_by_length(outcomes: list[Outcome]) -> dict[str, float]:
+    done = sorted((o for o in outcomes if o.ok and o.first_token_s is not None), key=lambda o: o.tokens)
+    third = max(1, len(done) // 3)
+
+    def mean_ttft(group: list[Outcome]) -> float:
+        return round(sum(o.first_token_s - o.arrival_s for o in group if o.first_token_s) / len(group), 2)
+
+    return {"ttft_short_third": mean_ttft(done[:third]), "ttft_long_third": mean_ttft(done[-third:])}
 
 
 def main() -> None:

@@ -119,13 +119,14 @@ class SchedulingFields(_Camel):
         "decode batches see one prefill at a time. Unset turns pacing off.",
     )
     engine_lookahead: int = Field(
-        default=2,
+        default=0,
         ge=0,
         le=256,
         description="llmfleet's admission lookahead: how many requests beyond its free slots each engine may hold "
         "waiting, so that a finished request's slot is refilled at the engine's next step instead of after a round "
         "trip to the dispatcher. They wait in the policy's rank order (engines run vLLM's priority scheduling). "
-        "0 releases a request only when a slot is free.",
+        "0 (the default, measured best on the CPU fleet: bench/DATAPLANE.md) releases a request only when a "
+        "slot is free.",
     )
     max_queue: int = Field(default=4096, ge=1, le=1000000, description="Bound of the dispatcher queue.")
 

@@ -9,10 +9,11 @@
   the p99 at vanilla vLLM's; a guard relative to each request's predicted size was measured and
   did no better (bench/SIM.md).
 * Admission: the dispatcher holds the queue and releases a request when a pod can start it now
-  (free slot and KV room), plus `engineLookahead` more per pod that wait inside the engine. Each
-  carries its rank (`Assignment.rank`), and the engine's priority queue starts them in that
-  order, so a slot freed by a finished request is refilled at the engine's next step rather
-  than after a round trip to the dispatcher, and the engine's queue never undoes the ranking.
+  (free slot and KV room), plus `engineLookahead` (default 0) more per pod that wait inside the
+  engine. Each carries its rank (`Assignment.rank`) and the engine's priority queue starts them
+  in that order, so a slot freed by a finished request is refilled at the engine's next step
+  rather than after a round trip to the dispatcher, and the engine's queue never undoes the
+  ranking. On the CPU fleet the lookahead measured no better than holding (bench/DATAPLANE.md).
 * Prefill pacing (`prefillPaceTokens`): a pod gets a new request only once what it is still
   prefilling, plus the new prompt's uncached tokens, fits the budget (or it prefills nothing).
   Prompts released in bursts become multi-second chunked-prefill stalls for every running

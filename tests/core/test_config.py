@@ -36,9 +36,9 @@ L4_VIEW = view([req("r", 0, generated=150)], L4_PODS)
 @pytest.mark.parametrize(
     ("field", "before", "after", "v"),
     [
-        # the pod is full and its lookahead used: llmfleet holds the request, fcfs-rr sends it
+        # the pod is full: llmfleet holds the request, fcfs-rr sends it
         ("policy", {"policy": "llmfleet"}, {"policy": "fcfs-rr"}, view([req("r", 0)], [pod("a", running=4, waiting=2)])),
-        ("engineLookahead", {}, {"engineLookahead": 0}, view([req("r", 0)], [pod("a", running=4)])),
+        ("engineLookahead", {}, {"engineLookahead": 2}, view([req("r", 0)], [pod("a", running=4)])),
         ("sliceTokens", {}, {"sliceTokens": 16}, view([req("r", 0, expected=50)], [pod("a")])),
         ("starvationBoundSeconds", {}, {"starvationBoundSeconds": 60}, GUARD_VIEW),  # "long" waited 40 s
         (
