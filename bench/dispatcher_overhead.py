@@ -5,9 +5,12 @@ alternating between the dispatcher and the engine's own API (same prompt tokens,
 so both paths see the same engine state and machine noise. The overhead is the paired
 difference of end-to-end latencies.
 
+With `--pin`, the engine gets the first core and everything else (sidecar, dispatcher, this
+client) the others, so the dispatcher's cost is not hidden by contention with the engine.
+
 Reproduce (writes bench/results/dispatcher_overhead.json and dispatcher_overhead_1tok.json):
-    .venv/bin/python bench/dispatcher_overhead.py
-    .venv/bin/python bench/dispatcher_overhead.py --output-tokens 1 --name dispatcher_overhead_1tok
+    .venv/bin/python bench/dispatcher_overhead.py --pin --output-tokens 128
+    .venv/bin/python bench/dispatcher_overhead.py --pin --output-tokens 1 --name dispatcher_overhead_1tok
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import sys
 import time
@@ -25,7 +29,7 @@ import numpy as np
 
 from llmfleet.core.config import SchedulingConfig
 from llmfleet.engine.client import EngineClient
-from llmfleet.fleet.local import FleetSpec, LocalFleet
+from llmfleet.fleet.local import FleetSpec, LocalFleet, usable_cpus
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -79,9 +83,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policy", default="llmfleet")
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--name", default="dispatcher_overhead", help="result file stem")
+    ap.add_argument("--pin", action="store_true", help="engine on the first core, the data plane on the others")
     args = ap.parse_args(argv)
     report: dict[str, object] = {"setup": {**vars(args), "out": str(args.out)}}
-    with LocalFleet(FleetSpec(engines=1, max_num_seqs=8)) as fleet:
+    spec = FleetSpec(engines=1, max_num_seqs=8)
+    if args.pin:
+        cpus = usable_cpus()
+        if len(cpus) < 2:
+            raise SystemExit("--pin needs at least 2 cores")
+        spec.engine_cpus = cpus[:1]
+        os.sched_setaffinity(0, cpus[1:])  # inherited by the sidecar and dispatcher started below
+        report["setup"] = {**report["setup"], "engine_cores": cpus[:1], "data_plane_cores": cpus[1:]}  # type: ignore[dict-item]
+    with LocalFleet(spec) as fleet:
         # One slice covers the whole request, so this is the per-request cost of the data plane.
         dispatcher = fleet.start_dispatcher(SchedulingConfig(policy=args.policy, slice_tokens=max(32, args.output_tokens)))
         lat = asyncio.run(measure(fleet.engines[0].url, dispatcher.address, args.pairs, args.prompt_tokens, args.output_tokens))

@@ -82,6 +82,7 @@ class FleetSpec:
     max_model_len: int = 2048
     engine_args: list[str] = field(default_factory=list)
     model: str | None = None
+    engine_cpus: list[int] | None = None  # cores the engines share out (default: all this process may use)
 
 
 class LocalFleet:
@@ -101,7 +102,7 @@ class LocalFleet:
             self._start_sidecars([["--engine", "simulated"]] * self.spec.engines)
             return
         args = ["--max-num-seqs", str(self.spec.max_num_seqs), "--max-model-len", str(self.spec.max_model_len)]
-        cpus = usable_cpus()
+        cpus = self.spec.engine_cpus or usable_cpus()
         for i in range(self.spec.engines):
             engine = EngineProcess(
                 self.spec.model,

@@ -163,3 +163,24 @@ def test_slo_attainment_counts_ttft_and_time_per_output_token() -> None:
     assert math.isnan(slo.attainment([]))
     with pytest.raises(ValueError, match="positive"):
         Slo(ttft_s=0)
+
+
+def test_reestimate_flags_take_effect(tmp_path) -> None:
+    """`--reestimate-tau EVAL.json` re-estimates at slice boundaries at the eval's measured
+    remaining-length tau; `--no-reestimate` estimates once. Same trace, same seed: the second
+    run differs only by the re-estimates, and they change what the scheduler does."""
+    from pathlib import Path
+
+    eval_json = tmp_path / "eval.json"
+    eval_json.write_text(
+        json.dumps({"kendall_tau": 0.3, "remaining_tau": {"0": 0.3, "32": 0.9, "64": 0.95, "128": 0.97}})
+    )
+    base = ["run", "--trace", "conv", "--policies", "llmfleet", "--instances", "2", "--limit", "400",
+            "--rate-scale", "3", "--slice-tokens", "32", "--no-progress", "--reestimate-tau", str(eval_json)]  # fmt: skip
+    outs = {}
+    for name, extra in (("re", []), ("once", ["--no-reestimate"])):
+        out = tmp_path / f"{name}.json"
+        assert _main([*base, *extra, "--out", str(out)]) == 0
+        outs[name] = json.loads(Path(out).read_text())["results"][0]
+    assert outs["re"]["completed"] == outs["once"]["completed"] == 400
+    assert outs["re"]["mean_latency_s"] != outs["once"]["mean_latency_s"]
