@@ -64,9 +64,15 @@ class LLMFleetDefault:
         est = req.estimate
         if est is not None and est.at_generated > 0:
             # A re-estimate read the text so far: trust it over the growth prior.
-            return max(est.expected_tokens - g, 1.0)
-        expected = est.expected_tokens if est is not None else FALLBACK_OUTPUT_TOKENS
-        return max(expected, self.growth * g, g + 1.0) - g
+            left = max(est.expected_tokens - g, 1.0)
+        else:
+            expected = est.expected_tokens if est is not None else FALLBACK_OUTPUT_TOKENS
+            left = max(expected, self.growth * g, g + 1.0) - g
+        # The client's max_tokens is a hard bound: a request capped at 20 tokens is short
+        # whatever its prompt suggests.
+        if req.max_output_tokens is not None:
+            left = min(left, max(req.max_output_tokens - g, 1.0))
+        return left
 
     def decide(self, view: SchedulerView) -> tuple[Decision, ...]:
         cutoff, remaining = view.now - self.starvation_bound_s, self.remaining

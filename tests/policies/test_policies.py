@@ -316,6 +316,13 @@ def test_llmfleet_guard_never_passes_over_a_starved_request() -> None:
             assert got[0] == min(queue, key=lambda r: (r.estimate.expected_tokens, r.seq)).request_id
 
 
+def test_llmfleet_bounds_the_estimate_by_max_tokens() -> None:
+    # "capped" looks long to the predictor but the client allows it only 8 tokens: it goes first.
+    queue = [req("plain", 0, expected=50), req("capped", 1, expected=500, max_output=8)]
+    got = placed(make_policy("llmfleet", engine_lookahead=0).decide(view(queue, [pod("a", running=3)])))
+    assert [r for r, _, _ in got] == ["capped"]
+
+
 def test_llmfleet_ranks_grown_requests_as_longer() -> None:
     # "grown" was predicted short but has already produced 300 tokens: it now ranks behind "fresh".
     queue = [req("grown", 0, expected=20, generated=300), req("fresh", 1, expected=200)]

@@ -18,6 +18,7 @@ def req(
     arrival: float = 0.0,
     hash_ids: tuple[int, ...] = (),
     pod: str | None = None,
+    max_output: int | None = None,
 ) -> RequestState:
     est = None
     if expected is not None or score is not None:
@@ -30,6 +31,7 @@ def req(
         prompt_tokens=prompt,
         generated_tokens=generated,
         true_output_tokens=true_out,
+        max_output_tokens=max_output,
         estimate=est,
         hash_ids=hash_ids,
         pod_id=pod,
