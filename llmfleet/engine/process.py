@@ -37,9 +37,10 @@ def default_model_dir() -> Path:
 class ManagedProcess:
     """One child process in its own process group, with its output in `log_path`."""
 
-    def __init__(self, name: str, log_path: str | Path) -> None:
+    def __init__(self, name: str, log_path: str | Path, cpus: Sequence[int] | None = None) -> None:
         self.name = name
         self.log_path = Path(log_path)
+        self.cpus = set(cpus) if cpus else None  # CPU affinity of the process and its children
         self.proc: subprocess.Popen[bytes] | None = None
 
     def command(self) -> tuple[list[str], dict[str, str]]:
@@ -48,10 +49,12 @@ class ManagedProcess:
     def start(self) -> ManagedProcess:
         cmd, env = self.command()
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        cpus = self.cpus
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(
-                cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
-            )
+                cmd, env={**os.environ, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
+            )  # fmt: skip
         return self
 
     @property
@@ -113,10 +116,11 @@ class EngineProcess(ManagedProcess):
         log_path: str | Path | None = None,
         env: dict[str, str] | None = None,
         served_model_name: str | None = None,
+        cpus: Sequence[int] | None = None,
     ) -> None:
         self.model = str(model or default_model_dir())
         self.port = port or free_port()
-        super().__init__(f"vLLM on port {self.port}", log_path or f"/tmp/llmfleet-vllm-{self.port}.log")
+        super().__init__(f"vLLM on port {self.port}", log_path or f"/tmp/llmfleet-vllm-{self.port}.log", cpus)
         self.extra_args = list(extra_args)
         self.extra_env = dict(env or {})
         self.served_model_name = served_model_name

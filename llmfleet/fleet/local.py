@@ -82,7 +82,9 @@ class FleetSpec:
     max_model_len: int = 2048
     engine_args: list[str] = field(default_factory=list)
     model: str | None = None
-    engine_cpus: list[int] | None = None  # cores the engines share out (default: all this process may use)
+    # Cores the engines share out (default: all this process may use). When set, each engine
+    # process is also confined to its share, so nothing of it runs beside the rest of the fleet.
+    engine_cpus: list[int] | None = None
 
 
 class LocalFleet:
@@ -109,6 +111,7 @@ class LocalFleet:
                 extra_args=args + self.spec.engine_args,
                 log_path=self.log_dir / f"vllm-{i}.log",
                 env={"VLLM_CPU_OMP_THREADS_BIND": engine_cores(i, self.spec.engines, cpus)},
+                cpus=[int(c) for c in engine_cores(i, self.spec.engines, cpus).split(",")] if self.spec.engine_cpus else None,
             )
             self.engines.append(engine)
             engine.start()  # all engines boot in parallel
