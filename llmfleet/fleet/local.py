@@ -53,9 +53,9 @@ class LlmfleetProcess(ManagedProcess):
 ENGINES = ("vllm", "simulated")
 
 
-def engine_cores(index: int, engines: int, cpus: list[int]) -> str:
-    """The CPU cores engine `index` of `engines` binds its OpenMP threads to, as vLLM's
-    `VLLM_CPU_OMP_THREADS_BIND` list ("0", "2,3", ...).
+def engine_cores(index: int, engines: int, cpus: list[int]) -> list[int]:
+    """The CPU cores engine `index` of `engines` binds its OpenMP threads to (vLLM's
+    `VLLM_CPU_OMP_THREADS_BIND` takes them comma-separated).
 
     Each engine gets its own share of the cores (engines beyond the core count share round
     robin). Unbound, every engine starts one OpenMP thread per core, and two engines on two
@@ -66,7 +66,7 @@ def engine_cores(index: int, engines: int, cpus: list[int]) -> str:
         raise ValueError("no CPU cores to bind to")
     share = max(1, len(cpus) // max(1, engines))
     start = (index * share) % len(cpus)
-    return ",".join(str(c) for c in cpus[start : start + share])
+    return cpus[start : start + share]
 
 
 def usable_cpus() -> list[int]:
@@ -106,12 +106,13 @@ class LocalFleet:
         args = ["--max-num-seqs", str(self.spec.max_num_seqs), "--max-model-len", str(self.spec.max_model_len)]
         cpus = self.spec.engine_cpus or usable_cpus()
         for i in range(self.spec.engines):
+            cores = engine_cores(i, self.spec.engines, cpus)
             engine = EngineProcess(
                 self.spec.model,
                 extra_args=args + self.spec.engine_args,
                 log_path=self.log_dir / f"vllm-{i}.log",
-                env={"VLLM_CPU_OMP_THREADS_BIND": engine_cores(i, self.spec.engines, cpus)},
-                cpus=[int(c) for c in engine_cores(i, self.spec.engines, cpus).split(",")] if self.spec.engine_cpus else None,
+                env={"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores))},
+                cpus=cores if self.spec.engine_cpus else None,
             )
             self.engines.append(engine)
             engine.start()  # all engines boot in parallel

@@ -32,7 +32,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from llmfleet.core.config import SchedulingFields
-from llmfleet.core.scheduling import FALLBACK_OUTPUT_TOKENS, MAX_RANK, Decision, RequestState, SchedulerView
+from llmfleet.core.scheduling import FALLBACK_OUTPUT_TOKENS, Decision, RequestState, SchedulerView
 from llmfleet.policies.base import dispatch_ranked
 from llmfleet.policies.routing import RoutingProfile
 
@@ -85,6 +85,6 @@ class LLMFleetDefault:
         def rank(r: RequestState) -> int:
             # The engine's queue order: guarded requests first (the engine breaks ties by
             # arrival), then shortest remaining first, in tokens.
-            return 0 if r.arrival_s < cutoff else min(MAX_RANK, 1 + int(remaining(r)))
+            return 0 if r.arrival_s < cutoff else 1 + int(remaining(r))  # dispatch clips to MAX_RANK
 
         return dispatch_ranked(view, key, self.profile, self.slice_tokens, rank)

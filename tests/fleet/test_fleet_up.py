@@ -133,11 +133,11 @@ def test_fleet_up_refuses_a_bad_config_in_one_line(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("index", "engines", "cpus", "expected"),
     [
-        (0, 2, [0, 1], "0"),
-        (1, 2, [0, 1], "1"),
-        (1, 2, [4, 5, 6, 7], "6,7"),  # a share each, from the cores this process may use
-        (2, 3, [0, 1], "0"),  # more engines than cores: round robin
-        (0, 1, [0, 1, 2], "0,1,2"),
+        (0, 2, [0, 1], [0]),
+        (1, 2, [0, 1], [1]),
+        (1, 2, [4, 5, 6, 7], [6, 7]),  # a share each, from the cores this process may use
+        (2, 3, [0, 1], [0]),  # more engines than cores: round robin
+        (0, 1, [0, 1, 2], [0, 1, 2]),
     ],
 )
 def test_each_engine_gets_its_own_cores(index, engines, cpus, expected) -> None:
