@@ -103,22 +103,26 @@ class LocalFleet:
         if self.spec.engine == "simulated":
             self._start_sidecars([["--engine", "simulated"]] * self.spec.engines)
             return
-        args = ["--max-num-seqs", str(self.spec.max_num_seqs), "--max-model-len", str(self.spec.max_model_len)]
-        cpus = self.spec.engine_cpus or usable_cpus()
         for i in range(self.spec.engines):
-            cores = engine_cores(i, self.spec.engines, cpus)
-            engine = EngineProcess(
-                self.spec.model,
-                extra_args=args + self.spec.engine_args,
-                log_path=self.log_dir / f"vllm-{i}.log",
-                env={"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores))},
-                cpus=cores if self.spec.engine_cpus else None,
-            )
+            engine = self.engine_process(i)
             self.engines.append(engine)
             engine.start()  # all engines boot in parallel
         for engine in self.engines:
             engine.wait_healthy(engine_timeout_s)
         self._start_sidecars([["--engine-url", e.url] for e in self.engines])
+
+    def engine_process(self, i: int) -> EngineProcess:
+        """Engine `i`, not started: bound to its own cores, and confined to them when the spec
+        names the engines' cores."""
+        args = ["--max-num-seqs", str(self.spec.max_num_seqs), "--max-model-len", str(self.spec.max_model_len)]
+        cores = engine_cores(i, self.spec.engines, self.spec.engine_cpus or usable_cpus())
+        return EngineProcess(
+            self.spec.model,
+            extra_args=args + self.spec.engine_args,
+            log_path=self.log_dir / f"vllm-{i}.log",
+            env={"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores))},
+            cpus=cores if self.spec.engine_cpus else None,
+        )
 
     def _start_sidecars(self, engine_args: list[list[str]]) -> None:
         for i, engine in enumerate(engine_args):

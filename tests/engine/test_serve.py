@@ -38,6 +38,15 @@ def test_user_arguments_win_over_defaults() -> None:
     assert "VLLM_CPU_KVCACHE_SPACE" not in env  # an explicit cache size replaces the default one
 
 
+@pytest.mark.parametrize("build", [CPU, GPU])
+def test_engines_run_priority_scheduling_unless_the_user_chooses(build) -> None:
+    # The dispatcher's rank travels as vLLM's priority; vLLM rejects a priority under FCFS.
+    cmd, _ = build_command("/m", build=build)
+    assert cmd[cmd.index("--scheduling-policy") + 1] == "priority"
+    cmd, _ = build_command("/m", build=build, extra_args=["--scheduling-policy", "fcfs"])
+    assert cmd.count("--scheduling-policy") == 1 and cmd[-1] == "fcfs"
+
+
 def test_gpu_build_gets_no_cpu_quirks() -> None:
     cmd, env = build_command("meta-llama/Llama-3.1-8B", build=GPU, extra_args=["--tensor-parallel-size", "2"])
     assert "--enforce-eager" not in cmd and "--dtype" not in cmd

@@ -144,3 +144,16 @@ def test_each_engine_gets_its_own_cores(index, engines, cpus, expected) -> None:
     from llmfleet.fleet.local import engine_cores
 
     assert engine_cores(index, engines, cpus) == expected
+
+
+def test_engines_are_bound_to_their_own_cores(tmp_path) -> None:
+    from llmfleet.fleet.local import FleetSpec, LocalFleet, usable_cpus
+
+    fleet = LocalFleet(FleetSpec(engines=2), tmp_path)
+    share = max(1, len(usable_cpus()) // 2)
+    bound = [fleet.engine_process(i).command()[1]["VLLM_CPU_OMP_THREADS_BIND"] for i in range(2)]
+    assert bound[0] != bound[1] or share * 2 > len(usable_cpus())
+    assert fleet.engine_process(0).cpus is None  # bound threads, process left where it is
+    confined = LocalFleet(FleetSpec(engines=2, engine_cpus=[4, 5]), tmp_path)
+    assert [confined.engine_process(i).cpus for i in range(2)] == [{4}, {5}]
+    assert confined.engine_process(1).command()[1]["VLLM_CPU_OMP_THREADS_BIND"] == "5"
