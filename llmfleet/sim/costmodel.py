@@ -12,6 +12,13 @@ sequences holding ``ctx`` KV tokens in total. Its duration is::
 * ``overlap`` is the fixed per-forward-pass cost counted once when a chunk of prefill rides
   along with the decode batch.
 
+Two terms are not the engine's but the data plane's, measured on a live fleet (zero for a bare
+engine): ``dispatch_delay_s`` from the dispatcher's assignment to the engine starting the slice
+(the sidecar, the engine's HTTP front, on a loaded host their wait for CPU), and the relay from
+the engine to the client, ``first_token_relay_s`` for the first token and ``finish_relay_s`` for
+the last (on a host short of CPU the per-token relay falls behind during a stream, so the two
+differ).
+
 Models are saved as JSON (``llmfleet sim calibrate`` writes the same schema).
 """
 
@@ -51,6 +58,9 @@ class CostModel:
     overlap_s: float = 0.0
     kv_capacity_tokens: int = 1 << 20  # suggested KV pool size for this engine
     source: str = ""
+    dispatch_delay_s: float = 0.0  # assignment -> the engine starts the slice (live fleet only)
+    first_token_relay_s: float = 0.0  # the engine's first token -> the client reads it (live fleet only)
+    finish_relay_s: float = 0.0  # the engine's last token -> the client reads it (live fleet only)
 
     def __post_init__(self) -> None:
         xs, ys = self.prefill_knots_tokens, self.prefill_knots_s
@@ -63,6 +73,9 @@ class CostModel:
             or self.decode_base_s < 0
             or self.decode_per_seq_s < 0
             or self.decode_per_ctx_token_s < 0
+            or self.dispatch_delay_s < 0
+            or self.first_token_relay_s < 0
+            or self.finish_relay_s < 0
         ):
             raise ValueError("cost model times must be non-negative")
 

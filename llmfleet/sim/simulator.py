@@ -121,6 +121,10 @@ class Simulator:
         self._prefix_sets: list[frozenset[int]] = [frozenset()] * self.cfg.instances
         self._recompute = cost.recompute_s_per_token()
         self._kicks: list[Instance] = []
+        # Slices assigned but not yet at their engine: (time it arrives, seq, request id, instance).
+        self._in_transit: list[tuple[float, int, str, int]] = []
+        self._transit_ids: dict[str, int] = {}  # request id -> its live entry's seq (older ones are stale)
+        self._transit_count = [0] * self.cfg.instances  # what the dispatcher counts and the engine not yet
 
     # ------------------------------------------------------------------ EngineSink
     def kick(self, inst: Instance) -> None:
@@ -203,7 +207,7 @@ class Simulator:
             block_size=inst.B,
             max_running=inst.cfg.max_running,
             running=n_run,
-            waiting=len(inst.waiting),
+            waiting=len(inst.waiting) + self._transit_count[inst.idx],
             est_remaining_s=est_s,
             est_remaining_tokens=tokens,
             pending_prefill_tokens=pending_prefill,
@@ -228,6 +232,11 @@ class Simulator:
             if isinstance(d, Preempt):
                 req = self.running.get(d.request_id)
                 idx = self.pod_index.get(d.pod_id)
+                if req is not None and idx is not None and req.pod == idx and req.rid in self._transit_ids:
+                    del self._transit_ids[req.rid]  # caught before it reached the engine
+                    self._transit_count[idx] -= 1
+                    self.on_leave(self.instances[idx], req, self.now, "preempted")
+                    continue
                 if (
                     req is None
                     or idx is None
@@ -247,7 +256,13 @@ class Simulator:
                 req.assign(idx, d.max_tokens, self.now, d.rank)
                 self.running[req.rid] = req
                 self.running_states[req.rid] = req.state(self.pod_ids)
-                self.instances[idx].submit(req, self.now)
+                if self.cost.dispatch_delay_s > 0:  # the data plane carries it there: it counts as running
+                    self._seq += 1
+                    heapq.heappush(self._in_transit, (self.now + self.cost.dispatch_delay_s, self._seq, req.rid, idx))
+                    self._transit_ids[req.rid] = self._seq
+                    self._transit_count[idx] += 1
+                else:
+                    self.instances[idx].submit(req, self.now)
             else:
                 self.policy_errors += 1
 
@@ -261,6 +276,8 @@ class Simulator:
         while len(self.done) < n:
             t_arr = trace[i].arrival_s if i < n else inf
             t_ev = heap[0][0] if heap else inf
+            if self._in_transit and self._in_transit[0][0] < t_ev:
+                t_ev = self._in_transit[0][0]
             if t_arr == inf and t_ev == inf:
                 raise RuntimeError(
                     f"policy {self.policy.name!r} left {len(self.queue)} requests queued while every pod "
@@ -277,6 +294,12 @@ class Simulator:
                     inst.on_iteration_end(now)
                     if self.cfg.check_invariants:
                         inst.check_invariants()
+            while self._in_transit and self._in_transit[0][0] <= now:
+                _, seq, rid, idx = heapq.heappop(self._in_transit)
+                if self._transit_ids.get(rid) == seq:  # else taken back on the way
+                    del self._transit_ids[rid]
+                    self._transit_count[idx] -= 1
+                    instances[idx].submit(self.running[rid], now)
             while i < n and trace[i].arrival_s <= now:
                 tr = trace[i]
                 req = SimRequest(tr, i, self._estimate(i))
@@ -303,6 +326,7 @@ class Simulator:
                     inst.start_if_idle(now)
         if self.progress is not None:
             self.progress(n, n)
+        first_relay, finish_relay = self.cost.first_token_relay_s, self.cost.finish_relay_s
         records = [
             RequestRecord(
                 request_id=r.rid,
@@ -310,8 +334,11 @@ class Simulator:
                 prompt_tokens=r.prompt,
                 output_tokens=r.output,
                 generated_tokens=r.generated,
-                first_token_s=r.first_token_s if r.first_token_s is not None else math.nan,
-                finish_s=r.finish_s if r.finish_s is not None else math.nan,
+                # The client reads the first and the last token a relay after the engine made them.
+                first_token_s=r.first_token_s + first_relay if r.first_token_s is not None else math.nan,
+                finish_s=max(r.finish_s + finish_relay, (r.first_token_s or 0.0) + first_relay)
+                if r.finish_s is not None
+                else math.nan,
                 slices=r.slices,
                 migrations=r.migrations,
                 preemptions=r.engine_preemptions + r.policy_preemptions,

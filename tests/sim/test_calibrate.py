@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from llmfleet.core.clock import FakeClock
@@ -88,3 +90,71 @@ def test_kv_capacity_is_read_from_vllm_metrics(text, expected) -> None:
     from llmfleet.engine.metrics import parse_metrics
 
     assert (parse_metrics(text).kv_capacity_tokens or None) == expected
+
+
+# ----------------------------------------------------------------------------- the live fleet
+EXPOSITION = """# HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.
+# TYPE vllm:time_to_first_token_seconds histogram
+vllm:time_to_first_token_seconds_bucket{engine="0",le="+Inf",model_name="m"} 4.0
+vllm:time_to_first_token_seconds_count{engine="0",model_name="m"} 4.0
+vllm:time_to_first_token_seconds_sum{engine="0",model_name="m"} 0.8
+vllm:time_to_first_token_seconds_bucket{engine="1",le="+Inf",model_name="m"} 1.0
+vllm:time_to_first_token_seconds_count{engine="1",model_name="m"} 1.0
+vllm:time_to_first_token_seconds_sum{engine="1",model_name="m"} 0.2
+# HELP llmfleet_dispatcher_queue_seconds Queue wait
+# TYPE llmfleet_dispatcher_queue_seconds histogram
+llmfleet_dispatcher_queue_seconds_bucket{le="+Inf"} 2.0
+llmfleet_dispatcher_queue_seconds_count 2.0
+llmfleet_dispatcher_queue_seconds_sum 0.5
+"""
+
+
+def test_histogram_totals_sum_over_labels_and_means_are_between_scrapes() -> None:
+    from llmfleet.sim.calibrate import histogram_means, histogram_totals
+
+    names = ("vllm:time_to_first_token_seconds", "llmfleet_dispatcher_queue_seconds", "absent_seconds")
+    after = histogram_totals(EXPOSITION, names)
+    assert after["vllm:time_to_first_token_seconds"] == pytest.approx((1.0, 5.0))
+    assert after["llmfleet_dispatcher_queue_seconds"] == pytest.approx((0.5, 2.0))
+    before = {"vllm:time_to_first_token_seconds": (0.2, 1.0)}
+    means = histogram_means(before, after)
+    assert means["vllm:time_to_first_token_seconds"] == pytest.approx(0.8 / 4)
+    assert means["llmfleet_dispatcher_queue_seconds"] == pytest.approx(0.25)
+    assert means["absent_seconds"] != means["absent_seconds"]  # NaN: nothing observed
+
+
+@pytest.mark.parametrize(
+    ("dispatcher_ttft", "queued", "client_ttft", "client_e2e", "expected"),
+    [
+        # dispatch = 0.5 - 0.05 - 0.1; first relay = 0.6 - 0.05 - 0.35 - 0.1; finish = 2.4 - 0.05 - 0.35 - 1.6
+        (0.5, 0.05, 0.6, 2.4, (0.35, 0.1, 0.4)),
+        (0.1, 0.0, 0.1, 1.7, (0.0, 0.0, 0.1)),  # nothing added on the way there or for the first token
+        (0.05, 0.0, 0.08, 1.5, (0.0, 0.0, 0.0)),  # noise never gives a negative delay
+    ],
+)
+def test_dataplane_terms_split_the_clients_time(dispatcher_ttft, queued, client_ttft, client_e2e, expected) -> None:
+    from llmfleet.sim.calibrate import dataplane_terms
+
+    engine = {
+        "vllm:time_to_first_token_seconds": 0.1,
+        "vllm:request_decode_time_seconds": 1.5,
+        "vllm:inter_token_latency_seconds": 0.012,
+    }
+    dispatcher = {"llmfleet_dispatcher_ttft_seconds": dispatcher_ttft, "llmfleet_dispatcher_queue_seconds": queued}
+    terms = dataplane_terms(engine, dispatcher, client_ttft, client_e2e)
+    assert (terms.dispatch_delay_s, terms.first_token_relay_s, terms.finish_relay_s) == pytest.approx(expected)
+    assert terms.decode_step_s == 0.012
+
+
+def test_a_fleet_calibrated_model_keeps_its_delays_through_save_and_load(tmp_path) -> None:
+    from llmfleet.sim.calibrate import DataPlaneTerms, with_dataplane
+    from llmfleet.sim.costmodel import CostModel, linear_cost_model
+
+    probed = linear_cost_model(0.001, 0.004, decode_per_seq_s=0.001)
+    model = with_dataplane(probed, DataPlaneTerms(0.012, 0.3, 0.05, 0.2), "fleet")
+    assert model.decode_step_s(1, 0) == model.decode_step_s(8, 0) == 0.012  # flat at what traffic measured
+    assert model.prefill_s(100) == probed.prefill_s(100)
+    model.save(tmp_path / "cost.json")
+    assert CostModel.load(tmp_path / "cost.json") == model
+    with pytest.raises(ValueError, match="non-negative"):
+        replace(model, dispatch_delay_s=-0.1)
