@@ -15,6 +15,8 @@ import argparse
 
 
 def register(parser: argparse.ArgumentParser) -> None:
+    from llmfleet.fleet.local import FleetSpec  # for its defaults
+
     sub = parser.add_subparsers(dest="fleet_command", metavar="SUBCOMMAND", title="subcommands")
     p = sub.add_parser(
         "up",
@@ -39,6 +41,15 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=0, help="dispatcher port (default: a free one)")
     p.add_argument("--openai-port", type=int, default=0, help="port of the OpenAI-compatible API (default: a free one)")
     p.add_argument("--log-dir", default=None, help="folder for every part's log (default: a new temporary one)")
+    p.add_argument(
+        "--engine-nice",
+        type=int,
+        choices=range(0, 20),
+        metavar="0-19",
+        default=FleetSpec.engine_nice,
+        help="CPU niceness of the engines' compute processes, so the sidecars, the dispatcher and vLLM's HTTP "
+        f"front never wait behind them on shared cores (default {FleetSpec.engine_nice}; 0 leaves them as started)",
+    )
     p.set_defaults(func=cmd_up)
 
 
@@ -70,6 +81,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         max_num_seqs=args.max_num_seqs,
         max_model_len=args.max_model_len,
         model=args.model,
+        engine_nice=args.engine_nice,
     )
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -157,3 +157,44 @@ def test_engines_are_bound_to_their_own_cores(tmp_path) -> None:
     confined = LocalFleet(FleetSpec(engines=2, engine_cpus=[4, 5]), tmp_path)
     assert [confined.engine_process(i).cpus for i in range(2)] == [{4}, {5}]
     assert confined.engine_process(1).command()[1]["VLLM_CPU_OMP_THREADS_BIND"] == "5"
+
+
+CHILD_WITH_THREADS = """
+import threading, time
+for _ in range(3):
+    threading.Thread(target=time.sleep, args=(60,), daemon=True).start()
+print("ready", flush=True)
+time.sleep(60)
+"""
+
+PARENT = f"""
+import subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", {CHILD_WITH_THREADS!r}], stdout=sys.stdout)
+time.sleep(60)
+"""
+
+
+def test_only_the_engines_compute_processes_lose_priority() -> None:
+    """The engine's front (the process started) keeps its niceness; every thread of every
+    process under it (vLLM's EngineCore and workers) gets the lower priority."""
+    import psutil
+
+    from llmfleet.fleet.local import lower_compute_priority
+
+    parent = subprocess.Popen([sys.executable, "-c", PARENT], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout is not None and parent.stdout.readline().strip() == "ready"
+        (child,) = psutil.Process(parent.pid).children()
+        before = os.getpriority(os.PRIO_PROCESS, parent.pid)
+        target = min(19, before + 7)
+        assert target > before, "the test needs room to lower the priority"
+        changed = lower_compute_priority(parent.pid, target)
+        threads = [t.id for t in child.threads()]
+        assert changed == len(threads) >= 4  # the child's main thread and its three others
+        assert {os.getpriority(os.PRIO_PROCESS, t) for t in threads} == {target}
+        assert os.getpriority(os.PRIO_PROCESS, parent.pid) == before
+    finally:
+        for p in psutil.Process(parent.pid).children(recursive=True):
+            p.kill()
+        parent.kill()
+        parent.wait()
