@@ -71,7 +71,9 @@ class Dispatcher(SliceExecution):
             predictor = PromptLengthPredictor()
         self.predictor = predictor
         self.metrics = metrics or DispatcherMetrics()
-        self.reestimator = Reestimator(predictor, self.metrics, self.kick) if reestimates(predictor) else None
+        # An online ranker may learn to re-estimate later: its re-estimator waits until it can.
+        can_learn = hasattr(predictor, "record_completion")
+        self.reestimator = Reestimator(predictor, self.metrics, self.kick) if reestimates(predictor) or can_learn else None
         self._credentials = channel_credentials
         self._sidecar_token = sidecar_token
         self._tls_server_name = sidecar_tls_server_name

@@ -45,6 +45,8 @@ class Reestimator:
         """Ask for a re-estimate of `req` (a later ask for the same request replaces this one)."""
         if req.done or req.spec.ignore_eos or not req.spec.prompt_text or not req.generated:
             return  # a fixed length, or nothing new to read
+        if not reestimates(self.predictor):
+            return  # not (or not yet: an online ranker still learning, a guard in fallback)
         self.pending[req.request_id] = req
         self._wake.set()
 
@@ -104,7 +106,7 @@ def learn_from(predictor: LengthPredictor, metrics: DispatcherMetrics, req: Live
     # A resumed request's generated tokens include what the client brought: still its true length.
     if record is None or reason != "stop" or req.spec.ignore_eos or not req.spec.prompt_text:
         return
-    try:
-        record(req.spec.prompt_text, len(req.prompt_ids), len(req.generated))
+    try:  # the answer's text too: an online ranker learns the remaining length from it
+        record(req.spec.prompt_text, len(req.prompt_ids), len(req.generated), output_text=req.stops.text)
     except Exception:  # learning is best effort; serving must go on
         log.exception("online ranker could not record a completion")

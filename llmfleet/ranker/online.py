@@ -5,7 +5,8 @@ The live dispatcher needs four calls:
     ranker = OnlineRanker(clock, initial=load_predictor(path_or_None))   # 1. at start-up
     task = asyncio.create_task(ranker.run())                              # 2. background retrainer
     estimates = ranker.predict(items)                                     # 3. at admission
-    ranker.record_completion(prompt_text, prompt_tokens, output_tokens)   # 4. when a request ends
+    ranker.record_completion(prompt_text, prompt_tokens, output_tokens,   # 4. when a request ends
+                             output_text=text)                            #    (its answer, if kept)
     (ranker.stop() / task.cancel() at shutdown)
 
 * Memory is bounded: `CompletionRecorder` keeps at most `capacity` completions (reservoir
@@ -17,6 +18,10 @@ The live dispatcher needs four calls:
   lock, so readers never block and always see a whole model, old or new.
 * Cold start: until `min_examples` completions are recorded, prompt length orders requests
   and the length estimate is the median/p90 of what has been observed.
+* Remaining length: completions recorded with their answer text (each cut to `max_output_chars`)
+  also train the remaining-length model (`llmfleet.ranker.remaining`; longer answers are kept
+  without their text), so once enough answers
+  are in, the model swapped in re-estimates at slice boundaries from the served text itself.
 * Prometheus: pass the dispatcher's `CollectorRegistry` as `registry=` to export
   `llmfleet_ranker_model_version`, `_recorded_completions_total`, `_sample_size`,
   `_retrains_total{outcome}` and `_retrain_seconds`.
@@ -65,12 +70,20 @@ class Completion:
     prompt_text: str
     prompt_tokens: int
     output_tokens: int
+    output_text: str | None = None  # the answer, for the remaining-length model
 
 
 class CompletionRecorder:
     """A bounded, thread-safe sample of completed requests."""
 
-    def __init__(self, capacity: int = 5000, policy: str = "reservoir", max_prompt_chars: int = 8192, seed: int = 0):
+    def __init__(
+        self,
+        capacity: int = 5000,
+        policy: str = "reservoir",
+        max_prompt_chars: int = 8192,
+        seed: int = 0,
+        max_output_chars: int = 16384,
+    ):
         if capacity < 1:
             raise ValueError("capacity must be at least 1")
         if policy not in ("reservoir", "recent"):
@@ -78,17 +91,21 @@ class CompletionRecorder:
         self.capacity = capacity
         self.policy = policy
         self.max_prompt_chars = max_prompt_chars
+        # A longer answer is kept without its text: the remaining-length model counts what is left
+        # in the text itself, so a cut answer would teach it wrong counts.
+        self.max_output_chars = max_output_chars
         self._items: list[Completion] | deque[Completion] = [] if policy == "reservoir" else deque(maxlen=capacity)
         self._seen = 0
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
 
-    def record(self, prompt_text: str, prompt_tokens: int, output_tokens: int) -> None:
+    def record(self, prompt_text: str, prompt_tokens: int, output_tokens: int, output_text: str | None = None) -> None:
         if not isinstance(prompt_text, str) or not prompt_text.strip():
             raise ValueError("record_completion needs the prompt text (non-empty)")
         if output_tokens < 0:
             raise ValueError("output_tokens must be >= 0")
-        item = Completion(prompt_text[: self.max_prompt_chars], int(prompt_tokens), int(output_tokens))
+        answer = output_text if output_text and len(output_text) <= self.max_output_chars else None
+        item = Completion(prompt_text[: self.max_prompt_chars], int(prompt_tokens), int(output_tokens), answer)
         with self._lock:
             self._seen += 1
             if self.policy == "recent":
@@ -172,8 +189,10 @@ class OnlineRanker:
         live = self._live  # one read: the whole call uses one model even if a swap lands meanwhile
         return live.predict(items)
 
-    def record_completion(self, prompt_text: str, prompt_tokens: int, output_tokens: int) -> None:
-        self.recorder.record(prompt_text, prompt_tokens, output_tokens)
+    def record_completion(
+        self, prompt_text: str, prompt_tokens: int, output_tokens: int, output_text: str | None = None
+    ) -> None:
+        self.recorder.record(prompt_text, prompt_tokens, output_tokens, output_text)
         self.metrics.recorded.inc()
         self.metrics.sample.set(len(self.recorder))
 
@@ -192,7 +211,7 @@ class OnlineRanker:
                     self._live = PromptLengthPredictor.from_lengths([c.output_tokens for c in sample])
                 self.metrics.retrains.labels(outcome="too_few_examples").inc()
                 return False
-            examples = [Example(c.prompt_text, c.output_tokens, "served") for c in sample]
+            examples = [Example(c.prompt_text, c.output_tokens, "served", output=c.output_text) for c in sample]
             started = time.perf_counter()
             try:
                 model = self._trainer(examples)

@@ -72,6 +72,47 @@ async def test_no_re_estimates_for_fixed_lengths_or_predictors_that_cannot_read(
         Reading.reestimates = True
 
 
+class Learning(Reading):
+    """An online ranker double: it cannot read generated text until it has recorded an answer."""
+
+    name = "learning"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recorded: list[tuple[str, int, str | None]] = []
+
+    @property  # type: ignore[override]
+    def reestimates(self) -> bool:
+        return bool(self.recorded)
+
+    def record_completion(self, prompt_text, prompt_tokens, output_tokens, output_text=None) -> None:
+        self.recorded.append((prompt_text, output_tokens, output_text))
+
+
+async def test_an_online_ranker_starts_re_estimating_once_it_has_learned(fake_pods) -> None:
+    predictor = Learning()
+    handle = await serve_dispatcher(pods={"p": fake_pods[0].address}, predictor=predictor,
+                                    config=SchedulingConfig(policy="llmfleet", slice_tokens=4))  # fmt: skip
+    try:
+        await handle.wait_ready(1, timeout_s=10)
+        assert handle.dispatcher.reestimator is not None, "it may learn to: the re-estimator waits"
+        async with DispatcherClient(handle.address) as c:
+            first = await c.generate(prompt="first question", max_tokens=12, timeout=20)
+            assert [k for k, _, _ in predictor.calls if k > 0] == [], "nothing learned yet: no re-estimates"
+            assert predictor.recorded == [], "cut by max_tokens: not a natural length, nothing to learn"
+            assert len(first.token_ids) == 12
+            fake_pods[0].servicer.faults.eos_at = 7  # the next answer ends by itself after 7 tokens
+            stopped = await c.generate(prompt="second question", max_tokens=12, timeout=20)
+            fake_pods[0].servicer.faults.eos_at = None
+            assert stopped.finish_reason == "stop" and len(stopped.token_ids) == 7
+            assert predictor.recorded == [("second question", len(stopped.token_ids), stopped.text)], "with its answer"
+            predictor.calls.clear()
+            await c.generate(prompt="third question", max_tokens=12, timeout=20)
+        assert [k for k, _, _ in predictor.calls if k > 0] == [4, 8], "now every boundary is re-estimated"
+    finally:
+        await handle.stop()
+
+
 @pytest.mark.parametrize(
     "generated, estimate, remaining",
     [

@@ -61,6 +61,33 @@ def test_tau_rises_as_served_traffic_flows_in(llama_examples, embedder):
     assert taus[-1] > 0.25, taus
 
 
+def test_the_remaining_length_model_is_learned_from_served_answers(llama_examples, embedder):
+    """Served answers (their text kept) teach the swapped-in model to re-estimate what is left,
+    judged on prompts it never saw; answers recorded without text teach it nothing of the kind."""
+    from llmfleet.ranker.evaluate import evaluate_remaining
+
+    train, held = split_by_prompt(llama_examples, 0.25, seed=1)
+    with_text = OnlineRanker(FakeClock(), min_examples=60, trainer=make_trainer(embedder=embedder, **FAST))
+    lengths_only = OnlineRanker(FakeClock(), min_examples=60, trainer=make_trainer(embedder=embedder, **FAST))
+    for ex in train:
+        with_text.record_completion(ex.prompt, len(ex.prompt.split()), ex.output_tokens, output_text=ex.output)
+        lengths_only.record_completion(ex.prompt, len(ex.prompt.split()), ex.output_tokens)
+    assert not with_text.reestimates, "the cold-start baseline cannot read generated text"
+    assert with_text.retrain_now() and lengths_only.retrain_now()
+    assert with_text.reestimates and not lengths_only.reestimates
+    result = evaluate_remaining(with_text.live, held, None, [0, 32, 64])  # type: ignore[arg-type]
+    taus, base = result["remaining_tau"], result["remaining_tau_prompt_only"]
+    for k, gain in (("32", 0.02), ("64", 0.05)):  # as the offline model (test_remaining.py)
+        assert taus[k] > base[k] + gain, f"served answers must sharpen the estimate after {k} tokens: {taus} vs {base}"
+
+
+def test_an_answer_too_long_to_keep_is_recorded_without_its_text():
+    rec = CompletionRecorder(capacity=10, max_output_chars=20)
+    rec.record("p", 1, 3, output_text="short answer")
+    rec.record("q", 1, 40, output_text="a much longer answer than twenty characters")
+    assert [c.output_text for c in rec.snapshot()] == ["short answer", None]
+
+
 def test_cold_start_learns_length_quantiles_before_enough_data():
     ranker = OnlineRanker(FakeClock(), min_examples=100)
     for n in range(1, 51):
