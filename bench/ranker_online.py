@@ -1,9 +1,12 @@
 """Online learning curve: held-out Kendall tau as served traffic flows into the OnlineRanker.
 
 Replays the training 80% of the Meta-Llama-3-8B-Instruct prompts as completed requests (in a
-random order) into `OnlineRanker.record_completion`, calls `retrain_now()` at fixed traffic
-volumes, and measures tau on the held-out 20% after each hot swap. Before the first retrain the
-live predictor is the prompt-length cold start.
+random order, each with its answer text, as the dispatcher records them) into
+`OnlineRanker.record_completion`, calls `retrain_now()` at fixed traffic volumes, and measures on
+the held-out 20% after each hot swap: tau of the admission estimate, and tau of the remaining
+length after 32 and 64 generated tokens (the re-estimates the swapped-in model makes at slice
+boundaries), beside the prompt-only score on the same surviving rows. Before the first retrain
+the live predictor is the prompt-length cold start, which cannot re-estimate.
 
 Reproduce (about 3-5 minutes):
     .venv/bin/python bench/ranker_online.py --out bench/results/ranker_online.json
@@ -26,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 from llmfleet.core.clock import FakeClock  # noqa: E402
 from llmfleet.core.prediction import PredictionInput  # noqa: E402
 from llmfleet.ranker.data import load_examples, split_by_prompt  # noqa: E402
+from llmfleet.ranker.evaluate import evaluate_remaining  # noqa: E402
 from llmfleet.ranker.metrics import kendall_tau  # noqa: E402
 from llmfleet.ranker.online import OnlineRanker, make_trainer  # noqa: E402
 from llmfleet.ranker.text import count_tokens  # noqa: E402
@@ -50,17 +54,23 @@ def main() -> int:
     def tau() -> float:
         return kendall_tau([e.score for e in ranker.predict(held_items)], truth)
 
+    def remaining() -> dict:
+        if not ranker.reestimates:
+            return {}
+        got = evaluate_remaining(ranker.live, held, None, [32, 64])  # type: ignore[arg-type]
+        return {"remaining_tau": got["remaining_tau"], "remaining_tau_prompt_only": got["remaining_tau_prompt_only"]}
+
     curve = [{"completions": 0, "model": ranker.live.name, "kendall_tau": tau(), "retrain_seconds": 0.0}]
     fed = 0
     for step in args.steps:
         upto = min(step, len(traffic))
         for ex in traffic[fed:upto]:
-            ranker.record_completion(ex.prompt, len(ex.prompt.split()), ex.output_tokens)
+            ranker.record_completion(ex.prompt, len(ex.prompt.split()), ex.output_tokens, output_text=ex.output)
         fed = upto
         t0 = time.perf_counter()
         ranker.retrain_now()
         curve.append({"completions": fed, "model": ranker.live.name, "kendall_tau": tau(),
-                      "retrain_seconds": time.perf_counter() - t0})
+                      "retrain_seconds": time.perf_counter() - t0, **remaining()})
         print(curve[-1], flush=True)
         if fed == len(traffic):
             break
@@ -82,7 +92,12 @@ def _plot(curve: list[dict], path: Path) -> None:
     x = [c["completions"] for c in curve]
     y = [c["kendall_tau"] for c in curve]
     fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-    ax.plot(x, y, marker="o")
+    ax.plot(x, y, marker="o", label="admission estimate")
+    for k, style in (("32", "s--"), ("64", "^--")):
+        pts = [(c["completions"], c["remaining_tau"][k]) for c in curve if "remaining_tau" in c]
+        if pts:
+            ax.plot(*zip(*pts, strict=True), style, label=f"remaining length after {k} tokens")
+    ax.legend(fontsize=8)
     ax.annotate("cold start: prompt length", (x[0], y[0]), textcoords="offset points", xytext=(8, -4), fontsize=8)
     ax.set_xlabel("completed requests recorded")
     ax.set_ylabel("Kendall tau on held-out prompts")
