@@ -79,7 +79,7 @@ def lower_compute_priority(pid: int, niceness: int) -> int:
     relay. Measured on 2 cores at 2 requests/s: a request spent 0.2-0.4 s getting from the
     dispatcher to its engine and another 0.2-0.35 s getting its last token back; with the compute
     threads at niceness 10, 0.12 s and 0.10 s, mean TTFT 0.22 s instead of 0.40-0.60 s, and the
-    same throughput (bench/DATAPLANE.md)."""
+    same throughput. Past the engines' capacity it did not help (bench/DATAPLANE.md)."""
     import psutil
 
     changed = 0
@@ -113,9 +113,11 @@ class FleetSpec:
     # Cores the engines share out (default: all this process may use). When set, each engine
     # process is also confined to its share, so nothing of it runs beside the rest of the fleet.
     engine_cpus: list[int] | None = None
-    # CPU niceness of the engines' compute processes (0: as started): the data plane relays every
-    # token and must not wait behind the engines' spinning threads (`lower_compute_priority`).
-    engine_nice: int = 10
+    # CPU niceness of the engines' compute processes (0: as started; `lower_compute_priority`).
+    # At 2 requests/s a niceness of 10 cut the data plane's delays in half; at the demo's 3.5/s,
+    # past the engines' capacity, two runs with it were worse for `llmfleet` than runs without
+    # (bench/DATAPLANE.md, section 5), so it is off unless asked for.
+    engine_nice: int = 0
 
 
 class LocalFleet:
