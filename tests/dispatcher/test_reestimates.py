@@ -51,12 +51,17 @@ async def test_each_slice_boundary_re_estimates_from_the_text_so_far(fake_pods) 
         await handle.stop()
 
 
-async def test_no_re_estimates_for_fixed_lengths_or_predictors_that_cannot_read(fake_pods) -> None:
-    predictor = Reading()
+async def _one_pod_slices_of_4(fake_pods, predictor):
     handle = await serve_dispatcher(pods={"p": fake_pods[0].address}, predictor=predictor,
                                     config=SchedulingConfig(policy="llmfleet", slice_tokens=4))  # fmt: skip
+    await handle.wait_ready(1, timeout_s=10)
+    return handle
+
+
+async def test_no_re_estimates_for_fixed_lengths_or_predictors_that_cannot_read(fake_pods) -> None:
+    predictor = Reading()
+    handle = await _one_pod_slices_of_4(fake_pods, predictor)
     try:
-        await handle.wait_ready(1, timeout_s=10)
         async with DispatcherClient(handle.address) as c:
             await c.generate(prompt="exactly", max_tokens=12, ignore_eos=True, timeout=20)
         assert predictor.calls == [], "ignore_eos: the length is known, nothing is predicted"
@@ -91,10 +96,8 @@ class Learning(Reading):
 
 async def test_an_online_ranker_starts_re_estimating_once_it_has_learned(fake_pods) -> None:
     predictor = Learning()
-    handle = await serve_dispatcher(pods={"p": fake_pods[0].address}, predictor=predictor,
-                                    config=SchedulingConfig(policy="llmfleet", slice_tokens=4))  # fmt: skip
+    handle = await _one_pod_slices_of_4(fake_pods, predictor)
     try:
-        await handle.wait_ready(1, timeout_s=10)
         assert handle.dispatcher.reestimator is not None, "it may learn to: the re-estimator waits"
         async with DispatcherClient(handle.address) as c:
             first = await c.generate(prompt="first question", max_tokens=12, timeout=20)
