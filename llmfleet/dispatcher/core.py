@@ -24,7 +24,7 @@ from dataclasses import replace
 from llmfleet.core.clock import Clock
 from llmfleet.core.prediction import LengthEstimate, LengthPredictor, PredictionInput
 from llmfleet.core.scheduling import Assignment, Policy, Preempt, SchedulerView
-from llmfleet.dispatcher.estimates import Reestimator, forget_estimate, learn_from, reestimates
+from llmfleet.dispatcher.estimates import Reestimator, forget_estimate, learn_from, learns, reestimates
 from llmfleet.dispatcher.metrics import DispatcherMetrics
 from llmfleet.dispatcher.model import (
     DispatcherSettings,
@@ -72,8 +72,7 @@ class Dispatcher(SliceExecution):
         self.predictor = predictor
         self.metrics = metrics or DispatcherMetrics()
         # An online ranker may learn to re-estimate later: its re-estimator waits until it can.
-        can_learn = hasattr(predictor, "record_completion")
-        self.reestimator = Reestimator(predictor, self.metrics, self.kick) if reestimates(predictor) or can_learn else None
+        self.reestimator = Reestimator(predictor, self.metrics, self.kick) if reestimates(predictor) or learns(predictor) else None
         self._credentials = channel_credentials
         self._sidecar_token = sidecar_token
         self._tls_server_name = sidecar_tls_server_name
@@ -103,7 +102,7 @@ class Dispatcher(SliceExecution):
             asyncio.create_task(self._ticker(), name="dispatcher-tick"),
         ]
         run_learner = getattr(self.predictor, "run", None)  # an OnlineRanker retrains in the background
-        if run_learner is not None and hasattr(self.predictor, "record_completion"):
+        if run_learner is not None and learns(self.predictor):
             self._tasks.append(asyncio.create_task(run_learner(), name="dispatcher-online-ranker"))
         if self.reestimator is not None:
             self._tasks.append(asyncio.create_task(self.reestimator.run(), name="dispatcher-reestimates"))

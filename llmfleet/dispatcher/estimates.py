@@ -33,6 +33,11 @@ def reestimates(predictor: LengthPredictor) -> bool:
     return bool(getattr(predictor, "reestimates", False))
 
 
+def learns(predictor: LengthPredictor) -> bool:
+    """An online ranker: it records completions, and may learn to re-estimate later."""
+    return hasattr(predictor, "record_completion")
+
+
 class Reestimator:
     def __init__(self, predictor: LengthPredictor, metrics: DispatcherMetrics, on_update: Callable[[], None]) -> None:
         self.predictor = predictor

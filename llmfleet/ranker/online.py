@@ -18,10 +18,10 @@ The live dispatcher needs four calls:
   lock, so readers never block and always see a whole model, old or new.
 * Cold start: until `min_examples` completions are recorded, prompt length orders requests
   and the length estimate is the median/p90 of what has been observed.
-* Remaining length: completions recorded with their answer text (each cut to `max_output_chars`)
-  also train the remaining-length model (`llmfleet.ranker.remaining`; longer answers are kept
-  without their text), so once enough answers
-  are in, the model swapped in re-estimates at slice boundaries from the served text itself.
+* Remaining length: completions recorded with their answer text also train the remaining-length
+  model (`llmfleet.ranker.remaining`), so once enough answers are in, the model swapped in
+  re-estimates at slice boundaries from the served text itself. Answers longer than
+  `max_output_chars` are kept without their text.
 * Prometheus: pass the dispatcher's `CollectorRegistry` as `registry=` to export
   `llmfleet_ranker_model_version`, `_recorded_completions_total`, `_sample_size`,
   `_retrains_total{outcome}` and `_retrain_seconds`.

@@ -95,15 +95,20 @@ async def test_killing_a_sidecar_mid_stream_loses_nothing(engine, sidecar_a):
         await handle.stop()
 
 
-async def _engine_running(engine) -> int | None:
-    """vLLM's running gauge, or None when a scrape times out (the engine is busy aborting or
+async def _engine_load(engine):
+    """vLLM's load gauges, or None when a scrape times out (the engine is busy aborting or
     decoding on a shared machine): the callers poll until a deadline, so one slow scrape is a
     "not yet", not a failure."""
     async with EngineClient(engine.url) as direct:
         try:
-            return (await direct.load()).running
+            return await direct.load()
         except EngineTimeout:
             return None
+
+
+async def _engine_running(engine) -> int | None:
+    load = await _engine_load(engine)
+    return None if load is None else load.running
 
 
 async def test_cancellation_and_deadlines_free_the_engine(engine, sidecar_a):
@@ -225,12 +230,8 @@ async def _drain_mid_slice(engine, sidecar_a, n: int):
 
 def _engine_idle(engine):
     async def idle() -> bool:
-        async with EngineClient(engine.url) as direct:
-            try:
-                load = await direct.load()
-            except EngineTimeout:
-                return False
-        return load.running == 0 and load.waiting == 0
+        load = await _engine_load(engine)
+        return load is not None and load.running == 0 and load.waiting == 0
 
     return idle
 

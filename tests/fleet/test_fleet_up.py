@@ -130,6 +130,15 @@ def test_fleet_up_refuses_a_bad_config_in_one_line(tmp_path: Path) -> None:
     assert out.returncode == 2 and "unknown policy 'nope'" in out.stderr
 
 
+@pytest.mark.parametrize("value", ["20", "-1", "ten"])
+def test_fleet_up_refuses_a_niceness_outside_0_to_19(value: str) -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "llmfleet.cli", "fleet", "up", "--engine", "simulated", "--engine-nice", value],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 2 and "--engine-nice" in out.stderr
+
+
 @pytest.mark.parametrize(
     ("index", "engines", "cpus", "expected"),
     [
