@@ -131,7 +131,12 @@ async def test_cancelling_a_slice_aborts_it_in_vllm(engine, stub):
     async with EngineClient(engine.url) as direct:
         call = stub.RunSlice(sidecar_pb2.SliceRequest(items=[_item("c", PROMPT, max_tokens=1500)]))
         await call.read()
-        assert (await direct.load()).running == 1
+
+        async def busy() -> bool:
+            return (await direct.load()).running == 1
+
+        # vLLM's gauges follow its engine loop, a moment after the first token: poll, never race.
+        await wait_for_condition(busy, 30, what="vLLM reports the slice running")
         call.cancel()
 
         async def idle() -> bool:
