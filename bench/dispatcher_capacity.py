@@ -9,16 +9,20 @@ dispatcher runs as `llmfleet dispatcher` in its own process; this process is the
   peak resident memory (VmHWM) is read from /proc.
 * Decisions: a burst of short requests; decisions per second is the number of slice
   assignments the dispatcher made (its `llmfleet_dispatcher_slice_seconds` count) divided by
-  the wall time of the burst, and the `decide()` calls per second are reported beside it.
+  the wall time of the burst, and the `decide()` calls per second are reported beside it. The
+  CPU time each process used during the burst says which one binds; with `--pin` the dispatcher
+  has a core to itself, and its assignments per second of its own CPU time is what one
+  dispatcher core sustains.
 
 Reproduce (writes bench/results/dispatcher_capacity.json):
-    .venv/bin/python bench/dispatcher_capacity.py --streams 10000 --engines 40
+    .venv/bin/python bench/dispatcher_capacity.py --pin --streams 10000 --engines 40 --burst 20000
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import resource
@@ -91,6 +95,19 @@ def vm_hwm_mib(pid: int) -> float:
     return float("nan")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` and its children so far."""
+    import psutil
+
+    proc = psutil.Process(pid)
+    total = 0.0
+    for one in [proc, *proc.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            t = one.cpu_times()
+            total += t.user + t.system
+    return total
+
+
 def metric(metrics_url: str, name: str) -> float:
     text = httpx.get(metrics_url, timeout=10).text
     total = 0.0
@@ -145,6 +162,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--step-s", type=float, default=2.0, help="simulated decode step time while holding streams")
     ap.add_argument("--burst", type=int, default=20000, help="short requests in the decision burst")
     ap.add_argument("--policy", default="llmfleet")
+    ap.add_argument(
+        "--pin", action="store_true",
+        help="the dispatcher alone on the last core, the client and the sidecars on the others",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--serve-sidecars", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--ports-file", type=Path, default=None, help=argparse.SUPPRESS)
@@ -158,6 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     log_dir.mkdir(parents=True, exist_ok=True)
     report: dict[str, object] = {"setup": {k: str(v) for k, v in vars(args).items() if k not in ("serve_sidecars", "ports_file")}}
     procs: list[LlmfleetProcess] = []
+    cpus = sorted(os.sched_getaffinity(0))
+    if args.pin:
+        if len(cpus) < 2:
+            raise SystemExit("--pin needs at least 2 cores")
+        os.sched_setaffinity(0, cpus[:-1])  # inherited by the sidecar host started below
     try:
         for phase, step_s in (("streams", args.step_s), ("decisions", 0.001)):
             ports_file = log_dir / f"ports-{phase}"
@@ -182,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
                 log_dir / f"dispatcher-{phase}.log",
             )
             procs.append(dispatcher)
+            if args.pin:
+                os.sched_setaffinity(0, cpus[-1:])  # the dispatcher inherits its own core
             dispatcher.start()
+            if args.pin:
+                os.sched_setaffinity(0, cpus[:-1])
             dispatcher.wait_serving(120)
             metrics_url = f"http://127.0.0.1:{metrics_port}/metrics"
             assert dispatcher.pid is not None
@@ -193,11 +223,24 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 slices0 = metric(metrics_url, "llmfleet_dispatcher_slice_seconds_count")
                 decides0 = metric(metrics_url, "llmfleet_dispatcher_decision_seconds_count")
+                assert host.pid is not None
+                cpu0 = {"dispatcher": cpu_seconds(dispatcher.pid), "sidecars": cpu_seconds(host.pid), "client": _own_cpu_s()}
                 burst = asyncio.run(hold_streams(dispatcher.address, args.burst, 1, 8))
+                cpu1 = {"dispatcher": cpu_seconds(dispatcher.pid), "sidecars": cpu_seconds(host.pid), "client": _own_cpu_s()}
+                # Which process the 2 cores went to: if the dispatcher is not near a full core, it
+                # is not what binds the end-to-end rate.
+                burst["cpu_s"] = {k: round(cpu1[k] - cpu0[k], 2) for k in cpu0}
                 slices = metric(metrics_url, "llmfleet_dispatcher_slice_seconds_count") - slices0
                 decides = metric(metrics_url, "llmfleet_dispatcher_decision_seconds_count") - decides0
                 burst["assignments_per_s"] = slices / burst["wall_s"]  # type: ignore[operator]
+                burst["dispatcher_cpu_ms_per_assignment"] = 1000 * burst["cpu_s"]["dispatcher"] / max(1.0, slices)  # type: ignore[index]
                 burst["decide_calls_per_s"] = decides / burst["wall_s"]  # type: ignore[operator]
+                # The dispatcher's capacity: assignments per second of its own CPU time. Pinned
+                # alone on a core, it is what one dispatcher core sustains when the client and the
+                # engines are not what binds.
+                busy = burst["cpu_s"]["dispatcher"] / burst["wall_s"]  # type: ignore[index,operator]
+                burst["dispatcher_core_busy"] = busy
+                burst["assignments_per_dispatcher_cpu_s"] = slices / max(1e-9, burst["cpu_s"]["dispatcher"])  # type: ignore[index]
                 burst["dispatcher_peak_rss_mib"] = vm_hwm_mib(dispatcher.pid)
                 report["decisions"] = burst
             dispatcher.stop()
@@ -212,6 +255,11 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "dispatcher_capacity.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0
+
+
+def _own_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 class _Script(LlmfleetProcess):

@@ -69,6 +69,7 @@ logged, replayed, sent over gRPC and compared across mechanisms.
 
 from __future__ import annotations
 
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -146,7 +147,9 @@ class PodState:
     est_remaining_s: float = 0.0  # estimated seconds of work left for what it holds
     est_remaining_tokens: float = 0.0  # estimated output tokens left for what it holds
     pending_prefill_tokens: int = 0  # prompt tokens of what it holds that are not yet prefilled
-    cached_prefixes: frozenset[int] = frozenset()  # hash ids believed to be in its prefix cache
+    # Hash ids believed to be in its prefix cache. Read-only; the live dispatcher passes a view of
+    # its own record, which nothing changes while decide() runs.
+    cached_prefixes: AbstractSet[int] = frozenset()
     prefix_block_tokens: int = 512  # tokens each hash id stands for
     recompute_s_per_token: float = 0.0  # cost hint: re-prefill seconds per context token
     healthy: bool = True
@@ -216,7 +219,12 @@ Decision = Assignment | Preempt
 
 
 class Policy(Protocol):
-    """A scheduling policy: pure, deterministic, one decision method."""
+    """A scheduling policy: pure, deterministic, one decision method.
+
+    Every decision concerns queued work (an Assignment starts a queued request; a Preempt makes
+    room for one), so with an empty queue there is nothing to decide, and neither the dispatcher
+    nor the simulator calls `decide` then.
+    """
 
     name: str
 

@@ -38,8 +38,9 @@ from llmfleet.dispatcher.model import (
     TokenEvent,
     prefix_hashes,
 )
-from llmfleet.dispatcher.pods import PodConnection, PodFailure
+from llmfleet.dispatcher.pods import PodConnection
 from llmfleet.dispatcher.predictor import exact_estimate
+from llmfleet.dispatcher.slice_stream import PodFailure
 from llmfleet.dispatcher.slices import SliceExecution
 from llmfleet.serving import Token
 
@@ -380,7 +381,7 @@ class Dispatcher(SliceExecution):
         while True:
             await self._wake.wait()
             self._wake.clear()
-            if self.queue or self.running:
+            if self.queue:  # nothing queued, nothing to decide (see Policy)
                 try:
                     self.schedule_once()
                 except Exception:  # a policy bug must not stop the dispatcher

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-from llmfleet.dispatcher.pods import PodFailure, SliceEnd
+from llmfleet.dispatcher.slice_stream import PodFailure, SliceEnd
 
 
 class SliceOutcome(Enum):

@@ -13,42 +13,18 @@ import contextlib
 import hashlib
 import logging
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
 
 import grpc
 
 from llmfleet.core.clock import Clock
 from llmfleet.core.sampling import SamplingParams
 from llmfleet.core.scheduling import PodState
-from llmfleet.serving import DRAINING_KEY, Token, token_value
+from llmfleet.dispatcher.slice_stream import PodFailure, SliceEnd, SliceStream, SliceTokens
+from llmfleet.serving import Token, token_value
 from llmfleet.v1 import sidecar_pb2, sidecar_pb2_grpc
 
 log = logging.getLogger(__name__)
 PREFIX_MEMORY = 4096  # prefix hashes remembered per pod
-
-
-class PodFailure(Exception):
-    """The sidecar could not be reached or broke mid-call; the slice may be retried elsewhere."""
-
-    def __init__(self, message: str, *, draining: bool = False) -> None:
-        super().__init__(message)
-        self.draining = draining
-
-
-@dataclass(frozen=True)
-class SliceTokens:
-    token_ids: tuple[int, ...]
-    text: str
-    pending_text_tokens: int = 0
-    ends: bool = False  # the engine ended the request with the last of these tokens
-
-
-@dataclass(frozen=True)
-class SliceEnd:
-    finish_reason: str  # length | stop | handed_back | error
-    error: str = ""
-    retryable: bool = False
-    client_error: bool = False
 
 
 def slice_seed(seed: int, position: int) -> int:
@@ -146,9 +122,12 @@ class PodConnection:
         self.prefilling: dict[str, int] = {}
         self.seconds_per_token = 0.02
         self._prefixes: collections.OrderedDict[int, None] = collections.OrderedDict()
-        self._prefix_set: frozenset[int] | None = frozenset()
+        self._prefill_tokens = 0  # sum of `prefilling`
+        self._snapshot: tuple[tuple[object, ...], PodState] | None = None  # the last state() and what it was built from
         self._task: asyncio.Task[None] | None = None
         self.closed = False
+        # Every slice to this pod travels over one Slices call (see slice_stream).
+        self.slices = SliceStream(pod_id, lambda: self.stub.Slices(metadata=self.metadata))
 
     # ----- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -160,6 +139,7 @@ class PodConnection:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        await self.slices.close()
         await self.channel.close(grace=None)
 
     async def _watch(self) -> None:
@@ -220,8 +200,6 @@ class PodConnection:
             self._prefixes.move_to_end(h)
         while len(self._prefixes) > PREFIX_MEMORY:
             self._prefixes.popitem(last=False)
-        if hashes:
-            self._prefix_set = None
 
     @property
     def metadata(self) -> tuple[tuple[str, str], ...]:
@@ -234,14 +212,16 @@ class PodConnection:
         self._tokens_left += expected_left
 
     def start_prefill(self, request_id: str, context_tokens: int) -> None:
+        self.prefill_done(request_id)
         self.prefilling[request_id] = context_tokens
+        self._prefill_tokens += context_tokens
 
     def prefill_done(self, request_id: str) -> None:
         """The slice produced its first token: its prompt is no longer being prefilled."""
-        self.prefilling.pop(request_id, None)
+        self._prefill_tokens -= self.prefilling.pop(request_id, 0)
 
     def remove_inflight(self, request_id: str) -> None:
-        self.prefilling.pop(request_id, None)
+        self.prefill_done(request_id)
         entry = self.inflight.pop(request_id, None)
         if entry is not None:
             self._reserved_kv -= entry[0]
@@ -250,14 +230,22 @@ class PodConnection:
                 self._reserved_kv, self._tokens_left = 0, 0.0  # no float drift when idle
 
     def state(self, now: float) -> PodState:
+        """This pod as the policy sees it. A scheduling round asks every pod, several hundred
+        times a second under load, so the last snapshot is reused while nothing in it changed."""
+        healthy = self.healthy(now)
+        key = (
+            len(self.inflight), self._reserved_kv, self._tokens_left, self._prefill_tokens, self.kv_cache_usage,
+            self.kv_capacity_tokens, self.max_model_len, self.max_num_seqs, self.block_size,
+            self.seconds_per_token, self.group, healthy,
+        )  # fmt: skip
+        if self._snapshot is not None and self._snapshot[0] == key:
+            return self._snapshot[1]
         n = len(self.inflight)
         capacity = self.kv_capacity_tokens or max(1, self.max_model_len) * self.max_num_seqs
         reserved = self._reserved_kv
         used = max(reserved, int(self.kv_cache_usage * capacity)) if n else reserved
         tokens_left = max(0.0, self._tokens_left)
-        if self._prefix_set is None:
-            self._prefix_set = frozenset(self._prefixes)
-        return PodState(
+        state = PodState(
             pod_id=self.pod_id,
             group=self.group or None,
             kv_capacity_tokens=capacity,
@@ -268,11 +256,15 @@ class PodConnection:
             waiting=max(0, n - self.max_num_seqs),
             est_remaining_s=tokens_left * self.seconds_per_token,
             est_remaining_tokens=tokens_left,
-            pending_prefill_tokens=sum(self.prefilling.values()),
-            cached_prefixes=self._prefix_set,
+            pending_prefill_tokens=self._prefill_tokens,
+            # A live, read-only view of the LRU: copying 4,096 hashes whenever a slice starts
+            # cost more than the policy itself. Nothing changes it while decide() runs.
+            cached_prefixes=self._prefixes.keys(),
             prefix_block_tokens=self.block_size,
-            healthy=self.healthy(now),
+            healthy=healthy,
         )
+        self._snapshot = (key, state)
+        return state
 
     # ----- calls --------------------------------------------------------------------------------
     async def tokenize(
@@ -289,7 +281,7 @@ class PodConnection:
             raise PodFailure(f"tokenize on {self.pod_id} failed: {exc.code().name}: {exc.details()}") from exc
         return list(resp.token_ids), int(resp.max_model_len)
 
-    async def run_slice(
+    def run_slice(
         self,
         request_id: str,
         prompt_ids: list[int],
@@ -311,20 +303,4 @@ class PodConnection:
             sampling=sampling_to_proto(sampling, len(generated)),
             pending_text_tokens=pending_text_tokens,
         )
-        call = self.stub.RunSlice(sidecar_pb2.SliceRequest(items=[item]), metadata=self.metadata)
-        try:
-            async for event in call:
-                if event.HasField("tokens"):
-                    t = event.tokens
-                    yield SliceTokens(tuple(t.token_ids), t.text, t.pending_text_tokens, t.ends)
-                elif event.HasField("done"):
-                    d = event.done
-                    yield SliceEnd(d.finish_reason, d.error, d.retryable, d.client_error)
-        except grpc.aio.AioRpcError as exc:
-            details = exc.details() or ""
-            raise PodFailure(
-                f"slice on pod {self.pod_id} failed: {exc.code().name}: {details}",
-                draining=dict(exc.trailing_metadata() or ()).get(DRAINING_KEY) == "1",
-            ) from exc
-        finally:
-            call.cancel()
+        return self.slices.run(item)

@@ -20,7 +20,8 @@ from llmfleet.dispatcher.estimates import Reestimator
 from llmfleet.dispatcher.metrics import DispatcherMetrics
 from llmfleet.dispatcher.model import DispatcherSettings, LiveRequest, TokenEvent
 from llmfleet.dispatcher.outcomes import Action, SliceOutcome, after_slice, classify
-from llmfleet.dispatcher.pods import PodConnection, PodFailure, SliceEnd, SliceTokens
+from llmfleet.dispatcher.pods import PodConnection
+from llmfleet.dispatcher.slice_stream import PodFailure, SliceEnd, SliceTokens
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,8 @@ A slice item carries the prompt's token ids and every token generated so far; th
 their concatenation to vLLM with `max_tokens` equal to the slice length, so a request cut into
 slices produces exactly the tokens one long request would (at temperature 0). The priority is
 passed through to vLLM (lower runs first). Cancelling a RunSlice call closes the engine streams,
-which aborts the work inside vLLM.
+which aborts the work inside vLLM. The dispatcher runs its slices over one `Slices` call per pod
+instead (`llmfleet.sidecar.multiplex`), where a slice costs a message rather than a call.
 
 Draining (the Drain RPC, SIGTERM via the CLI, or `llmfleet sidecar drain` as a preStop hook):
 new slices are refused with UNAVAILABLE (the dispatcher re-queues them untouched), slices in
@@ -18,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import grpc
@@ -32,6 +33,7 @@ from llmfleet.engine.errors import EngineError, EngineRequestError
 from llmfleet.engine.metrics import EngineLoad
 from llmfleet.serving import DRAINING_KEY, set_health
 from llmfleet.sidecar.metrics import SidecarMetrics
+from llmfleet.sidecar.multiplex import Emit, multiplex
 from llmfleet.v1 import sidecar_pb2, sidecar_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -167,10 +169,8 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         queue: asyncio.Queue[sidecar_pb2.SliceEvent] = asyncio.Queue()
         running = _RunningSlice(items=len(request.items))
-        self._slices.add(running)
-        self._idle.clear()
-        self.metrics.inflight.set(len(self._slices))
-        running.tasks = [asyncio.create_task(self._run_item(item, queue, running)) for item in request.items]
+        self._track(running)
+        running.tasks = [asyncio.create_task(self._run_item(item, queue.put_nowait, running)) for item in request.items]
         try:
             remaining = len(request.items)
             while remaining:
@@ -182,13 +182,45 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
             for task in running.tasks:
                 task.cancel()
             await asyncio.gather(*running.tasks, return_exceptions=True)
-            self._slices.discard(running)
-            self.metrics.inflight.set(len(self._slices))
-            if not self._slices:
-                self._idle.set()
+            self._untrack(running)
+
+    async def Slices(  # noqa: N802
+        self, request_iterator: AsyncIterator[sidecar_pb2.SliceCommands], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[sidecar_pb2.SliceUpdates]:
+        async for updates in multiplex(self, request_iterator):
+            yield updates
+
+    def start_slice(self, item: sidecar_pb2.SliceItem, emit: Emit) -> asyncio.Task[None] | None:
+        """Run one slice item of a Slices call in its own task, handing each event to `emit`; it
+        counts as in flight (for load reports and draining) until the task ends. A slice that
+        cannot start here is refused as RunSlice would end its call, and None is returned."""
+        if self.draining:
+            emit(sidecar_pb2.SliceFailure(code="UNAVAILABLE", message="sidecar is draining; run the slice elsewhere", draining=True))
+            return None
+        problem = _validate(sidecar_pb2.SliceRequest(items=[item]))
+        if problem:
+            emit(sidecar_pb2.SliceFailure(code="INVALID_ARGUMENT", message=problem))
+            return None
+        running = _RunningSlice(items=1)
+        self._track(running)
+        task = asyncio.create_task(self._run_item(item, emit, running))
+        running.tasks = [task]
+        task.add_done_callback(lambda _: self._untrack(running))
+        return task
+
+    def _track(self, running: _RunningSlice) -> None:
+        self._slices.add(running)
+        self._idle.clear()
+        self.metrics.inflight.set(len(self._slices))
+
+    def _untrack(self, running: _RunningSlice) -> None:
+        self._slices.discard(running)
+        self.metrics.inflight.set(len(self._slices))
+        if not self._slices:
+            self._idle.set()
 
     async def _run_item(
-        self, item: sidecar_pb2.SliceItem, queue: asyncio.Queue[sidecar_pb2.SliceEvent], running: _RunningSlice
+        self, item: sidecar_pb2.SliceItem, emit: Callable[[sidecar_pb2.SliceEvent], None], running: _RunningSlice
     ) -> None:
         rid = item.request_id
         context = [*item.prompt_token_ids, *item.generated_token_ids]
@@ -199,7 +231,7 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
         def done(reason: str, error: str = "", retryable: bool = False, client_error: bool = False) -> None:
             self.metrics.slices.labels(reason).inc()
             self.metrics.slice_seconds.observe(self.clock.now() - started)
-            queue.put_nowait(
+            emit(
                 sidecar_pb2.SliceEvent(
                     request_id=rid,
                     done=sidecar_pb2.SliceDone(
@@ -235,7 +267,7 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
                         ends = chunk.finish_reason == "stop" and i == len(ids) - 1
                         piece = "" if ends and not keep_stop_text else text.step(token)
                         produced += 1
-                        queue.put_nowait(
+                        emit(
                             sidecar_pb2.SliceEvent(
                                 request_id=rid,
                                 tokens=sidecar_pb2.SliceTokens(

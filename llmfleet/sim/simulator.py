@@ -315,6 +315,8 @@ class Simulator:
             while self.changed and rounds < 4:
                 rounds += 1
                 self.changed = False
+                if not self.queue:  # nothing to decide (see Policy)
+                    break
                 self.decide_calls += 1
                 self._apply(self.policy.decide(self.view()))
                 if self.cfg.check_invariants:

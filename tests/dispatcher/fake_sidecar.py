@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 import grpc
 
 from llmfleet.serving import add_health_and_reflection, set_health
+from llmfleet.sidecar.multiplex import multiplex
 from llmfleet.v1 import sidecar_pb2, sidecar_pb2_grpc
 
 EOS = 2
@@ -57,6 +58,8 @@ class FakeSidecar(sidecar_pb2_grpc.SidecarServicer):
     cancelled: int = 0
     priorities: list[int] = field(default_factory=list)
     samplings: list[sidecar_pb2.Sampling] = field(default_factory=list)
+    slice_calls: int = 0  # Slices calls opened
+    command_messages: list[int] = field(default_factory=list)  # slices started by each command message
 
     async def RunSlice(self, request, context) -> AsyncIterator[sidecar_pb2.SliceEvent]:  # noqa: N802
         f = self.faults
@@ -107,6 +110,29 @@ class FakeSidecar(sidecar_pb2_grpc.SidecarServicer):
         finally:
             self.active -= 1
 
+    async def Slices(self, request_iterator, context):  # noqa: N802
+        """The dispatcher's path: each started item runs RunSlice above, whose aborts become
+        the item's failure, as the real sidecar reports them."""
+        self.slice_calls += 1
+
+        async def counted():
+            async for message in request_iterator:
+                self.command_messages.append(len(message.start))
+                yield message
+
+        async for updates in multiplex(self, counted()):
+            yield updates
+
+    def start_slice(self, item, emit) -> asyncio.Task[None]:
+        async def run() -> None:
+            try:
+                async for event in self.RunSlice(sidecar_pb2.SliceRequest(items=[item]), _ItemContext()):
+                    emit(event)
+            except _Aborted as exc:
+                emit(sidecar_pb2.SliceFailure(code=exc.code.name, message=exc.details, draining=exc.draining))
+
+        return asyncio.create_task(run())
+
     async def Tokenize(self, request, context):  # noqa: N802
         return sidecar_pb2.TokenizeResponse(
             token_ids=[b + 3 for b in request.text.encode()], max_model_len=self.max_model_len
@@ -131,6 +157,24 @@ class FakeSidecar(sidecar_pb2_grpc.SidecarServicer):
         return sidecar_pb2.DrainResponse()
 
 
+class _Aborted(Exception):
+    def __init__(self, code: grpc.StatusCode, details: str, draining: bool) -> None:
+        self.code, self.details, self.draining = code, details, draining
+
+
+class _ItemContext:
+    """What RunSlice uses of a servicer context, for one item of a Slices call."""
+
+    def __init__(self) -> None:
+        self.draining = False
+
+    def set_trailing_metadata(self, metadata) -> None:
+        self.draining = ("llmfleet-draining", "1") in tuple(metadata)
+
+    async def abort(self, code: grpc.StatusCode, details: str) -> None:
+        raise _Aborted(code, details, self.draining)
+
+
 def _done(rid: str, reason: str, error: str = "", retryable: bool = False, client_error: bool = False):
     return sidecar_pb2.SliceEvent(
         request_id=rid,
@@ -153,12 +197,12 @@ class FakePod:
         await self.server.stop(None)
 
 
-async def start_fake_pod(host: str = "127.0.0.1", **kwargs) -> FakePod:
+async def start_fake_pod(host: str = "127.0.0.1", port: int = 0, **kwargs) -> FakePod:
     servicer = FakeSidecar(**kwargs)
     server = grpc.aio.server()
     sidecar_pb2_grpc.add_SidecarServicer_to_server(servicer, server)
     health = add_health_and_reflection(server, ["llmfleet.v1.Sidecar"])
     await set_health(health, ["llmfleet.v1.Sidecar"], True)
-    port = server.add_insecure_port(f"{host}:0")
+    port = server.add_insecure_port(f"{host}:{port}")
     await server.start()
     return FakePod(servicer, server, port, host)

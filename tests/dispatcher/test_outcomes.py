@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from llmfleet.dispatcher.outcomes import Action, AfterSlice, SliceOutcome, after_slice, classify
-from llmfleet.dispatcher.pods import PodFailure, SliceEnd
+from llmfleet.dispatcher.slice_stream import PodFailure, SliceEnd
 
 Out = SliceOutcome
 BROKEN = PodFailure("stream broke")

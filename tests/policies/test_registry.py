@@ -45,3 +45,14 @@ def test_make_policy_takes_a_config_and_settings_override_it() -> None:
     assert make_policy(config, slice_tokens=8).slice_tokens == 8  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="greater than or equal to 1"):
         make_policy(config, slice_tokens=0)
+
+
+@pytest.mark.parametrize("name", ISSUE_POLICIES)
+def test_with_an_empty_queue_no_policy_decides_anything(name: str) -> None:
+    """The contract that lets the dispatcher and the simulator skip scheduling points with an
+    empty queue: even a full pod under memory pressure is left alone until work waits."""
+    from tests.policies.views import pod, req, view
+
+    running = [req(f"r{i}", i, generated=50, expected=900.0, pod="p0") for i in range(4)]
+    busy = view(running=running, pods=[pod("p0", running=4, kv_used=99_000), pod("p1")], now=1000.0)
+    assert make_policy(name).decide(busy) == ()
