@@ -55,6 +55,42 @@ async def host_sidecars(count: int, max_num_seqs: int, step_s: float, ports_file
     await asyncio.Event().wait()
 
 
+# --- the floor: two gRPC hops and nothing else ------------------------------------------------------
+async def serve_relay(pods: list[str], port_file: Path) -> None:
+    """Generate relayed to the sidecars over the same Slices calls the dispatcher uses, round
+    robin, with none of the dispatcher's own work (no queue, policy, accounting, metrics or
+    checks): what the two gRPC hops alone cost a Python process per request."""
+    import itertools
+
+    from llmfleet.dispatcher.slice_stream import SliceStream, SliceTokens
+    from llmfleet.v1 import dispatcher_pb2, dispatcher_pb2_grpc, sidecar_pb2, sidecar_pb2_grpc
+
+    stubs = [sidecar_pb2_grpc.SidecarStub(grpc.aio.insecure_channel(a)) for a in pods]
+    streams = [SliceStream(f"p{i}", stub.Slices) for i, stub in enumerate(stubs)]
+    count = itertools.count()
+
+    class Relay(dispatcher_pb2_grpc.DispatcherServicer):
+        async def Generate(self, request, context):  # type: ignore[no-untyped-def]  # noqa: N802
+            i = next(count)
+            item = sidecar_pb2.SliceItem(
+                request_id=str(i), prompt_token_ids=request.token_ids.ids, max_tokens=request.max_tokens, ignore_eos=True
+            )
+            ids: list[int] = []
+            async for event in streams[i % len(streams)].run(item):
+                if isinstance(event, SliceTokens):
+                    ids.extend(event.token_ids)
+            yield dispatcher_pb2.GenerateResponse(request_id=str(i), token_ids=ids, finish_reason="length")
+
+    from llmfleet.serving import SERVER_OPTIONS
+
+    server = grpc.aio.server(options=SERVER_OPTIONS)  # as the dispatcher's
+    dispatcher_pb2_grpc.add_DispatcherServicer_to_server(Relay(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    port_file.write_text(str(port))
+    await server.wait_for_termination()
+
+
 # --- the policy alone ---------------------------------------------------------------------------
 def policy_decisions_per_s(policy_name: str, queued: int, pods: int, repeats: int = 50) -> dict[str, float]:
     """Assignments per second of `decide()` alone, on a view with `queued` waiting requests and
@@ -117,7 +153,8 @@ def metric(metrics_url: str, name: str) -> float:
     return total
 
 
-async def hold_streams(address: str, n: int, tokens: int, prompt_tokens: int) -> dict[str, object]:
+async def hold_streams(address: str, n: int, tokens: int, prompt_tokens: int, in_flight: int = 0) -> dict[str, object]:
+    """`n` Generate calls, all at once or at most `in_flight` at a time."""
     from llmfleet.v1 import dispatcher_pb2, dispatcher_pb2_grpc
 
     errors: dict[str, int] = {}
@@ -127,7 +164,13 @@ async def hold_streams(address: str, n: int, tokens: int, prompt_tokens: int) ->
     async with grpc.aio.insecure_channel(address, options=[("grpc.max_concurrent_streams", 0)]) as channel:
         stub = dispatcher_pb2_grpc.DispatcherStub(channel)
 
+        gate = asyncio.Semaphore(in_flight or n)
+
         async def one(i: int) -> None:
+            async with gate:
+                await one_call(i)
+
+        async def one_call(i: int) -> None:
             nonlocal wrong, peak_open, open_now
             open_now += 1
             peak_open = max(peak_open, open_now)
@@ -161,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--stream-tokens", type=int, default=8, help="tokens per held stream")
     ap.add_argument("--step-s", type=float, default=2.0, help="simulated decode step time while holding streams")
     ap.add_argument("--burst", type=int, default=20000, help="short requests in the decision burst")
+    ap.add_argument(
+        "--in-flight", type=int, default=0, help="burst requests open at a time (default: all at once)",
+    )
     ap.add_argument("--policy", default="llmfleet")
     ap.add_argument(
         "--pin", action="store_true",
@@ -169,7 +215,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     ap.add_argument("--serve-sidecars", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--ports-file", type=Path, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--serve-relay", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.serve_relay:
+        from llmfleet.core.eventloop import run_server
+
+        run_server(lambda: serve_relay(args.serve_relay.split(","), args.ports_file))  # on the dispatcher's loop
+        return 0
     if args.serve_sidecars:
         asyncio.run(host_sidecars(args.serve_sidecars, args.max_num_seqs, args.step_s, args.ports_file))
         return 0
@@ -225,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
                 decides0 = metric(metrics_url, "llmfleet_dispatcher_decision_seconds_count")
                 assert host.pid is not None
                 cpu0 = {"dispatcher": cpu_seconds(dispatcher.pid), "sidecars": cpu_seconds(host.pid), "client": _own_cpu_s()}
-                burst = asyncio.run(hold_streams(dispatcher.address, args.burst, 1, 8))
+                burst = asyncio.run(hold_streams(dispatcher.address, args.burst, 1, 8, args.in_flight))
                 cpu1 = {"dispatcher": cpu_seconds(dispatcher.pid), "sidecars": cpu_seconds(host.pid), "client": _own_cpu_s()}
                 # Which process the 2 cores went to: if the dispatcher is not near a full core, it
                 # is not what binds the end-to-end rate.
@@ -244,6 +296,8 @@ def main(argv: list[str] | None = None) -> int:
                 burst["dispatcher_peak_rss_mib"] = vm_hwm_mib(dispatcher.pid)
                 report["decisions"] = burst
             dispatcher.stop()
+            if phase == "decisions":
+                report["relay_floor"] = relay_floor(args, ports_file.read_text(), log_dir, cpus, host)
             host.stop()
     finally:
         for p in procs:
@@ -255,6 +309,31 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "dispatcher_capacity.json").write_text(json.dumps(report, indent=2) + "\n")
     print(json.dumps(report, indent=2))
     return 0
+
+
+def relay_floor(args: argparse.Namespace, pods: str, log_dir: Path, cpus: list[int], host: LlmfleetProcess) -> dict[str, object]:
+    """The same burst through `serve_relay`, on the dispatcher's core: the floor under the
+    dispatcher's CPU per assignment set by Python gRPC alone."""
+    port_file = log_dir / "relay-port"
+    port_file.unlink(missing_ok=True)
+    relay = _Script("relay", [__file__, "--serve-relay", pods, "--ports-file", str(port_file)], log_dir / "relay.log")
+    if args.pin:
+        os.sched_setaffinity(0, cpus[-1:])
+    relay.start()
+    if args.pin:
+        os.sched_setaffinity(0, cpus[:-1])
+    try:
+        relay.wait_until(lambda: port_file.exists() and port_file.read_text() != "", 60, "serving")
+        assert relay.pid is not None and host.pid is not None
+        cpu0 = cpu_seconds(relay.pid)
+        burst = asyncio.run(hold_streams(f"127.0.0.1:{port_file.read_text()}", args.burst, 1, 8, args.in_flight))
+        cpu = cpu_seconds(relay.pid) - cpu0
+    finally:
+        relay.stop()
+    burst["relay_cpu_s"] = round(cpu, 2)
+    burst["relay_cpu_ms_per_request"] = 1000 * cpu / args.burst
+    burst["requests_per_relay_cpu_s"] = args.burst / max(1e-9, cpu)
+    return burst
 
 
 def _own_cpu_s() -> float:

@@ -10,15 +10,23 @@ import asyncio
 import heapq
 import itertools
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 
+class Timer(Protocol):
+    def cancel(self) -> object: ...
+
+
 class Clock(Protocol):
-    """Monotonic seconds plus an awaitable sleep."""
+    """Monotonic seconds, an awaitable sleep, and a callback after a delay (cheaper than a task
+    that sleeps, for a timer most of which are cancelled, such as a request's deadline)."""
 
     def now(self) -> float: ...
 
     async def sleep(self, seconds: float) -> None: ...
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer: ...
 
 
 class RealClock:
@@ -29,6 +37,9 @@ class RealClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer:
+        return asyncio.get_running_loop().call_later(max(0.0, seconds), callback)
 
 
 class FakeClock:
@@ -53,6 +64,13 @@ class FakeClock:
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         heapq.heappush(self._sleepers, (self._now + seconds, next(self._seq), fut))
         await fut
+
+    def call_later(self, seconds: float, callback: Callable[[], None]) -> Timer:
+        """`callback` runs when `advance` passes now + seconds, unless the timer is cancelled."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        fut.add_done_callback(lambda f: None if f.cancelled() else callback())
+        heapq.heappush(self._sleepers, (self._now + max(0.0, seconds), next(self._seq), fut))
+        return fut
 
     def advance(self, seconds: float) -> None:
         """Move time forward, waking every sleeper whose deadline has passed."""

@@ -286,7 +286,8 @@ class Dispatcher(SliceExecution):
         req.estimate = self._estimate(req)
         self.queue[rid] = req
         if spec.deadline_s is not None:
-            req.deadline_task = asyncio.create_task(self._deadline(req, spec.deadline_s))
+            seconds = spec.deadline_s
+            req.deadline = self.clock.call_later(seconds, lambda: self._deadline(req, seconds))
         self._update_gauges()
         self.kick()
         return req
@@ -301,8 +302,7 @@ class Dispatcher(SliceExecution):
             log.exception("length predictor failed; scheduling without an estimate")
             return None
 
-    async def _deadline(self, req: LiveRequest, seconds: float) -> None:
-        await self.clock.sleep(seconds)
+    def _deadline(self, req: LiveRequest, seconds: float) -> None:
         if not req.done:
             self._fail(req, "DEADLINE_EXCEEDED", f"deadline of {seconds * 1000:.0f} ms passed after {len(req.generated)} tokens")
 
@@ -320,8 +320,8 @@ class Dispatcher(SliceExecution):
         self.running.pop(req.request_id, None)
         if req.slice_task is not None and req.slice_task is not asyncio.current_task():
             req.slice_task.cancel()  # cancelling the gRPC call aborts the engine work
-        if req.deadline_task is not None and req.deadline_task is not asyncio.current_task():
-            req.deadline_task.cancel()
+        if req.deadline is not None:
+            req.deadline.cancel()
         self._update_gauges()
         self.kick()
 

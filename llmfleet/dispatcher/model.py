@@ -8,6 +8,7 @@ import asyncio
 import hashlib
 from dataclasses import dataclass, field
 
+from llmfleet.core.clock import Timer
 from llmfleet.core.prediction import LengthEstimate
 from llmfleet.core.sampling import SamplingParams
 from llmfleet.core.scheduling import RequestState
@@ -226,7 +227,7 @@ class LiveRequest:
         self.progress_s = arrival_s  # when its current slice last produced something
         self.stalled = False  # its current slice was cancelled for making no progress
         self.slice_task: asyncio.Task[None] | None = None
-        self.deadline_task: asyncio.Task[None] | None = None
+        self.deadline: Timer | None = None  # fails the request when it fires
         self._state: RequestState | None = None
         self.resumed_tokens = 0
         if spec.resume is not None:  # carry on exactly where the client's last message left off
