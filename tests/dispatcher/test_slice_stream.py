@@ -5,6 +5,9 @@ open on it while the next slice opens a new call."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 
 import grpc
 import pytest
@@ -12,7 +15,7 @@ import pytest
 from llmfleet.core.clock import wait_for_condition
 from llmfleet.dispatcher.slice_stream import PodFailure, SliceEnd, SliceStream, SliceTokens
 from llmfleet.v1 import sidecar_pb2, sidecar_pb2_grpc
-from tests.dispatcher.fake_sidecar import reference, start_fake_pod
+from tests.dispatcher.fake_sidecar import FakePod, reference, start_fake_pod
 
 PROMPT = [11, 12, 13, 14]
 
@@ -32,12 +35,30 @@ async def _collect(stream: SliceStream, item: sidecar_pb2.SliceItem) -> tuple[li
     return tokens, end
 
 
-async def test_slices_started_together_travel_in_one_message_on_one_call() -> None:
-    pod = await start_fake_pod(token_delay_s=0.001)
-    channel = grpc.aio.insecure_channel(pod.address)
+@dataclass
+class Setup:
+    pod: FakePod  # replaced when a test restarts the sidecar
+    stream: SliceStream
+
+
+@contextlib.asynccontextmanager
+async def one_pod(token_delay_s: float) -> AsyncIterator[Setup]:
+    """A fake sidecar and a SliceStream to it over a channel that reconnects fast."""
+    pod = await start_fake_pod(token_delay_s=token_delay_s)
+    channel = grpc.aio.insecure_channel(pod.address, options=[("grpc.initial_reconnect_backoff_ms", 100)])
     stub = sidecar_pb2_grpc.SidecarStub(channel)
-    stream = SliceStream("p0", lambda: stub.Slices())
+    setup = Setup(pod, SliceStream("p0", lambda: stub.Slices()))
     try:
+        yield setup
+    finally:
+        await setup.stream.close()
+        await channel.close()
+        await setup.pod.stop()
+
+
+async def test_slices_started_together_travel_in_one_message_on_one_call() -> None:
+    async with one_pod(0.001) as setup:
+        pod, stream = setup.pod, setup.stream
         results = await asyncio.gather(*(_collect(stream, _item(f"r{i}", 5)) for i in range(5)))
         for tokens, end in results:
             assert tokens == reference(PROMPT, 5) and end == SliceEnd("length")
@@ -45,37 +66,22 @@ async def test_slices_started_together_travel_in_one_message_on_one_call() -> No
         assert pod.servicer.slice_calls == 1
         assert pod.servicer.command_messages == [5, 1]
         assert stream.open_slices == 0
-    finally:
-        await stream.close()
-        await channel.close()
-        await pod.stop()
 
 
 async def test_leaving_a_slice_early_cancels_it_on_the_sidecar() -> None:
-    pod = await start_fake_pod(token_delay_s=0.02)
-    channel = grpc.aio.insecure_channel(pod.address)
-    stub = sidecar_pb2_grpc.SidecarStub(channel)
-    stream = SliceStream("p0", lambda: stub.Slices())
-    try:
+    async with one_pod(0.02) as setup:
+        pod, stream = setup.pod, setup.stream
         events = stream.run(_item("r", 500))
         assert isinstance(await anext(events), SliceTokens)
         await events.aclose()  # what the dispatcher does on a stop string, a preemption, a cancel
         await wait_for_condition(lambda: pod.servicer.cancelled == 1 and pod.servicer.active == 0, 10, what="the cancel")
         tokens, end = await _collect(stream, _item("next", 2))  # the call itself goes on
         assert len(tokens) == 2 and end == SliceEnd("length") and pod.servicer.slice_calls == 1
-    finally:
-        await stream.close()
-        await channel.close()
-        await pod.stop()
 
 
 async def test_a_broken_call_fails_every_open_slice_and_the_next_slice_opens_a_new_call() -> None:
-    pod = await start_fake_pod(token_delay_s=0.05)
-    port = pod.port
-    channel = grpc.aio.insecure_channel(pod.address, options=[("grpc.initial_reconnect_backoff_ms", 100)])
-    stub = sidecar_pb2_grpc.SidecarStub(channel)
-    stream = SliceStream("p0", lambda: stub.Slices())
-    try:
+    async with one_pod(0.05) as setup:
+        pod, stream = setup.pod, setup.stream
         running = [asyncio.create_task(_collect(stream, _item(f"r{i}", 1000))) for i in range(3)]
         await wait_for_condition(lambda: pod.servicer.active == 3, 10, what="3 slices running")
         await pod.stop()  # the sidecar dies
@@ -83,22 +89,15 @@ async def test_a_broken_call_fails_every_open_slice_and_the_next_slice_opens_a_n
             with pytest.raises(PodFailure, match="p0"):
                 await asyncio.wait_for(task, 10)
         assert stream.open_slices == 0
-        pod = await start_fake_pod(port=port, token_delay_s=0.001)  # it comes back
+        setup.pod = pod = await start_fake_pod(port=pod.port, token_delay_s=0.001)  # it comes back
         tokens, end = await asyncio.wait_for(_collect(stream, _item("again", 4)), 30)
         assert tokens == reference(PROMPT, 4) and end == SliceEnd("length")
         assert pod.servicer.slice_calls == 1
-    finally:
-        await stream.close()
-        await channel.close()
-        await pod.stop()
 
 
 async def test_a_failure_reported_for_one_slice_fails_only_that_slice() -> None:
-    pod = await start_fake_pod(token_delay_s=0.001)
-    channel = grpc.aio.insecure_channel(pod.address)
-    stub = sidecar_pb2_grpc.SidecarStub(channel)
-    stream = SliceStream("p0", lambda: stub.Slices())
-    try:
+    async with one_pod(0.001) as setup:
+        pod, stream = setup.pod, setup.stream
         pod.servicer.faults.draining = True
         with pytest.raises(PodFailure) as refused:
             await _collect(stream, _item("refused", 3))
@@ -111,7 +110,3 @@ async def test_a_failure_reported_for_one_slice_fails_only_that_slice() -> None:
         assert isinstance(broken, PodFailure) and not broken.draining
         assert fine == (reference(PROMPT, 5), SliceEnd("length"))
         assert pod.servicer.slice_calls == 1
-    finally:
-        await stream.close()
-        await channel.close()
-        await pod.stop()
