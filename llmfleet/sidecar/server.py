@@ -161,12 +161,11 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
     async def RunSlice(  # noqa: N802 - gRPC method name
         self, request: sidecar_pb2.SliceRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[sidecar_pb2.SliceEvent]:
-        if self.draining:
-            context.set_trailing_metadata(((DRAINING_KEY, "1"),))  # the dispatcher reads this, not the text
-            await context.abort(grpc.StatusCode.UNAVAILABLE, "sidecar is draining; run the slice elsewhere")
-        problem = _validate(request)
-        if problem:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        refused = self._refusal(request)
+        if refused is not None:
+            if refused.draining:
+                context.set_trailing_metadata(((DRAINING_KEY, "1"),))  # read by clients, not the text
+            await context.abort(grpc.StatusCode[refused.code], refused.message)
         queue: asyncio.Queue[sidecar_pb2.SliceEvent] = asyncio.Queue()
         running = _RunningSlice(items=len(request.items))
         self._track(running)
@@ -194,12 +193,9 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
         """Run one slice item of a Slices call in its own task, handing each event to `emit`; it
         counts as in flight (for load reports and draining) until the task ends. A slice that
         cannot start here is refused as RunSlice would end its call, and None is returned."""
-        if self.draining:
-            emit(sidecar_pb2.SliceFailure(code="UNAVAILABLE", message="sidecar is draining; run the slice elsewhere", draining=True))
-            return None
-        problem = _validate(sidecar_pb2.SliceRequest(items=[item]))
-        if problem:
-            emit(sidecar_pb2.SliceFailure(code="INVALID_ARGUMENT", message=problem))
+        refused = self._refusal(sidecar_pb2.SliceRequest(items=[item]))
+        if refused is not None:
+            emit(refused)
             return None
         running = _RunningSlice(items=1)
         self._track(running)
@@ -207,6 +203,13 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
         running.tasks = [task]
         task.add_done_callback(lambda _: self._untrack(running))
         return task
+
+    def _refusal(self, request: sidecar_pb2.SliceRequest) -> sidecar_pb2.SliceFailure | None:
+        """Why these slices cannot start here (both slice RPCs refuse alike); None: they can."""
+        if self.draining:
+            return sidecar_pb2.SliceFailure(code="UNAVAILABLE", message="sidecar is draining; run the slice elsewhere", draining=True)
+        problem = _validate(request)
+        return sidecar_pb2.SliceFailure(code="INVALID_ARGUMENT", message=problem) if problem else None
 
     def _track(self, running: _RunningSlice) -> None:
         self._slices.add(running)

@@ -11,6 +11,7 @@ import pytest
 
 from llmfleet.core.clock import wait_for_condition
 from llmfleet.engine.simulated import SimulatedEngineClient, SimulatedEngineConfig
+from llmfleet.serving import DRAINING_KEY
 from llmfleet.sidecar import SidecarHandle, serve_sidecar
 from llmfleet.v1 import sidecar_pb2, sidecar_pb2_grpc
 
@@ -116,6 +117,10 @@ async def test_refusals_name_their_cause_and_the_call_goes_on(sim) -> None:
     await wait_for_condition(lambda: 3 in talk.failed, 30, what="a draining refusal")
     assert talk.failed[3].code == "UNAVAILABLE" and talk.failed[3].draining
     talk.call.cancel()
+    with pytest.raises(grpc.aio.AioRpcError) as err:  # RunSlice refuses alike, as a status
+        await _reference(stub, _item("late-too", 5))
+    assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert (DRAINING_KEY, "1") in tuple(err.value.trailing_metadata() or ())
 
 
 async def test_a_drain_hands_back_a_running_slice_on_the_call(sim) -> None:
