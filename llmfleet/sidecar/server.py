@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -39,6 +40,16 @@ from llmfleet.v1 import sidecar_pb2, sidecar_pb2_grpc
 log = logging.getLogger(__name__)
 SERVICE = "llmfleet.v1.Sidecar"
 DEFAULT_MAX_NUM_SEQS = 256
+# Texts the local tokenizer must tokenize exactly as the engine does before the sidecar
+# tokenizes prompts itself: leading and repeated whitespace, accents, CJK, emoji and strings
+# that look like special tokens are where tokenizer set-ups differ.
+TOKENIZE_PROBES = (
+    "hello world",
+    "  Leading spaces,\ttabs and\n\nnew lines ",
+    "Ünïcödé café, 数字 123, emoji 🙂",
+    "<s> </s> <|endoftext|> [INST] look special",
+)
+LOCAL_TOKENIZE_INLINE_CHARS = 8192  # longer prompts are tokenized off the event loop
 
 
 def sampling_from_proto(s: sidecar_pb2.Sampling, max_tokens: int) -> SamplingParams:
@@ -100,6 +111,7 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
         self._published = False
         self._tokenizer: Tokenizer | None = None
         self._tokenizer_lock = asyncio.Lock()
+        self.tokenizes_locally: bool | None = None  # None until the probes have been compared
 
     # ----- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -122,6 +134,8 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
                 if not self.max_model_len:
                     self.max_model_len = await self.engine.max_model_len()
                 await self.text_tokenizer()  # ready only once slices can be detokenized
+                if self.tokenizes_locally is None:
+                    self.tokenizes_locally = await self._local_tokenizer_agrees()
             except EngineError as exc:
                 log.warning("load scrape of %s failed: %s", self.engine_url, exc)
                 healthy = False
@@ -143,6 +157,21 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
                 if self._tokenizer is None:
                     self._tokenizer = await self.engine.tokenizer()
         return self._tokenizer
+
+    async def _local_tokenizer_agrees(self) -> bool:
+        """Whether the engine's tokenizer, run here, gives the engine's own ids for every probe.
+
+        Then prompts are tokenized here. vLLM's /tokenize shares its HTTP front with every token
+        it streams: under the demo's load it answered in 157 ms on average and 0.5 s at p90, on
+        every request's way to its first token; here it takes about 0.05 ms. Any disagreement
+        (special tokens, normalisation) keeps the engine's answer, which is the reference."""
+        tokenizer = await self.text_tokenizer()
+        for text in TOKENIZE_PROBES:
+            if tokenizer.encode(text, add_special_tokens=True).ids != await self.engine.tokenize(text):
+                log.warning("the tokenizer of %s differs from the engine's on %r: prompts go to the engine", self.engine_url, text)
+                return False
+        log.info("tokenizing prompts here with the engine's tokenizer (it agrees on %d probes)", len(TOKENIZE_PROBES))
+        return True
 
     async def _publish_health(self) -> None:
         self._published = True
@@ -314,6 +343,10 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
         try:
             if request.messages:
                 ids = await self.engine.tokenize_chat([(m.role, m.content) for m in request.messages])
+            elif self.tokenizes_locally and self._tokenizer is not None:
+                encode = functools.partial(self._tokenizer.encode, request.text, add_special_tokens=True)
+                encoded = encode() if len(request.text) <= LOCAL_TOKENIZE_INLINE_CHARS else await asyncio.to_thread(encode)
+                ids = encoded.ids
             else:
                 ids = await self.engine.tokenize(request.text)
             if not self.max_model_len:

@@ -155,6 +155,16 @@ async def test_tokenize_info_and_too_long_prompts(engine, stub):
     assert ids == [] and done.finish_reason == "error" and done.client_error and "context" in done.error
 
 
+async def test_prompts_are_tokenized_in_the_sidecar_exactly_as_vllm_does(engine, sidecar, stub):
+    await wait_for_condition(lambda: sidecar.service.tokenizes_locally is not None, 30, what="the tokenizer probes")
+    assert sidecar.service.tokenizes_locally, "the tiny model's tokenizer, run in the sidecar, disagrees with vLLM's"
+    texts = ["How do I dice without slicing my finger", "  tabs\tand\nnew lines, café, 数字 🙂", "x" * 9000]
+    async with EngineClient(engine.url) as direct:
+        for text in texts:
+            got = (await stub.Tokenize(sidecar_pb2.TokenizeRequest(text=text))).token_ids
+            assert list(got) == await direct.tokenize(text), text[:40]
+
+
 async def test_bad_slices_are_invalid_argument(stub):
     for bad in (sidecar_pb2.SliceRequest(), sidecar_pb2.SliceRequest(items=[_item("x", [], max_tokens=1)]),
                 sidecar_pb2.SliceRequest(items=[_item("x", PROMPT, max_tokens=0)])):  # fmt: skip
