@@ -59,3 +59,15 @@ def test_kv_capacity_comes_from_cache_config_info() -> None:
     load = parse_metrics(SAMPLE + info)
     assert (load.kv_capacity_tokens, load.block_size) == (4096 * 128, 128)
     assert parse_metrics(SAMPLE).kv_capacity_tokens == 0
+
+
+def test_the_rest_of_a_vllm_page_is_skipped_without_changing_the_load() -> None:
+    """A real page is mostly histogram buckets; only the families read are parsed, and the load
+    is the same with thousands of other lines around them (including look-alike names)."""
+    histogram = "".join(
+        f'vllm:e2e_request_latency_seconds_bucket{{engine="0",le="{b}",model_name="tiny"}} {b * 3}\n' for b in range(2000)
+    )
+    look_alike = 'vllm:num_requests_running_ratio{engine="0"} 99.0\n# HELP vllm:num_requests_running_x lookalike\n'
+    info = '# TYPE vllm:cache_config_info gauge\nvllm:cache_config_info{block_size="16",num_gpu_blocks="8"} 1.0\n'
+    page = "# HELP vllm:e2e_request_latency_seconds e2e\n# TYPE vllm:e2e_request_latency_seconds histogram\n"
+    assert parse_metrics(page + histogram + SAMPLE + look_alike + histogram + info) == parse_metrics(SAMPLE + info)
