@@ -1,0 +1,139 @@
+"""Where a request's time goes on the live fleet, per policy variant (DATAPLANE.md section 7).
+
+Starts the local fleet (real vLLM-CPU engines), warms it up, then replays one window of the
+demo workload (alpaca prompts, hidden lengths) under each variant in the order given. Around
+each replay it scrapes the engines' and the dispatcher's Prometheus histograms and prints one
+JSON line per variant: client TTFT and latency beside vLLM's own TTFT, queue and prefill times,
+inter-token latency, and the dispatcher's TTFT and queue time. With `--probe-tokenize`, a
+side client also calls the first sidecar's Tokenize every 100 ms during each replay and reports
+its latency (the data plane's responsiveness under load).
+
+A variant is a policy with optional scheduling fields, e.g. `llmfleet:engine_lookahead=64` or
+`llmfleet:prefill_pace_tokens=none`. Give the same variants in ABBA order to pair them in time.
+
+    .venv/bin/python bench/dataplane_probe.py --max-num-seqs 4 --rate 3.0 \\
+        --variants least-load,llmfleet,llmfleet,least-load --engine-nice 10
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import statistics
+import sys
+import time
+import urllib.request
+
+import grpc
+
+from llmfleet.core.config import SchedulingConfig
+from llmfleet.demo.replay import replay
+from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker, warm_up
+from llmfleet.demo.workload import WorkloadSpec, build_workload
+from llmfleet.engine.process import free_port
+from llmfleet.fleet.local import FleetSpec, LocalFleet
+from llmfleet.sim.calibrate import histogram_totals
+
+ENGINE = (
+    "vllm:time_to_first_token_seconds",
+    "vllm:request_queue_time_seconds",
+    "vllm:request_prefill_time_seconds",
+    "vllm:e2e_request_latency_seconds",
+    "vllm:inter_token_latency_seconds",
+)
+DISPATCHER = ("llmfleet_dispatcher_ttft_seconds", "llmfleet_dispatcher_queue_seconds")
+
+
+def scrape(urls: list[str], names: tuple[str, ...]) -> dict[str, tuple[float, float]]:
+    totals: dict[str, tuple[float, float]] = {}
+    for url in urls:
+        with urllib.request.urlopen(url + "/metrics", timeout=30) as resp:
+            for name, (t, c) in histogram_totals(resp.read().decode(), names).items():
+                t0, c0 = totals.get(name, (0.0, 0.0))
+                totals[name] = (t0 + t, c0 + c)
+    return totals
+
+
+def means(before: dict, after: dict) -> dict[str, float]:
+    out = {}
+    for name, (total, count) in after.items():
+        t0, c0 = before.get(name, (0.0, 0.0))
+        key = name.split(":")[-1].replace("llmfleet_dispatcher_", "dispatcher_")
+        out[key] = round((total - t0) / (count - c0), 4) if count > c0 else float("nan")
+    return out
+
+
+def variant_config(variant: str, ranker: str) -> SchedulingConfig:
+    name, *fields = variant.split(":")
+    kw: dict[str, object] = {"policy": name, "ranker": ranker}
+    for field in fields:
+        key, value = field.split("=")
+        kw[key] = None if value == "none" else int(value)
+    return SchedulingConfig(**kw)  # type: ignore[arg-type]
+
+
+async def tokenize_probe(address: str, text: str, stop: asyncio.Event) -> list[float]:
+    from llmfleet.v1 import sidecar_pb2, sidecar_pb2_grpc
+
+    out: list[float] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = sidecar_pb2_grpc.SidecarStub(channel)
+        while not stop.is_set():
+            t0 = time.perf_counter()
+            await stub.Tokenize(sidecar_pb2.TokenizeRequest(text=text))
+            out.append((time.perf_counter() - t0) * 1000)
+            await asyncio.sleep(0.1)
+    return out
+
+
+async def run_variant(address: str, workload: list, sidecar: str | None) -> tuple[list, list[float]]:
+    stop = asyncio.Event()
+    probe = asyncio.create_task(tokenize_probe(sidecar, workload[0].prompt_text or "hello", stop)) if sidecar else None
+    outcomes = await replay(address, workload, hidden_length=True)
+    stop.set()
+    return outcomes, (await probe if probe else [])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    ap.add_argument("--variants", default="least-load,llmfleet,llmfleet,least-load")
+    ap.add_argument("--max-num-seqs", type=int, default=4)
+    ap.add_argument("--rate", type=float, default=3.0)
+    ap.add_argument("--requests", type=int, default=200)
+    ap.add_argument("--start-index", type=int, default=2000)
+    ap.add_argument("--engine-nice", type=int, default=0)
+    ap.add_argument("--probe-tokenize", action="store_true", help="also time the first sidecar's Tokenize under load")
+    args = ap.parse_args()
+    ranker = ensure_ranker(DEFAULT_RANKER_DIR)
+    workload = build_workload(WorkloadSpec(trace="conv", start_index=args.start_index, count=args.requests, rate=args.rate,
+                                           prompt_pool=str(ranker / "holdout_pool.jsonl")))  # fmt: skip
+    with LocalFleet(FleetSpec(engines=2, max_num_seqs=args.max_num_seqs, engine_nice=args.engine_nice)) as fleet:
+        urls = [e.url for e in fleet.engines]
+        warm_up(fleet, workload)
+        for variant in args.variants.split(","):
+            metrics_port = free_port()
+            dispatcher = fleet.start_dispatcher(variant_config(variant, str(ranker)), metrics_port=metrics_port)
+            murl = [f"http://127.0.0.1:{metrics_port}"]
+            e0, d0 = scrape(urls, ENGINE), scrape(murl, DISPATCHER)
+            sidecar = fleet.sidecars[0].address if args.probe_tokenize else None
+            outcomes, tokenize_ms = asyncio.run(run_variant(dispatcher.address, workload, sidecar))
+            e1, d1 = scrape(urls, ENGINE), scrape(murl, DISPATCHER)
+            fleet.stop_dispatcher()
+            ok = [o for o in outcomes if o.ok]
+            row: dict[str, object] = {
+                "variant": variant, "completed": len(ok),
+                "client_ttft_s": round(statistics.fmean(o.first_token_s - o.arrival_s for o in ok), 3),
+                "client_latency_s": round(statistics.fmean(o.finish_s - o.arrival_s for o in ok), 3),
+                **means(e0, e1), **means(d0, d1),
+            }  # fmt: skip
+            if tokenize_ms:
+                tokenize_ms.sort()
+                row["tokenize_ms"] = {"mean": round(statistics.fmean(tokenize_ms), 1), "p50": tokenize_ms[len(tokenize_ms) // 2],
+                                      "p90": tokenize_ms[int(len(tokenize_ms) * 0.9)], "n": len(tokenize_ms)}  # fmt: skip
+            print(json.dumps(row), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
