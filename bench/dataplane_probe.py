@@ -23,7 +23,6 @@ import json
 import statistics
 import sys
 import time
-import urllib.request
 
 import grpc
 
@@ -33,7 +32,7 @@ from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker, warm_up
 from llmfleet.demo.workload import WorkloadSpec, build_workload
 from llmfleet.engine.process import free_port
 from llmfleet.fleet.local import FleetSpec, LocalFleet
-from llmfleet.sim.calibrate import histogram_totals
+from llmfleet.sim.calibrate import scrape_histograms
 
 ENGINE = (
     "vllm:time_to_first_token_seconds",
@@ -43,16 +42,6 @@ ENGINE = (
     "vllm:inter_token_latency_seconds",
 )
 DISPATCHER = ("llmfleet_dispatcher_ttft_seconds", "llmfleet_dispatcher_queue_seconds")
-
-
-def scrape(urls: list[str], names: tuple[str, ...]) -> dict[str, tuple[float, float]]:
-    totals: dict[str, tuple[float, float]] = {}
-    for url in urls:
-        with urllib.request.urlopen(url + "/metrics", timeout=30) as resp:
-            for name, (t, c) in histogram_totals(resp.read().decode(), names).items():
-                t0, c0 = totals.get(name, (0.0, 0.0))
-                totals[name] = (t0 + t, c0 + c)
-    return totals
 
 
 def means(before: dict, after: dict) -> dict[str, float]:
@@ -115,10 +104,10 @@ def main() -> int:
             metrics_port = free_port()
             dispatcher = fleet.start_dispatcher(variant_config(variant, str(ranker)), metrics_port=metrics_port)
             murl = [f"http://127.0.0.1:{metrics_port}"]
-            e0, d0 = scrape(urls, ENGINE), scrape(murl, DISPATCHER)
+            e0, d0 = scrape_histograms(urls, ENGINE), scrape_histograms(murl, DISPATCHER)
             sidecar = fleet.sidecars[0].address if args.probe_tokenize else None
             outcomes, tokenize_ms = asyncio.run(run_variant(dispatcher.address, workload, sidecar))
-            e1, d1 = scrape(urls, ENGINE), scrape(murl, DISPATCHER)
+            e1, d1 = scrape_histograms(urls, ENGINE), scrape_histograms(murl, DISPATCHER)
             fleet.stop_dispatcher()
             ok = [o for o in outcomes if o.ok]
             row: dict[str, object] = {

@@ -23,7 +23,6 @@ import asyncio
 import json
 import statistics
 import sys
-import urllib.request
 from dataclasses import asdict
 from pathlib import Path
 
@@ -38,7 +37,7 @@ from llmfleet.sim.calibrate import (
     calibrate_engine,
     dataplane_terms,
     histogram_means,
-    histogram_totals,
+    scrape_histograms,
     with_dataplane,
 )
 from llmfleet.sim.instance import EngineConfig
@@ -59,16 +58,6 @@ async def calibrate_pair(urls: list[str], repeats: int) -> object:
     )
     models = await asyncio.gather(*(calibrate_engine(u, **probes) for u in urls))  # type: ignore[arg-type]
     return models[0]
-
-
-def _scrape(urls: list[str], names: tuple[str, ...]) -> dict[str, tuple[float, float]]:
-    totals: dict[str, tuple[float, float]] = {}
-    for url in urls:
-        with urllib.request.urlopen(url + "/metrics", timeout=30) as resp:
-            for name, (t, c) in histogram_totals(resp.read().decode(), names).items():
-                t0, c0 = totals.get(name, (0.0, 0.0))
-                totals[name] = (t0 + t, c0 + c)
-    return totals
 
 
 def _client_means(outcomes: list) -> tuple[float, float]:
@@ -106,9 +95,9 @@ def main(argv: list[str] | None = None) -> int:
         metrics_port = free_port()
         dispatcher = fleet.start_dispatcher(SchedulingConfig(policy="fcfs-rr"), metrics_port=metrics_port)
         murl = [f"http://127.0.0.1:{metrics_port}"]
-        e0, d0 = _scrape(urls, ENGINE_HISTOGRAMS), _scrape(murl, DISPATCHER_HISTOGRAMS)
+        e0, d0 = scrape_histograms(urls, ENGINE_HISTOGRAMS), scrape_histograms(murl, DISPATCHER_HISTOGRAMS)
         cal_outcomes = asyncio.run(replay(dispatcher.address, calibration, hidden_length=False))
-        e1, d1 = _scrape(urls, ENGINE_HISTOGRAMS), _scrape(murl, DISPATCHER_HISTOGRAMS)
+        e1, d1 = scrape_histograms(urls, ENGINE_HISTOGRAMS), scrape_histograms(murl, DISPATCHER_HISTOGRAMS)
         fleet.stop_dispatcher()
         terms = dataplane_terms(histogram_means(e0, e1), histogram_means(d0, d1), *_client_means(cal_outcomes))
         calibrated = with_dataplane(

@@ -198,6 +198,19 @@ def histogram_totals(text: str, names: Sequence[str]) -> dict[str, tuple[float, 
     return out
 
 
+def scrape_histograms(urls: Sequence[str], names: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """(sum, count) of each named histogram, summed over the /metrics pages of `urls`."""
+    import urllib.request
+
+    totals: dict[str, tuple[float, float]] = {}
+    for url in urls:
+        with urllib.request.urlopen(url + "/metrics", timeout=30) as resp:
+            for name, (t, c) in histogram_totals(resp.read().decode(), names).items():
+                t0, c0 = totals.get(name, (0.0, 0.0))
+                totals[name] = (t0 + t, c0 + c)
+    return totals
+
+
 def histogram_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
     """Mean of each histogram over what was observed between two scrapes (NaN when nothing was)."""
     means = {}

@@ -158,3 +158,27 @@ def test_a_fleet_calibrated_model_keeps_its_delays_through_save_and_load(tmp_pat
     assert CostModel.load(tmp_path / "cost.json") == model
     with pytest.raises(ValueError, match="non-negative"):
         replace(model, dispatch_delay_s=-0.1)
+
+
+def test_scrape_histograms_sums_each_histogram_over_every_page() -> None:
+    from prometheus_client import CollectorRegistry, Histogram, start_http_server
+
+    from llmfleet.engine.process import free_port
+    from llmfleet.sim.calibrate import scrape_histograms
+
+    urls, servers = [], []
+    for observations in ([0.5, 1.5], [2.0]):
+        registry = CollectorRegistry()
+        h = Histogram("vllm:time_to_first_token_seconds", "ttft", registry=registry)
+        for v in observations:
+            h.observe(v)
+        port = free_port()
+        servers.append(start_http_server(port, addr="127.0.0.1", registry=registry))
+        urls.append(f"http://127.0.0.1:{port}")
+    try:
+        got = scrape_histograms(urls, ("vllm:time_to_first_token_seconds", "absent"))
+    finally:
+        for server, thread in servers:
+            server.shutdown()
+            thread.join()
+    assert got["vllm:time_to_first_token_seconds"] == (4.0, 3.0) and got["absent"] == (0.0, 0.0)
