@@ -12,6 +12,10 @@ default rate, 3.0/s, is just below what the two engines serve (about 680-740 out
 against about 670 offered): at 3.5/s the backlog grew through every window, and the mean
 followed a few percent of throughput noise more than the policies.
 
+Each engine has 4 slots: at 8, Little's law gives about 4 requests per engine at this rate, the
+slots rarely fill and there is little queue for any policy to order (the 8-slot runs are kept as
+bench/results/dataplane_e2e_8slots.json).
+
 Reproduce (writes bench/results/dataplane_e2e.{json,png}; about 35 minutes on 2 cores):
     .venv/bin/python bench/dataplane_e2e.py
 """
@@ -39,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=float, default=3.0)
     ap.add_argument("--repeats", type=int, default=2, help="replays of each window, alternating the policy order")
     ap.add_argument("--windows", default="2000,3000,4000", help="first trace request of each repetition")
-    ap.add_argument("--max-num-seqs", type=int, default=8)
+    ap.add_argument("--max-num-seqs", type=int, default=4, help="each engine's slots (4: the slots, not the CPU, are the bottleneck)")
     ap.add_argument("--slice-tokens", type=int, default=None, help="sliceTokens for every policy (default: none)")
     ap.add_argument("--ranker", type=Path, default=DEFAULT_RANKER_DIR, help="trained on first use if missing")
     ap.add_argument("--out", type=Path, default=RESULTS)

@@ -16,9 +16,9 @@ def register(parser: argparse.ArgumentParser) -> None:
                         help="comma-separated policies: vanilla vLLM behind round robin, the peers' least-load routing, "
                              "llmfleet (default: %(default)s)")  # fmt: skip
     parser.add_argument("--engines", type=int, default=2, help="vLLM engines in the fleet (default: %(default)s)")
-    parser.add_argument("--max-num-seqs", type=int, default=8, help="each engine's --max-num-seqs (default: %(default)s)")
+    parser.add_argument("--max-num-seqs", type=int, default=4, help="each engine's --max-num-seqs (default: %(default)s)")
     parser.add_argument("--requests", type=int, default=200, help="requests to replay per policy (default: %(default)s)")
-    parser.add_argument("--rate", type=float, default=3.5, help="mean arrival rate, requests/s (default: %(default)s)")
+    parser.add_argument("--rate", type=float, default=3.0, help="mean arrival rate, requests/s (default: %(default)s)")
     parser.add_argument("--trace", default="conv", help="trace for arrival times: conv, code, mooncake or a path")
     parser.add_argument("--start-index", type=int, default=2000, help="first trace request of the window")
     parser.add_argument(
