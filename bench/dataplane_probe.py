@@ -32,7 +32,7 @@ from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker, warm_up
 from llmfleet.demo.workload import WorkloadSpec, build_workload
 from llmfleet.engine.process import free_port
 from llmfleet.fleet.local import FleetSpec, LocalFleet
-from llmfleet.sim.calibrate import scrape_histograms
+from llmfleet.sim.calibrate import histogram_means, scrape_histograms
 
 ENGINE = (
     "vllm:time_to_first_token_seconds",
@@ -45,12 +45,9 @@ DISPATCHER = ("llmfleet_dispatcher_ttft_seconds", "llmfleet_dispatcher_queue_sec
 
 
 def means(before: dict, after: dict) -> dict[str, float]:
-    out = {}
-    for name, (total, count) in after.items():
-        t0, c0 = before.get(name, (0.0, 0.0))
-        key = name.split(":")[-1].replace("llmfleet_dispatcher_", "dispatcher_")
-        out[key] = round((total - t0) / (count - c0), 4) if count > c0 else float("nan")
-    return out
+    """`histogram_means` under short keys (vLLM's without its prefix, the dispatcher's as dispatcher_*)."""
+    return {name.split(":")[-1].replace("llmfleet_dispatcher_", "dispatcher_"): round(value, 4)
+            for name, value in histogram_means(before, after).items()}  # fmt: skip
 
 
 def variant_config(variant: str, ranker: str) -> SchedulingConfig:

@@ -13,6 +13,7 @@ from tokenizers import Tokenizer
 from tokenizers.pre_tokenizers import Whitespace
 
 from llmfleet.core.clock import wait_for_condition
+from llmfleet.engine.errors import EngineError
 from llmfleet.engine.simulated import SimulatedEngineClient, SimulatedEngineConfig, simulated_tokenizer
 from llmfleet.sidecar import SidecarHandle, serve_sidecar
 from llmfleet.v1 import sidecar_pb2, sidecar_pb2_grpc
@@ -25,13 +26,16 @@ class CountingEngine(SimulatedEngineClient):
     `skew` adds a token to every answer (a tokenizer set-up that differs from the engine's). The
     plain simulated engine's /tokenize counts bytes, so a sidecar in front of it always asks it."""
 
-    def __init__(self, skew: bool = False) -> None:
+    def __init__(self, skew: bool = False, failing: bool = False) -> None:
         super().__init__(SimulatedEngineConfig(max_num_seqs=4, step_base_s=0.002))
         self.tokenize_calls = 0
         self.skew = skew
+        self.failing = failing  # /tokenize answers with a server error while set
 
     async def tokenize(self, text: str) -> list[int]:
         self.tokenize_calls += 1
+        if self.failing:
+            raise EngineError("/tokenize: 503 Service Unavailable")
         ids = (await self.tokenizer()).encode(text, add_special_tokens=True).ids
         return [*ids, 7] if self.skew else ids
 
@@ -66,6 +70,19 @@ async def test_prompts_are_tokenized_locally_only_when_the_tokenizer_agrees(skew
             assert got == ([*reference, 7] if skew else reference), text
         # Each reference above is one call; only a differing tokenizer sends prompts to the engine.
         assert engine.tokenize_calls - before == len(TEXTS) * (2 if skew else 1)
+
+
+async def test_a_probe_the_engine_cannot_answer_is_retried_without_marking_it_unhealthy() -> None:
+    engine = CountingEngine(failing=True)
+    handle = await serve_sidecar(engine, max_num_seqs=4, load_interval_s=0.05)
+    try:
+        await wait_for_condition(lambda: handle.service.engine_healthy and engine.tokenize_calls >= 2, 10,
+                                 what="healthy while the probes fail")  # fmt: skip
+        assert handle.service.tokenizes_locally is None
+        engine.failing = False
+        await wait_for_condition(lambda: handle.service.tokenizes_locally is True, 10, what="the probes, answered")
+    finally:
+        await handle.stop()
 
 
 async def test_the_plain_simulated_engine_keeps_tokenizing_prompts() -> None:
