@@ -13,6 +13,11 @@ dispatcher runs as `llmfleet dispatcher` in its own process; this process is the
   CPU time each process used during the burst says which one binds; with `--pin` the dispatcher
   has a core to itself, and its assignments per second of its own CPU time is what one
   dispatcher core sustains.
+* The floor: the same requests through a bare relay (`serve_relay`: two gRPC hops and nothing
+  else) on the dispatcher's core. The burst is cut into `--pairs` parts, each run through the
+  dispatcher and the relay back to back in alternating order, and the per-pair ratio of their
+  CPU per request is reported (`side_by_side`): this machine's speed drifts by 2x within
+  minutes, so numbers from runs apart do not compare.
 
 Reproduce (writes bench/results/dispatcher_capacity.json):
     .venv/bin/python bench/dispatcher_capacity.py --pin --streams 10000 --engines 40 --burst 20000
@@ -26,9 +31,12 @@ import contextlib
 import json
 import os
 import resource
+import statistics
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import grpc
 import httpx
@@ -207,6 +215,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--in-flight", type=int, default=0, help="burst requests open at a time (default: all at once)",
     )
+    ap.add_argument(
+        "--pairs", type=int, default=4,
+        help="the burst is split into this many parts, each beside the same part through the bare relay",
+    )
     ap.add_argument("--policy", default="llmfleet")
     ap.add_argument(
         "--pin", action="store_true",
@@ -273,31 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                 held["dispatcher_peak_rss_mib"] = vm_hwm_mib(dispatcher.pid)
                 report["streams"] = held
             else:
-                slices0 = metric(metrics_url, "llmfleet_dispatcher_slice_seconds_count")
-                decides0 = metric(metrics_url, "llmfleet_dispatcher_decision_seconds_count")
-                assert host.pid is not None
-                cpu0 = {"dispatcher": cpu_seconds(dispatcher.pid), "sidecars": cpu_seconds(host.pid), "client": _own_cpu_s()}
-                burst = asyncio.run(hold_streams(dispatcher.address, args.burst, 1, 8, args.in_flight))
-                cpu1 = {"dispatcher": cpu_seconds(dispatcher.pid), "sidecars": cpu_seconds(host.pid), "client": _own_cpu_s()}
-                # Which process the 2 cores went to: if the dispatcher is not near a full core, it
-                # is not what binds the end-to-end rate.
-                burst["cpu_s"] = {k: round(cpu1[k] - cpu0[k], 2) for k in cpu0}
-                slices = metric(metrics_url, "llmfleet_dispatcher_slice_seconds_count") - slices0
-                decides = metric(metrics_url, "llmfleet_dispatcher_decision_seconds_count") - decides0
-                burst["assignments_per_s"] = slices / burst["wall_s"]  # type: ignore[operator]
-                burst["dispatcher_cpu_ms_per_assignment"] = 1000 * burst["cpu_s"]["dispatcher"] / max(1.0, slices)  # type: ignore[index]
-                burst["decide_calls_per_s"] = decides / burst["wall_s"]  # type: ignore[operator]
-                # The dispatcher's capacity: assignments per second of its own CPU time. Pinned
-                # alone on a core, it is what one dispatcher core sustains when the client and the
-                # engines are not what binds.
-                busy = burst["cpu_s"]["dispatcher"] / burst["wall_s"]  # type: ignore[index,operator]
-                burst["dispatcher_core_busy"] = busy
-                burst["assignments_per_dispatcher_cpu_s"] = slices / max(1e-9, burst["cpu_s"]["dispatcher"])  # type: ignore[index]
-                burst["dispatcher_peak_rss_mib"] = vm_hwm_mib(dispatcher.pid)
-                report["decisions"] = burst
+                report.update(decisions_and_floor(args, dispatcher, metrics_url, ports_file.read_text(), log_dir, cpus, host))
             dispatcher.stop()
-            if phase == "decisions":
-                report["relay_floor"] = relay_floor(args, ports_file.read_text(), log_dir, cpus, host)
             host.stop()
     finally:
         for p in procs:
@@ -311,9 +300,38 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def relay_floor(args: argparse.Namespace, pods: str, log_dir: Path, cpus: list[int], host: LlmfleetProcess) -> dict[str, object]:
-    """The same burst through `serve_relay`, on the dispatcher's core: the floor under the
-    dispatcher's CPU per assignment set by Python gRPC alone."""
+def dispatcher_burst(args: argparse.Namespace, n: int, dispatcher: LlmfleetProcess, metrics_url: str, host: LlmfleetProcess) -> dict[str, Any]:
+    """`n` one-token requests through the dispatcher: assignments, rounds and each process's CPU."""
+    assert dispatcher.pid is not None and host.pid is not None
+    slices0 = metric(metrics_url, "llmfleet_dispatcher_slice_seconds_count")
+    decides0 = metric(metrics_url, "llmfleet_dispatcher_decision_seconds_count")
+    cpu0 = {"dispatcher": cpu_seconds(dispatcher.pid), "sidecars": cpu_seconds(host.pid), "client": _own_cpu_s()}
+    burst: dict[str, Any] = asyncio.run(hold_streams(dispatcher.address, n, 1, 8, args.in_flight))
+    cpu1 = {"dispatcher": cpu_seconds(dispatcher.pid), "sidecars": cpu_seconds(host.pid), "client": _own_cpu_s()}
+    # Which process the 2 cores went to: if the dispatcher is not near a full core, it is not
+    # what binds the end-to-end rate.
+    burst["cpu_s"] = {k: cpu1[k] - cpu0[k] for k in cpu0}
+    burst["assignments"] = metric(metrics_url, "llmfleet_dispatcher_slice_seconds_count") - slices0
+    burst["decide_calls"] = metric(metrics_url, "llmfleet_dispatcher_decision_seconds_count") - decides0
+    return burst
+
+
+def relay_burst(args: argparse.Namespace, n: int, relay: LlmfleetProcess, address: str) -> dict[str, Any]:
+    """The same burst through the bare relay: the floor set by Python gRPC alone."""
+    assert relay.pid is not None
+    cpu0 = cpu_seconds(relay.pid)
+    burst: dict[str, Any] = asyncio.run(hold_streams(address, n, 1, 8, args.in_flight))
+    burst["relay_cpu_s"] = cpu_seconds(relay.pid) - cpu0
+    return burst
+
+
+def decisions_and_floor(
+    args: argparse.Namespace, dispatcher: LlmfleetProcess, metrics_url: str, pods: str, log_dir: Path,
+    cpus: list[int], host: LlmfleetProcess,
+) -> dict[str, object]:
+    """The decision burst, split into `--pairs` parts, each measured beside the same part through
+    the bare relay (`serve_relay`, on the dispatcher's core), in alternating order. This machine's
+    speed drifts by 2x within minutes, so only the per-pair ratio is compared, never runs apart."""
     port_file = log_dir / "relay-port"
     port_file.unlink(missing_ok=True)
     relay = _Script("relay", [__file__, "--serve-relay", pods, "--ports-file", str(port_file)], log_dir / "relay.log")
@@ -322,18 +340,78 @@ def relay_floor(args: argparse.Namespace, pods: str, log_dir: Path, cpus: list[i
     relay.start()
     if args.pin:
         os.sched_setaffinity(0, cpus[:-1])
+    n = args.burst // args.pairs
+    bursts: list[dict[str, Any]] = []
+    floors: list[dict[str, Any]] = []
     try:
         relay.wait_until(lambda: port_file.exists() and port_file.read_text() != "", 60, "serving")
-        assert relay.pid is not None and host.pid is not None
-        cpu0 = cpu_seconds(relay.pid)
-        burst = asyncio.run(hold_streams(f"127.0.0.1:{port_file.read_text()}", args.burst, 1, 8, args.in_flight))
-        cpu = cpu_seconds(relay.pid) - cpu0
+        address = f"127.0.0.1:{port_file.read_text()}"
+        for i in range(args.pairs):
+            if i % 2 == 0:
+                bursts.append(dispatcher_burst(args, n, dispatcher, metrics_url, host))
+                floors.append(relay_burst(args, n, relay, address))
+            else:
+                floors.append(relay_burst(args, n, relay, address))
+                bursts.append(dispatcher_burst(args, n, dispatcher, metrics_url, host))
     finally:
         relay.stop()
-    burst["relay_cpu_s"] = round(cpu, 2)
-    burst["relay_cpu_ms_per_request"] = 1000 * cpu / args.burst
-    burst["requests_per_relay_cpu_s"] = args.burst / max(1e-9, cpu)
-    return burst
+    assert dispatcher.pid is not None
+    wall = sum(b["wall_s"] for b in bursts)
+    cpu = {k: sum(b["cpu_s"][k] for b in bursts) for k in bursts[0]["cpu_s"]}
+    assignments = sum(b["assignments"] for b in bursts)
+    decisions = {
+        "streams": n * args.pairs,
+        "errors": _merged(b["errors"] for b in bursts),
+        "wrong_token_counts": sum(b["wrong_token_counts"] for b in bursts),
+        "wall_s": wall,
+        "cpu_s": {k: round(v, 2) for k, v in cpu.items()},
+        "assignments_per_s": assignments / wall,
+        "dispatcher_cpu_ms_per_assignment": 1000 * cpu["dispatcher"] / max(1.0, assignments),
+        "decide_calls_per_assignment": sum(b["decide_calls"] for b in bursts) / max(1.0, assignments),
+        "dispatcher_core_busy": cpu["dispatcher"] / wall,
+        # The dispatcher's capacity: assignments per second of its own CPU time. Pinned alone on a
+        # core, it is what one dispatcher core sustains when the client and engines do not bind.
+        "assignments_per_dispatcher_cpu_s": assignments / max(1e-9, cpu["dispatcher"]),
+        "dispatcher_peak_rss_mib": vm_hwm_mib(dispatcher.pid),
+    }
+    relay_cpu = sum(f["relay_cpu_s"] for f in floors)
+    floor = {
+        "streams": n * args.pairs,
+        "errors": _merged(f["errors"] for f in floors),
+        "wrong_token_counts": sum(f["wrong_token_counts"] for f in floors),
+        "wall_s": sum(f["wall_s"] for f in floors),
+        "relay_cpu_s": round(relay_cpu, 2),
+        "relay_cpu_ms_per_request": 1000 * relay_cpu / (n * args.pairs),
+        "requests_per_relay_cpu_s": n * args.pairs / max(1e-9, relay_cpu),
+    }
+    pairs = [
+        {
+            "dispatcher_cpu_ms_per_assignment": 1000 * b["cpu_s"]["dispatcher"] / max(1.0, b["assignments"]),
+            "relay_cpu_ms_per_request": 1000 * f["relay_cpu_s"] / n,
+        }
+        for b, f in zip(bursts, floors, strict=True)
+    ]
+    for p in pairs:
+        p["ratio"] = p["dispatcher_cpu_ms_per_assignment"] / p["relay_cpu_ms_per_request"]
+        p["own_work_ms"] = p["dispatcher_cpu_ms_per_assignment"] - p["relay_cpu_ms_per_request"]
+    ratios = sorted(p["ratio"] for p in pairs)
+    own = sorted(p["own_work_ms"] for p in pairs)
+    summary = {
+        "pairs": len(pairs),
+        "dispatcher_over_relay_cpu_median": statistics.median(ratios),
+        "dispatcher_over_relay_cpu_range": [ratios[0], ratios[-1]],
+        "own_work_ms_median": statistics.median(own),
+        "own_work_ms_range": [own[0], own[-1]],
+    }
+    return {"decisions": decisions, "relay_floor": floor, "pairs": pairs, "side_by_side": summary}
+
+
+def _merged(dicts: Iterable[dict[str, int]]) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for d in dicts:
+        for k, v in d.items():
+            out[k] = out.get(k, 0) + v
+    return out
 
 
 def _own_cpu_s() -> float:

@@ -80,6 +80,9 @@ class Dispatcher(SliceExecution):
         self.pods: dict[str, PodConnection] = {}
         self.queue: dict[str, LiveRequest] = {}  # insertion order = enqueue order
         self.running: dict[str, LiveRequest] = {}
+        # Read when Prometheus scrapes: always exact, and nothing to update on a request's path.
+        self.metrics.queue_length.set_function(lambda: len(self.queue))
+        self.metrics.running.set_function(lambda: len(self.running))
         self._seq = 0
         self._admitting = 0
         self._wake = asyncio.Event()
@@ -182,7 +185,10 @@ class Dispatcher(SliceExecution):
         since = self._no_pods_since
         if since is not None and self.clock.now() - since >= self.settings.unplaceable_timeout_s:
             raise NoEngine(f"no healthy engine for {self.clock.now() - since:.0f} s; is any sidecar up?")
-        if self.backlog() >= self.settings.max_queue:
+        # The backlog never exceeds what is admitted, so below the bound the healthy pods' slots
+        # need not be counted: this runs twice per request, and counting them scans every pod.
+        admitted = len(self.queue) + self._admitting + len(self.running)
+        if admitted >= self.settings.max_queue and self.backlog() >= self.settings.max_queue:
             self.rejected += 1
             self.metrics.rejected.inc()
             hint = self.retry_after_s()
@@ -288,7 +294,6 @@ class Dispatcher(SliceExecution):
         if spec.deadline_s is not None:
             seconds = spec.deadline_s
             req.deadline = self.clock.call_later(seconds, lambda: self._deadline(req, seconds))
-        self._update_gauges()
         self.kick()
         return req
 
@@ -322,7 +327,6 @@ class Dispatcher(SliceExecution):
             req.slice_task.cancel()  # cancelling the gRPC call aborts the engine work
         if req.deadline is not None:
             req.deadline.cancel()
-        self._update_gauges()
         self.kick()
 
     def _fail(self, req: LiveRequest, code: str, message: str) -> None:
@@ -420,7 +424,6 @@ class Dispatcher(SliceExecution):
                 seen.add(d.request_id)
                 launched += self._assign(d)
         self.metrics.decision_seconds.observe(max(0.0, self.clock.now() - started))
-        self._update_gauges()
         return launched
 
     def _isolate_policy_failure(self, view: SchedulerView, exc: Exception) -> None:
@@ -447,10 +450,6 @@ class Dispatcher(SliceExecution):
                 self._fail(req, "INTERNAL", f"the scheduling policy failed on this request: {error}")
 
     # ----- observability ------------------------------------------------------------------------
-    def _update_gauges(self) -> None:
-        self.metrics.queue_length.set(len(self.queue))
-        self.metrics.running.set(len(self.running))
-
     def _update_pod_gauges(self) -> None:
         now = self.clock.now()
         m = self.metrics

@@ -12,6 +12,7 @@ import collections
 import contextlib
 import hashlib
 import logging
+import math
 from collections.abc import AsyncIterator, Callable, Sequence
 
 import grpc
@@ -123,11 +124,20 @@ class PodConnection:
         self.seconds_per_token = 0.02
         self._prefixes: collections.OrderedDict[int, None] = collections.OrderedDict()
         self._prefill_tokens = 0  # sum of `prefilling`
-        self._snapshot: tuple[tuple[object, ...], PodState] | None = None  # the last state() and what it was built from
+        # The last state() and until when it holds (see state()). Any attribute written clears it.
+        self._snapshot: PodState | None = None
+        self._snapshot_until = 0.0
         self._task: asyncio.Task[None] | None = None
         self.closed = False
         # Every slice to this pod travels over one Slices call (see slice_stream).
         self.slices = SliceStream(pod_id, lambda: self.stub.Slices(metadata=self.metadata))
+
+    def __setattr__(self, name: str, value: object) -> None:
+        # Every field state() reads is an attribute of this object (the dicts change only with
+        # the counters beside them), so a write to any attribute retires the last snapshot.
+        object.__setattr__(self, name, value)
+        if name != "_snapshot" and name != "_snapshot_until":
+            object.__setattr__(self, "_snapshot", None)
 
     # ----- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -230,16 +240,19 @@ class PodConnection:
                 self._reserved_kv, self._tokens_left = 0, 0.0  # no float drift when idle
 
     def state(self, now: float) -> PodState:
-        """This pod as the policy sees it. A scheduling round asks every pod, several hundred
-        times a second under load, so the last snapshot is reused while nothing in it changed."""
+        """This pod as the policy sees it. A scheduling round asks every pod, up to a thousand
+        rounds a second, so the last snapshot is reused until an attribute changes or the clock
+        reaches the moment its health would change (a load report going stale, a cooldown ending)."""
+        snapshot = self._snapshot
+        if snapshot is not None and now < self._snapshot_until:
+            return snapshot
         healthy = self.healthy(now)
-        key = (
-            len(self.inflight), self._reserved_kv, self._tokens_left, self._prefill_tokens, self.kv_cache_usage,
-            self.kv_capacity_tokens, self.max_model_len, self.max_num_seqs, self.block_size,
-            self.seconds_per_token, self.group, healthy,
-        )  # fmt: skip
-        if self._snapshot is not None and self._snapshot[0] == key:
-            return self._snapshot[1]
+        if healthy:  # until the last report goes stale
+            until = math.nextafter(self.last_report_s + self.stale_after_s, math.inf)
+        elif self.healthy_now() and now < self.cooldown_until:  # until the cooldown ends
+            until = self.cooldown_until
+        else:  # until something is written: a report, a reconnection
+            until = math.inf
         n = len(self.inflight)
         capacity = self.kv_capacity_tokens or max(1, self.max_model_len) * self.max_num_seqs
         reserved = self._reserved_kv
@@ -263,7 +276,8 @@ class PodConnection:
             prefix_block_tokens=self.block_size,
             healthy=healthy,
         )
-        self._snapshot = (key, state)
+        self._snapshot = state
+        self._snapshot_until = until
         return state
 
     # ----- calls --------------------------------------------------------------------------------

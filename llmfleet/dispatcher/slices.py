@@ -61,9 +61,6 @@ class SliceExecution:
     def _fail(self, req: LiveRequest, code: str, message: str) -> None:
         raise NotImplementedError
 
-    def _update_gauges(self) -> None:
-        raise NotImplementedError
-
     def _preempt(self, d: Preempt) -> None:
         req = self.running.get(d.request_id)
         if req is None or req.pod_id != d.pod_id or req.slice_task is None:
@@ -234,5 +231,4 @@ class SliceExecution:
         req.slice_max = None
         req.touch()
         self.queue[req.request_id] = req
-        self._update_gauges()
         self.kick()

@@ -39,7 +39,17 @@ def dispatch_in_order(
 ) -> tuple[Decision, ...]:
     """Place requests in the given order; `max_tokens=None` means run to completion. `rank`
     gives each Assignment its place in the engine's own queue (clipped to 0..MAX_RANK)."""
-    tent = Tentative(view.pods)
+    return _place_in_order(Tentative(view.pods), ordered, profile, max_tokens, rank, view)
+
+
+def _place_in_order(
+    tent: Tentative,
+    ordered: Iterable[RequestState],
+    profile: RoutingProfile,
+    max_tokens: int | None,
+    rank: Callable[[RequestState], int] | None,
+    view: SchedulerView,
+) -> tuple[Decision, ...]:
     out: list[Decision] = []
     holding = "free-slot" in profile.filters
     for req in ordered:
@@ -63,13 +73,14 @@ def dispatch_ranked(
 ) -> tuple[Decision, ...]:
     """Start the best-ranked queued requests (lowest `key` first) on pods that can take them now,
     or, with the profile's lookahead, queue them inside the engines in `rank` order."""
-    slots = Tentative(view.pods).free_slots(profile.lookahead)
+    tent = Tentative(view.pods)
+    slots = tent.free_slots(profile.lookahead)
     if slots == 0 or not view.queue:
         return ()
     # Only the best few can start now; a partial selection beats sorting a long queue. The
     # margin covers requests that no pod can fit (KV room) being skipped.
     ordered = heapq.nsmallest(slots * 2 + 8, view.queue, key=key)
-    return dispatch_in_order(view, ordered, profile, max_tokens, rank)
+    return _place_in_order(tent, ordered, profile, max_tokens, rank, view)
 
 
 class RoutedFcfs:

@@ -43,13 +43,13 @@ def filter_free_slot(
     view: SchedulerView, req: RequestState, pods: Sequence[PodState], lookahead: int = 0
 ) -> list[PodState]:
     """Pods that can start the request now (or, with a lookahead, right after a running one ends)."""
-    return [p for p in pods if open_slots(p, lookahead) > 0]
+    return [p for p in pods if p.max_running + lookahead - p.running - p.waiting > 0]  # open_slots > 0
 
 
 def filter_kv_room(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[PodState]:
     """Pods whose free KV holds the request's context (memory-aware admission)."""
     need = _kv_need(req)
-    return [p for p in pods if p.kv_free_tokens >= need]
+    return [p for p in pods if p.kv_capacity_tokens - p.kv_used_tokens >= need]  # kv_free_tokens
 
 
 def filter_idle(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[PodState]:
@@ -85,7 +85,11 @@ def pace_prefill(req: RequestState, pods: Sequence[PodState], budget: int) -> li
     its prompt than any eligible pod is only held back by pacing, the request waits for it
     (an empty result keeps it queued).
     """
-    hits = [prefix_hit_tokens(req, p) for p in pods]
+    if not req.hash_ids:  # nothing cacheable: no hits, and none to wait for
+        need = req.context_tokens
+        return [p for p in pods if p.pending_prefill_tokens == 0 or p.pending_prefill_tokens + need <= budget]
+    first = req.hash_ids[0]  # most pods miss on the first block; skip the call for them
+    hits = [prefix_hit_tokens(req, p) if first in p.cached_prefixes else 0 for p in pods]
     eligible = [
         p.pending_prefill_tokens == 0 or p.pending_prefill_tokens + req.context_tokens - hit <= budget
         for p, hit in zip(pods, hits, strict=True)
@@ -146,7 +150,7 @@ def score_kv_router(view: SchedulerView, req: RequestState, pods: Sequence[PodSt
 
 def score_kv_cache(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[float]:
     """Lower KV utilisation is better (llm-d's kv-cache-utilization scorer)."""
-    return [max(0.0, 1.0 - p.kv_utilization) for p in pods]
+    return [max(0.0, 1.0 - p.kv_used_tokens / p.kv_capacity_tokens) if p.kv_capacity_tokens else 0.0 for p in pods]
 
 
 def score_remaining_work(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[float]:
@@ -158,11 +162,14 @@ def score_prefix(view: SchedulerView, req: RequestState, pods: Sequence[PodState
     """Fraction of the prompt's leading hash blocks the pod already caches."""
     if not req.hash_ids:
         return [0.0] * len(pods)
-    return [matched_blocks(req, p) / len(req.hash_ids) for p in pods]
+    first, n = req.hash_ids[0], len(req.hash_ids)
+    return [matched_blocks(req, p) / n if first in p.cached_prefixes else 0.0 for p in pods]
 
 
 def score_affinity(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[float]:
     """1 for the pod that last ran the request (its KV is probably still cached there)."""
+    if req.pod_id is None:
+        return [0.0] * len(pods)
     return [1.0 if p.pod_id == req.pod_id else 0.0 for p in pods]
 
 
@@ -235,8 +242,7 @@ class RoutingProfile:
         for name, weight in self.scorers:
             if weight == 0:
                 continue
-            for i, s in enumerate(SCORERS[name](view, req, cands)):
-                totals[i] += weight * s
+            totals = [t + weight * s for t, s in zip(totals, SCORERS[name](view, req, cands), strict=True)]
         return PICKERS[self.picker](req, cands, totals)
 
 
@@ -245,9 +251,12 @@ class Tentative:
 
     def __init__(self, pods: Sequence[PodState]) -> None:
         self.pods = list(pods)
-        self._index = {p.pod_id: i for i, p in enumerate(self.pods)}
+        self._index: dict[str, int] | None = None  # built on the first placement
+        self._open: dict[int, int] = {}  # lookahead -> free_slots(lookahead), kept up to date by place()
 
     def place(self, req: RequestState, pod: PodState, expected_tokens: float | None = None) -> None:
+        if self._index is None:
+            self._index = {p.pod_id: i for i, p in enumerate(self.pods)}
         i = self._index[pod.pod_id]
         cur = self.pods[i]
         tokens = expected_tokens if expected_tokens is not None else req.expected_remaining_tokens()
@@ -265,6 +274,17 @@ class Tentative:
             + tokens * per_token
             + req.context_tokens * cur.recompute_s_per_token,
         )
+        if cur.healthy:
+            new = self.pods[i]
+            for lookahead in self._open:
+                self._open[lookahead] += open_slots(new, lookahead) - open_slots(cur, lookahead)
 
     def free_slots(self, lookahead: int = 0) -> int:
-        return sum(open_slots(p, lookahead) for p in self.pods if p.healthy)
+        """Open slots on the healthy pods. A policy asks before each placement, so the total is
+        counted once and then updated by `place`, not recounted over every pod."""
+        total = self._open.get(lookahead)
+        if total is None:
+            total = self._open[lookahead] = sum(
+                max(0, p.max_running + lookahead - p.running - p.waiting) for p in self.pods if p.healthy
+            )  # open_slots, inlined: this runs over every pod in every scheduling round
+        return total

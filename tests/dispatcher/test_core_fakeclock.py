@@ -256,3 +256,23 @@ async def test_with_no_healthy_pod_requests_fail_within_the_bound_instead_of_wai
             await d.submit(GenerateSpec(max_tokens=5, prompt_ids=(1, 2)))
     finally:
         await d.stop(0)
+
+
+async def test_queue_and_running_gauges_read_the_live_counts():
+    """The two gauges are read when Prometheus scrapes, so they are exact with no update on the
+    request's path: a request waiting for a pod shows in the queue, then in running."""
+    pod = await start_fake_pod(token_delay_s=0.01)
+    d = Dispatcher(make_policy("fcfs-rr"), clock=FakeClock(1000.0))
+    await d.start()
+    value = d.metrics.registry.get_sample_value
+    try:
+        req = await d.submit(GenerateSpec(max_tokens=20, prompt_ids=(1, 2), ignore_eos=True))
+        assert (value("llmfleet_dispatcher_queue_length"), value("llmfleet_dispatcher_running_requests")) == (1.0, 0.0)
+        await d.set_pods({"p0": pod.address})
+        await wait_for_condition(lambda: req.request_id in d.running, 10, what="request started")
+        assert (value("llmfleet_dispatcher_queue_length"), value("llmfleet_dispatcher_running_requests")) == (0.0, 1.0)
+        await _drain(req)
+        assert value("llmfleet_dispatcher_running_requests") == 0.0
+    finally:
+        await d.stop(0)
+        await pod.stop()

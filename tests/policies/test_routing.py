@@ -100,6 +100,19 @@ def test_tentative_counts_placements() -> None:
     assert (t.pods[0].running, t.pods[0].waiting) == (4, 1)
 
 
+def test_tentative_keeps_its_open_slot_totals_as_requests_are_placed() -> None:
+    """The totals are counted once and then updated by place(); they must match a recount over
+    the placed pods for every lookahead asked, whether asked before or after the placements."""
+    pods = [pod("a", running=3, max_running=4), pod("b", max_running=2), pod("c", max_running=8, healthy=False)]
+    t = Tentative(pods)
+    assert (t.free_slots(), t.free_slots(2)) == (3, 7)  # c is unhealthy: it counts for nothing
+    for i, target in enumerate(["a", "a", "b", "c", "b", "b", "a"]):
+        t.place(req(f"r{i}", i), next(p for p in t.pods if p.pod_id == target))
+        for lookahead in (0, 1, 2):
+            assert t.free_slots(lookahead) == Tentative(t.pods).free_slots(lookahead), (i, lookahead)
+    assert t.free_slots() == 0 and t.free_slots(2) == 1  # a: 4 running + 2 waiting; b: 2 running + 1 waiting
+
+
 P_IDLE = pod("idle")
 P_BUSY = pod("busy", prefilling=3000)
 P_SMALL = pod("small", prefilling=500)
