@@ -15,6 +15,7 @@ writes loads with ``llmfleet sim run --cost-model FILE``.
 from __future__ import annotations
 
 import asyncio
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -177,7 +178,11 @@ ENGINE_HISTOGRAMS = (
     "vllm:request_decode_time_seconds",
     "vllm:inter_token_latency_seconds",
 )
-DISPATCHER_HISTOGRAMS = ("llmfleet_dispatcher_ttft_seconds", "llmfleet_dispatcher_queue_seconds")
+DISPATCHER_HISTOGRAMS = (
+    "llmfleet_dispatcher_ttft_seconds",
+    "llmfleet_dispatcher_queue_seconds",
+    "llmfleet_dispatcher_e2e_seconds",
+)
 
 
 def histogram_totals(text: str, names: Sequence[str]) -> dict[str, tuple[float, float]]:
@@ -226,6 +231,7 @@ class DataPlaneTerms:
     dispatch_delay_s: float
     first_token_relay_s: float
     finish_relay_s: float
+    end_notice_s: float = 0.0
 
 
 def dataplane_terms(engine: dict[str, float], dispatcher: dict[str, float], client_ttft_s: float, client_e2e_s: float) -> DataPlaneTerms:
@@ -235,16 +241,21 @@ def dataplane_terms(engine: dict[str, float], dispatcher: dict[str, float], clie
     the engine's, from the request reaching the engine to the first token leaving it. What lies
     between, less the time queued at the dispatcher, is the way there (dispatch delay). The rest
     of the client's TTFT is the first token's way back; the rest of its latency, once the engine's
-    own latency (TTFT plus decode) is taken off, is the last token's way back."""
+    own latency (TTFT plus decode) is taken off, is the last token's way back. The dispatcher's own
+    latency, split the same way, leaves the part of that way back that ends at the dispatcher:
+    when it learns that a slot is free (end notice)."""
     engine_ttft = engine["vllm:time_to_first_token_seconds"]
     queued = dispatcher["llmfleet_dispatcher_queue_seconds"]
     dispatch = max(0.0, dispatcher["llmfleet_dispatcher_ttft_seconds"] - queued - engine_ttft)
     engine_e2e = engine_ttft + engine["vllm:request_decode_time_seconds"]
+    dispatcher_e2e = dispatcher.get("llmfleet_dispatcher_e2e_seconds", math.nan)
+    notice = dispatcher_e2e - queued - dispatch - engine_e2e
     return DataPlaneTerms(
         decode_step_s=engine["vllm:inter_token_latency_seconds"],
         dispatch_delay_s=dispatch,
         first_token_relay_s=max(0.0, client_ttft_s - queued - dispatch - engine_ttft),
         finish_relay_s=max(0.0, client_e2e_s - queued - dispatch - engine_e2e),
+        end_notice_s=max(0.0, notice) if notice == notice else 0.0,  # NaN: not scraped
     )
 
 
@@ -264,5 +275,6 @@ def with_dataplane(model: CostModel, terms: DataPlaneTerms, source: str) -> Cost
         dispatch_delay_s=terms.dispatch_delay_s,
         first_token_relay_s=terms.first_token_relay_s,
         finish_relay_s=terms.finish_relay_s,
+        end_notice_s=terms.end_notice_s,
         source=source,
     )

@@ -17,7 +17,9 @@ engine): ``dispatch_delay_s`` from the dispatcher's assignment to the engine sta
 (the sidecar, the engine's HTTP front, on a loaded host their wait for CPU), and the relay from
 the engine to the client, ``first_token_relay_s`` for the first token and ``finish_relay_s`` for
 the last (on a host short of CPU the per-token relay falls behind during a stream, so the two
-differ).
+differ). A third, ``end_notice_s``, is how long after the engine's last token of a slice the
+dispatcher learns that the slot is free: a queue held at the dispatcher refills a slot only
+then (and one dispatch delay later), while an engine's own queue refills it at once.
 
 Models are saved as JSON (``llmfleet sim calibrate`` writes the same schema).
 """
@@ -61,6 +63,7 @@ class CostModel:
     dispatch_delay_s: float = 0.0  # assignment -> the engine starts the slice (live fleet only)
     first_token_relay_s: float = 0.0  # the engine's first token -> the client reads it (live fleet only)
     finish_relay_s: float = 0.0  # the engine's last token -> the client reads it (live fleet only)
+    end_notice_s: float = 0.0  # the engine's last token of a slice -> the dispatcher frees its slot (live fleet only)
 
     def __post_init__(self) -> None:
         xs, ys = self.prefill_knots_tokens, self.prefill_knots_s
@@ -76,6 +79,7 @@ class CostModel:
             or self.dispatch_delay_s < 0
             or self.first_token_relay_s < 0
             or self.finish_relay_s < 0
+            or self.end_notice_s < 0
         ):
             raise ValueError("cost model times must be non-negative")
 

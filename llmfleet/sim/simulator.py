@@ -125,6 +125,9 @@ class Simulator:
         self._in_transit: list[tuple[float, int, str, int]] = []
         self._transit_ids: dict[str, int] = {}  # request id -> its live entry's seq (older ones are stale)
         self._transit_count = [0] * self.cfg.instances  # what the dispatcher counts and the engine not yet
+        # Slices the engine ended whose end has not reached the dispatcher: (when it does, instance).
+        self._ending: list[tuple[float, int]] = []
+        self._ending_count = [0] * self.cfg.instances  # still counted against their pod by the dispatcher
 
     # ------------------------------------------------------------------ EngineSink
     def kick(self, inst: Instance) -> None:
@@ -138,6 +141,11 @@ class Simulator:
         del self.running[req.rid]
         del self.running_states[req.rid]
         self.changed = True
+        if reason in ("finished", "slice") and self.cost.end_notice_s > 0:
+            # The engine may start its next request now; the dispatcher's count frees the slot
+            # only when the slice's end reaches it.
+            heapq.heappush(self._ending, (t + self.cost.end_notice_s, inst.idx))
+            self._ending_count[inst.idx] += 1
         if reason == "finished":
             req.finish_s = t
             self.done.append(req)
@@ -207,7 +215,7 @@ class Simulator:
             block_size=inst.B,
             max_running=inst.cfg.max_running,
             running=n_run,
-            waiting=len(inst.waiting) + self._transit_count[inst.idx],
+            waiting=len(inst.waiting) + self._transit_count[inst.idx] + self._ending_count[inst.idx],
             est_remaining_s=est_s,
             est_remaining_tokens=tokens,
             pending_prefill_tokens=pending_prefill,
@@ -278,6 +286,8 @@ class Simulator:
             t_ev = heap[0][0] if heap else inf
             if self._in_transit and self._in_transit[0][0] < t_ev:
                 t_ev = self._in_transit[0][0]
+            if self._ending and self._ending[0][0] < t_ev:
+                t_ev = self._ending[0][0]
             if t_arr == inf and t_ev == inf:
                 raise RuntimeError(
                     f"policy {self.policy.name!r} left {len(self.queue)} requests queued while every pod "
@@ -294,6 +304,10 @@ class Simulator:
                     inst.on_iteration_end(now)
                     if self.cfg.check_invariants:
                         inst.check_invariants()
+            while self._ending and self._ending[0][0] <= now:
+                _, idx = heapq.heappop(self._ending)
+                self._ending_count[idx] -= 1
+                self.changed = True  # a slot the dispatcher can fill again
             while self._in_transit and self._in_transit[0][0] <= now:
                 _, seq, rid, idx = heapq.heappop(self._in_transit)
                 if self._transit_ids.get(rid) == seq:  # else taken back on the way

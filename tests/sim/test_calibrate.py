@@ -144,6 +144,32 @@ def test_dataplane_terms_split_the_clients_time(dispatcher_ttft, queued, client_
     terms = dataplane_terms(engine, dispatcher, client_ttft, client_e2e)
     assert (terms.dispatch_delay_s, terms.first_token_relay_s, terms.finish_relay_s) == pytest.approx(expected)
     assert terms.decode_step_s == 0.012
+    assert terms.end_notice_s == 0.0  # no dispatcher latency scraped: no notice term
+
+
+@pytest.mark.parametrize(
+    ("dispatcher_e2e", "expected"),
+    [
+        (2.2, 0.2),  # 2.2 - 0.05 queued - 0.35 dispatch - 1.6 engine: the end reached the dispatcher 0.2 s late
+        (1.9, 0.0),  # noise never gives a negative delay
+    ],
+)
+def test_the_end_notice_is_what_the_dispatchers_latency_adds_after_the_engine(dispatcher_e2e, expected) -> None:
+    from llmfleet.sim.calibrate import dataplane_terms
+
+    engine = {
+        "vllm:time_to_first_token_seconds": 0.1,
+        "vllm:request_decode_time_seconds": 1.5,
+        "vllm:inter_token_latency_seconds": 0.012,
+    }
+    dispatcher = {
+        "llmfleet_dispatcher_ttft_seconds": 0.5,
+        "llmfleet_dispatcher_queue_seconds": 0.05,
+        "llmfleet_dispatcher_e2e_seconds": dispatcher_e2e,
+    }
+    terms = dataplane_terms(engine, dispatcher, 0.6, 2.4)
+    assert terms.end_notice_s == pytest.approx(expected)
+    assert terms.finish_relay_s == pytest.approx(0.4)  # the client's own way back is unchanged
 
 
 def test_a_fleet_calibrated_model_keeps_its_delays_through_save_and_load(tmp_path) -> None:
@@ -151,13 +177,16 @@ def test_a_fleet_calibrated_model_keeps_its_delays_through_save_and_load(tmp_pat
     from llmfleet.sim.costmodel import CostModel, linear_cost_model
 
     probed = linear_cost_model(0.001, 0.004, decode_per_seq_s=0.001)
-    model = with_dataplane(probed, DataPlaneTerms(0.012, 0.3, 0.05, 0.2), "fleet")
+    model = with_dataplane(probed, DataPlaneTerms(0.012, 0.3, 0.05, 0.2, end_notice_s=0.1), "fleet")
+    assert (model.dispatch_delay_s, model.first_token_relay_s, model.finish_relay_s, model.end_notice_s) == (0.3, 0.05, 0.2, 0.1)
     assert model.decode_step_s(1, 0) == model.decode_step_s(8, 0) == 0.012  # flat at what traffic measured
     assert model.prefill_s(100) == probed.prefill_s(100)
     model.save(tmp_path / "cost.json")
     assert CostModel.load(tmp_path / "cost.json") == model
     with pytest.raises(ValueError, match="non-negative"):
         replace(model, dispatch_delay_s=-0.1)
+    with pytest.raises(ValueError, match="non-negative"):
+        replace(model, end_notice_s=-0.1)
 
 
 def test_scrape_histograms_sums_each_histogram_over_every_page() -> None:

@@ -95,3 +95,21 @@ def test_a_slice_taken_back_on_its_way_never_reaches_the_engine() -> None:
     # r1 was sent at 0.2 and reached the engine at 1.2; r0 went again after r1 left.
     assert records["r1"].first_token_s < records["r0"].first_token_s
     assert records["r1"].first_token_s == pytest.approx(1.2 + BARE.prefill_s(10), abs=0.02)
+
+
+@pytest.mark.parametrize(
+    ("policy", "waits_for_the_notice"),
+    [
+        (FirstOpenPod, True),  # a queue held at the dispatcher refills the slot once it hears of the end
+        (lambda: make_policy("fcfs-rr"), False),  # the engine's own queue refills it at once
+    ],
+)
+def test_the_dispatcher_frees_a_slot_when_the_slices_end_reaches_it(policy, waits_for_the_notice) -> None:
+    # One slot; r1 arrives while r0 runs, so it starts when r0's slot is freed.
+    trace = [TraceRequest("r0", 0.0, 10, 20), TraceRequest("r1", 0.1, 10, 20)]
+    bare, _ = _records(trace, BARE, policy(), max_running=1)
+    noticed, result = _records(trace, replace(BARE, end_notice_s=0.5), policy(), max_running=1)
+    assert result.policy_errors == 0
+    assert noticed["r0"].latency_s == pytest.approx(bare["r0"].latency_s)  # the client's view of r0 is unchanged
+    shift = noticed["r1"].first_token_s - bare["r1"].first_token_s
+    assert shift == pytest.approx(0.5 if waits_for_the_notice else 0.0, abs=1e-6)
