@@ -4,12 +4,16 @@
 2. Probe the engines directly (`llmfleet sim calibrate` logic): prefill knots and a decode line.
 3. Calibrate on the live fleet: replay a calibration window of the trace (a different one from
    the evaluation's) through the dispatcher, and read, from the engines' and the dispatcher's
-   Prometheus histograms and the client's clock, the decode step under traffic and what the data
-   plane adds (`llmfleet.sim.calibrate.dataplane_terms`): the way to the engine, the first
-   token's and the last token's way back.
+   Prometheus histograms and the client's clock, what the data plane adds
+   (`llmfleet.sim.calibrate.dataplane_terms`): the way to the engine, the first token's and the
+   last token's way back, and the slice's end reaching the dispatcher; and how much slower the
+   engines ran than their probes (`fit_engine_slowdown`: the factor at which the simulator,
+   replaying the calibration window, gives the engines' measured mean latency).
 4. Replay the evaluation window through the real fleet under each policy.
 5. Simulate the very same requests (arrival times, prompt and output tokens) with 2 instances and
-   the engines' sequence limit, once with the probed model alone and once calibrated on the fleet.
+   the engines' sequence limit: with the probed model alone; calibrated (the probed model slowed
+   by the fitted factor, plus the data plane); and, for comparison, the earlier calibration
+   (`flat_decode`: the decode step flat at the measured inter-token latency, plus the data plane).
 6. Report the simulator's error on mean TTFT and mean latency per policy, and on the ratio.
 
 Reproduce (writes bench/results/sim_fidelity.{json,png}):
@@ -36,9 +40,11 @@ from llmfleet.sim.calibrate import (
     ENGINE_HISTOGRAMS,
     calibrate_engine,
     dataplane_terms,
+    fit_engine_slowdown,
     histogram_means,
     scrape_histograms,
     with_dataplane,
+    with_slowdown,
 )
 from llmfleet.sim.instance import EngineConfig
 from llmfleet.sim.runner import load_predictor, run_policies
@@ -99,10 +105,8 @@ def main(argv: list[str] | None = None) -> int:
         cal_outcomes = asyncio.run(replay(dispatcher.address, calibration, hidden_length=False))
         e1, d1 = scrape_histograms(urls, ENGINE_HISTOGRAMS), scrape_histograms(murl, DISPATCHER_HISTOGRAMS)
         fleet.stop_dispatcher()
-        terms = dataplane_terms(histogram_means(e0, e1), histogram_means(d0, d1), *_client_means(cal_outcomes))
-        calibrated = with_dataplane(
-            probed, terms, f"probes + live fleet, trace window {args.calibration_start_index}"  # type: ignore[arg-type]
-        )
+        engine_means = histogram_means(e0, e1)
+        terms = dataplane_terms(engine_means, histogram_means(d0, d1), *_client_means(cal_outcomes))
         runs: dict[str, list[tuple[float, float]]] = {p: [] for p in policies}
         for rep in range(args.real_runs):  # the order alternates, so neither policy always goes first
             for policy in policies if rep % 2 == 0 else policies[::-1]:
@@ -117,11 +121,18 @@ def main(argv: list[str] | None = None) -> int:
             }
     trace = [TraceRequest(r.request_id, r.arrival_s, len(r.prompt_token_ids), r.output_tokens) for r in workload]
     cfg = SimConfig(instances=2, engine=EngineConfig(max_running=args.max_num_seqs, token_budget=2048))
+    # The engines' slowdown under traffic, fitted on the calibration window's requests.
+    cal_trace = [TraceRequest(r.request_id, r.arrival_s, len(r.prompt_token_ids), r.output_tokens) for r in calibration]
+    engine_latency = engine_means["vllm:time_to_first_token_seconds"] + engine_means["vllm:request_decode_time_seconds"]
+    slowdown = fit_engine_slowdown(probed, cal_trace, cfg, engine_latency)  # type: ignore[arg-type]
+    source = f"probes + live fleet, trace window {args.calibration_start_index}"
+    calibrated = with_slowdown(probed, terms, slowdown, source)  # type: ignore[arg-type]
+    flat_decode = with_dataplane(probed, terms, source + ", flat decode step")  # type: ignore[arg-type]
     configs = [SchedulingConfig(policy=p, slice_tokens=args.slice_tokens) for p in policies]
     predictor = load_predictor(None, trace, tau=0.6)
     sims = {
         label: {run.summary["policy"]: run.summary for run in run_policies(trace, configs, cost, cfg, predictor)}  # type: ignore[arg-type]
-        for label, cost in (("probed", probed), ("calibrated", calibrated))
+        for label, cost in (("probed", probed), ("flat_decode", flat_decode), ("calibrated", calibrated))
     }
     rows = []
     for name in policies:
@@ -148,7 +159,12 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": {"of": f"{policies[-1]} / {policies[0]}", **ratios},
         "target": {"error_max": 0.15, "ratio_error_max": 0.10},
         "dataplane_terms": asdict(terms),
-        "cost_model": {"probed": asdict(probed), "calibrated": asdict(calibrated)},  # type: ignore[call-overload]
+        "engine_slowdown": {"factor": slowdown, "engine_latency_s": engine_latency},
+        "cost_model": {
+            "probed": asdict(probed),  # type: ignore[call-overload]
+            "calibrated": asdict(calibrated),
+            "flat_decode": asdict(flat_decode),
+        },
         "setup": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "command": "python bench/sim_fidelity.py " + " ".join(argv or sys.argv[1:]),
     }

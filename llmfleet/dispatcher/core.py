@@ -108,6 +108,7 @@ class Dispatcher(SliceExecution):
         self._tasks = [asyncio.create_task(self._ticker(), name="dispatcher-tick")]
         self._started = True
         if self._kicked:
+            self._kicked = False
             self.kick()
         run_learner = getattr(self.predictor, "run", None)  # an OnlineRanker retrains in the background
         if run_learner is not None and learns(self.predictor):
@@ -367,8 +368,8 @@ class Dispatcher(SliceExecution):
     def kick(self) -> None:
         """Ask for a scheduling round. It runs as a callback once the event loop has run what is
         ready now, so the arrivals and slice ends of one turn of the loop share one decision. A
-        callback rather than a waiting task: at a thousand rounds a second, waking a task per
-        round cost more than the round's own bookkeeping."""
+        callback rather than a task woken through an Event: under load there is a round for
+        almost every assignment, and a callback is the cheaper of the two for the loop."""
         if not self._started:
             self._kicked = True
         elif self._round is None:

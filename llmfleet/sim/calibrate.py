@@ -22,6 +22,8 @@ from dataclasses import dataclass, replace
 
 from llmfleet.core.clock import Clock, RealClock
 from llmfleet.sim.costmodel import CostModel
+from llmfleet.sim.simulator import SimConfig
+from llmfleet.sim.traces import TraceRequest
 
 
 @dataclass(frozen=True)
@@ -256,6 +258,61 @@ def dataplane_terms(engine: dict[str, float], dispatcher: dict[str, float], clie
         first_token_relay_s=max(0.0, client_ttft_s - queued - dispatch - engine_ttft),
         finish_relay_s=max(0.0, client_e2e_s - queued - dispatch - engine_e2e),
         end_notice_s=max(0.0, notice) if notice == notice else 0.0,  # NaN: not scraped
+    )
+
+
+def slowed(model: CostModel, k: float) -> CostModel:
+    """The engine `k` times slower: prefill, decode and their overlap alike."""
+    return replace(
+        model,
+        prefill_knots_s=tuple(s * k for s in model.prefill_knots_s),
+        decode_base_s=model.decode_base_s * k,
+        decode_per_seq_s=model.decode_per_seq_s * k,
+        decode_per_ctx_token_s=model.decode_per_ctx_token_s * k,
+        overlap_s=model.overlap_s * k,
+    )
+
+
+def fit_engine_slowdown(
+    model: CostModel, trace: Sequence[TraceRequest], cfg: SimConfig, engine_latency_s: float, iterations: int = 40
+) -> float:
+    """How many times slower the engines ran under the fleet's traffic than their probes say.
+
+    The engines' own mean latency over a calibration replay (vLLM's TTFT plus decode time: from
+    the request reaching the engine to its last token) is matched by the simulator replaying the
+    same requests straight to its engines (`fcfs-rr`, no data plane) with the probed model slowed
+    by k; k is found by bisection (latency grows with k). Prefill and decode slow together, so
+    the simulator still charges each prefill chunk to the decode steps it joins: the measured
+    inter-token latency already contains those stalls, and a decode step set to it counted them
+    twice (section 5 of bench/DATAPLANE.md)."""
+    from llmfleet.policies.registry import make_policy
+    from llmfleet.sim.simulator import Simulator
+
+    bare = replace(model, dispatch_delay_s=0.0, first_token_relay_s=0.0, finish_relay_s=0.0, end_notice_s=0.0)
+
+    def latency(k: float) -> float:
+        records = Simulator(list(trace), make_policy("fcfs-rr"), slowed(bare, k), cfg).run().records
+        return statistics.fmean(r.latency_s for r in records)
+
+    lo, hi = 0.05, 50.0
+    for _ in range(iterations):
+        mid = math.sqrt(lo * hi)
+        if latency(mid) < engine_latency_s:
+            lo = mid
+        else:
+            hi = mid
+    return math.sqrt(lo * hi)
+
+
+def with_slowdown(model: CostModel, terms: DataPlaneTerms, k: float, source: str) -> CostModel:
+    """The probed model slowed by `k` (see `fit_engine_slowdown`), with the data plane's delays."""
+    return replace(
+        slowed(model, k),
+        dispatch_delay_s=terms.dispatch_delay_s,
+        first_token_relay_s=terms.first_token_relay_s,
+        finish_relay_s=terms.finish_relay_s,
+        end_notice_s=terms.end_notice_s,
+        source=source,
     )
 
 

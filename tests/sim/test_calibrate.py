@@ -211,3 +211,28 @@ def test_scrape_histograms_sums_each_histogram_over_every_page() -> None:
             server.shutdown()
             thread.join()
     assert got["vllm:time_to_first_token_seconds"] == (4.0, 3.0) and got["absent"] == (0.0, 0.0)
+
+
+def test_the_engine_slowdown_is_recovered_from_the_engines_mean_latency() -> None:
+    """Requests run on engines 2.5x slower than probed: the fit finds 2.5 from their mean latency,
+    and the calibrated model keeps the probed shape (prefill and decode slowed alike)."""
+    import statistics
+
+    from llmfleet.policies.registry import make_policy
+    from llmfleet.sim.calibrate import DataPlaneTerms, fit_engine_slowdown, slowed, with_slowdown
+    from llmfleet.sim.costmodel import linear_cost_model
+    from llmfleet.sim.instance import EngineConfig
+    from llmfleet.sim.simulator import SimConfig, Simulator
+    from llmfleet.sim.traces import TraceRequest
+
+    probed = linear_cost_model(0.0005, 0.004, decode_per_seq_s=0.0005)
+    trace = [TraceRequest(f"r{i}", i * 0.3, 50 + 37 * (i % 9), 20 + 13 * (i % 7)) for i in range(60)]
+    cfg = SimConfig(instances=2, engine=EngineConfig(max_running=4))
+    truth = Simulator(trace, make_policy("fcfs-rr"), slowed(probed, 2.5), cfg).run().records
+    measured = statistics.fmean(r.latency_s for r in truth)
+    k = fit_engine_slowdown(probed, trace, cfg, measured)
+    assert k == pytest.approx(2.5, rel=0.02)
+    model = with_slowdown(probed, DataPlaneTerms(0.01, 0.1, 0.02, 0.03, end_notice_s=0.04), k, "fleet")
+    assert model.prefill_s(300) == pytest.approx(k * probed.prefill_s(300))
+    assert model.decode_step_s(4, 0) == pytest.approx(k * probed.decode_step_s(4, 0))
+    assert (model.dispatch_delay_s, model.finish_relay_s, model.end_notice_s) == (0.1, 0.03, 0.04)
