@@ -322,7 +322,12 @@ def with_dataplane(model: CostModel, terms: DataPlaneTerms, source: str) -> Cost
     The decode step becomes flat at the engines' measured inter-token latency. On the CPU fleet
     the probes' per-sequence slope is noise (0 to 1.2 ms per sequence across repeated runs, on
     the same engines), while the traffic's own average is measured over thousands of steps; a
-    line anchored at one batch size with a noisy slope was 25% off at the batches traffic runs."""
+    line anchored at one batch size with a noisy slope was 25% off at the batches traffic runs.
+
+    Superseded by `with_slowdown` and kept for comparison (bench/sim_fidelity.py reports both):
+    the measured inter-token latency already holds the prefill stalls that the simulator adds
+    to each step again, and the prefill stays at the quiet engines' speed, so TTFT came out
+    about 30% low and latency up to 14% high on the CPU fleet."""
     return replace(
         model,
         decode_base_s=terms.decode_step_s,
