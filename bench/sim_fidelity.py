@@ -158,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
         "rows": rows,
         "ratios": {"of": f"{policies[-1]} / {policies[0]}", **ratios},
         "target": {"error_max": 0.15, "ratio_error_max": 0.10},
+        "real_runs": real,  # each replay's means, in the order they ran
         "dataplane_terms": asdict(terms),
         "engine_slowdown": {"factor": slowdown, "engine_latency_s": engine_latency},
         "cost_model": {
