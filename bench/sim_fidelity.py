@@ -38,6 +38,7 @@ from llmfleet.fleet.local import FleetSpec, LocalFleet
 from llmfleet.sim.calibrate import (
     DISPATCHER_HISTOGRAMS,
     ENGINE_HISTOGRAMS,
+    DataPlaneTerms,
     calibrate_engine,
     dataplane_terms,
     fit_engine_slowdown,
@@ -66,6 +67,24 @@ async def calibrate_pair(urls: list[str], repeats: int) -> object:
     return models[0]
 
 
+def calibration_replay(fleet: LocalFleet, urls: list[str], calibration: list) -> tuple[dict, DataPlaneTerms]:
+    """Replay the calibration window under `fcfs-rr` and read what the engines and the data plane
+    did: the engines' histogram means, and the data-plane terms."""
+    metrics_port = free_port()
+    dispatcher = fleet.start_dispatcher(SchedulingConfig(policy="fcfs-rr"), metrics_port=metrics_port)
+    murl = [f"http://127.0.0.1:{metrics_port}"]
+    e0, d0 = scrape_histograms(urls, ENGINE_HISTOGRAMS), scrape_histograms(murl, DISPATCHER_HISTOGRAMS)
+    outcomes = asyncio.run(replay(dispatcher.address, calibration, hidden_length=False))
+    e1, d1 = scrape_histograms(urls, ENGINE_HISTOGRAMS), scrape_histograms(murl, DISPATCHER_HISTOGRAMS)
+    fleet.stop_dispatcher()
+    engine_means = histogram_means(e0, e1)
+    return engine_means, dataplane_terms(engine_means, histogram_means(d0, d1), *_client_means(outcomes))
+
+
+def _engine_latency(engine_means: dict) -> float:
+    return engine_means["vllm:time_to_first_token_seconds"] + engine_means["vllm:request_decode_time_seconds"]
+
+
 def _client_means(outcomes: list) -> tuple[float, float]:
     ok = [o for o in outcomes if o.status == "ok" and o.first_token_s is not None]
     return (
@@ -87,6 +106,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument(
         "--real-runs", type=int, default=2, help="replays of the window per policy on the real fleet (their spread is the noise floor)"
     )
+    ap.add_argument(
+        "--calibrate-beside-each", action="store_true",
+        help="also replay the calibration window right before every evaluation replay, and simulate each "
+        "replay with the model calibrated beside it (this machine's speed drifts within minutes)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     policies = args.policies.split(",")
@@ -98,18 +122,13 @@ def main(argv: list[str] | None = None) -> int:
     with LocalFleet(FleetSpec(engines=2, max_num_seqs=args.max_num_seqs)) as fleet:
         urls = [e.url for e in fleet.engines]
         probed = asyncio.run(calibrate_pair(urls, args.repeats))
-        metrics_port = free_port()
-        dispatcher = fleet.start_dispatcher(SchedulingConfig(policy="fcfs-rr"), metrics_port=metrics_port)
-        murl = [f"http://127.0.0.1:{metrics_port}"]
-        e0, d0 = scrape_histograms(urls, ENGINE_HISTOGRAMS), scrape_histograms(murl, DISPATCHER_HISTOGRAMS)
-        cal_outcomes = asyncio.run(replay(dispatcher.address, calibration, hidden_length=False))
-        e1, d1 = scrape_histograms(urls, ENGINE_HISTOGRAMS), scrape_histograms(murl, DISPATCHER_HISTOGRAMS)
-        fleet.stop_dispatcher()
-        engine_means = histogram_means(e0, e1)
-        terms = dataplane_terms(engine_means, histogram_means(d0, d1), *_client_means(cal_outcomes))
+        engine_means, terms = calibration_replay(fleet, urls, calibration)
         runs: dict[str, list[tuple[float, float]]] = {p: [] for p in policies}
+        beside: dict[str, list[tuple[dict, DataPlaneTerms]]] = {p: [] for p in policies}
         for rep in range(args.real_runs):  # the order alternates, so neither policy always goes first
             for policy in policies if rep % 2 == 0 else policies[::-1]:
+                if args.calibrate_beside_each:
+                    beside[policy].append(calibration_replay(fleet, urls, calibration))
                 dispatcher = fleet.start_dispatcher(SchedulingConfig(policy=policy, slice_tokens=args.slice_tokens))
                 runs[policy].append(_client_means(asyncio.run(replay(dispatcher.address, workload, hidden_length=False))))
                 fleet.stop_dispatcher()
@@ -123,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = SimConfig(instances=2, engine=EngineConfig(max_running=args.max_num_seqs, token_budget=2048))
     # The engines' slowdown under traffic, fitted on the calibration window's requests.
     cal_trace = [TraceRequest(r.request_id, r.arrival_s, len(r.prompt_token_ids), r.output_tokens) for r in calibration]
-    engine_latency = engine_means["vllm:time_to_first_token_seconds"] + engine_means["vllm:request_decode_time_seconds"]
+    engine_latency = _engine_latency(engine_means)
     slowdown = fit_engine_slowdown(probed, cal_trace, cfg, engine_latency)  # type: ignore[arg-type]
     source = f"probes + live fleet, trace window {args.calibration_start_index}"
     calibrated = with_slowdown(probed, terms, slowdown, source)  # type: ignore[arg-type]
@@ -134,6 +153,23 @@ def main(argv: list[str] | None = None) -> int:
         label: {run.summary["policy"]: run.summary for run in run_policies(trace, configs, cost, cfg, predictor)}  # type: ignore[arg-type]
         for label, cost in (("probed", probed), ("flat_decode", flat_decode), ("calibrated", calibrated))
     }
+    beside_report: dict[str, list[dict]] = {}
+    if args.calibrate_beside_each:
+        # Each real replay against the simulator calibrated right before it; the mean over replays.
+        sims["calibrated_beside"] = {}
+        for policy, cals in beside.items():
+            config = SchedulingConfig(policy=policy, slice_tokens=args.slice_tokens)
+            per_replay = []
+            for means, t in cals:
+                k = fit_engine_slowdown(probed, cal_trace, cfg, _engine_latency(means))  # type: ignore[arg-type]
+                model = with_slowdown(probed, t, k, source + ", calibrated beside the replay")  # type: ignore[arg-type]
+                summary = run_policies(trace, [config], model, cfg, predictor)[0].summary
+                per_replay.append({"slowdown": k, "engine_latency_s": _engine_latency(means),
+                                   "mean_ttft_s": summary["mean_ttft_s"], "mean_latency_s": summary["mean_latency_s"]})  # fmt: skip
+            beside_report[policy] = per_replay
+            sims["calibrated_beside"][policy] = {
+                m: statistics.fmean(r[m] for r in per_replay) for m in ("mean_ttft_s", "mean_latency_s")
+            }
     rows = []
     for name in policies:
         row: dict[str, object] = {"policy": name}
@@ -159,6 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         "ratios": {"of": f"{policies[-1]} / {policies[0]}", **ratios},
         "target": {"error_max": 0.15, "ratio_error_max": 0.10},
         "real_runs": real,  # each replay's means, in the order they ran
+        "calibrated_beside_each": beside_report,
         "dataplane_terms": asdict(terms),
         "engine_slowdown": {"factor": slowdown, "engine_latency_s": engine_latency},
         "cost_model": {
