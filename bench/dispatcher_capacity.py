@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import json
 import os
@@ -407,11 +408,7 @@ def decisions_and_floor(
 
 
 def _merged(dicts: Iterable[dict[str, int]]) -> dict[str, int]:
-    out: dict[str, int] = {}
-    for d in dicts:
-        for k, v in d.items():
-            out[k] = out.get(k, 0) + v
-    return out
+    return dict(sum((collections.Counter(d) for d in dicts), collections.Counter()))
 
 
 def _own_cpu_s() -> float:

@@ -85,10 +85,8 @@ class Dispatcher(SliceExecution):
         self.metrics.running.set_function(lambda: len(self.running))
         self._seq = 0
         self._admitting = 0
-        # The scheduling round asked for by kick(), as a loop callback (None: none pending);
-        # `_kicked` records a kick that came before start().
+        # The scheduling round asked for by kick(), as a loop callback (None: none pending).
         self._round: asyncio.Handle | None = None
-        self._kicked = False
         self._started = False
         self._tasks: list[asyncio.Task[None]] = []
         self._slice_tasks: set[asyncio.Task[None]] = set()
@@ -107,9 +105,7 @@ class Dispatcher(SliceExecution):
     async def start(self) -> None:
         self._tasks = [asyncio.create_task(self._ticker(), name="dispatcher-tick")]
         self._started = True
-        if self._kicked:
-            self._kicked = False
-            self.kick()
+        self.kick()  # for whatever was queued before the start (a round with nothing queued is a no-op)
         run_learner = getattr(self.predictor, "run", None)  # an OnlineRanker retrains in the background
         if run_learner is not None and learns(self.predictor):
             self._tasks.append(asyncio.create_task(run_learner(), name="dispatcher-online-ranker"))
@@ -370,9 +366,7 @@ class Dispatcher(SliceExecution):
         ready now, so the arrivals and slice ends of one turn of the loop share one decision. A
         callback rather than a task woken through an Event: under load there is a round for
         almost every assignment, and a callback is the cheaper of the two for the loop."""
-        if not self._started:
-            self._kicked = True
-        elif self._round is None:
+        if self._started and self._round is None:
             self._round = asyncio.get_running_loop().call_soon(self._scheduling_round)
 
     async def _ticker(self) -> None:

@@ -43,13 +43,13 @@ def filter_free_slot(
     view: SchedulerView, req: RequestState, pods: Sequence[PodState], lookahead: int = 0
 ) -> list[PodState]:
     """Pods that can start the request now (or, with a lookahead, right after a running one ends)."""
-    return [p for p in pods if p.max_running + lookahead - p.running - p.waiting > 0]  # open_slots > 0
+    return [p for p in pods if open_slots(p, lookahead) > 0]
 
 
 def filter_kv_room(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[PodState]:
     """Pods whose free KV holds the request's context (memory-aware admission)."""
     need = _kv_need(req)
-    return [p for p in pods if p.kv_capacity_tokens - p.kv_used_tokens >= need]  # kv_free_tokens
+    return [p for p in pods if p.kv_free_tokens >= need]
 
 
 def filter_idle(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[PodState]:
@@ -150,7 +150,7 @@ def score_kv_router(view: SchedulerView, req: RequestState, pods: Sequence[PodSt
 
 def score_kv_cache(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[float]:
     """Lower KV utilisation is better (llm-d's kv-cache-utilization scorer)."""
-    return [max(0.0, 1.0 - p.kv_used_tokens / p.kv_capacity_tokens) if p.kv_capacity_tokens else 0.0 for p in pods]
+    return [max(0.0, 1.0 - p.kv_utilization) for p in pods]
 
 
 def score_remaining_work(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[float]:
@@ -284,7 +284,5 @@ class Tentative:
         counted once and then updated by `place`, not recounted over every pod."""
         total = self._open.get(lookahead)
         if total is None:
-            total = self._open[lookahead] = sum(
-                max(0, p.max_running + lookahead - p.running - p.waiting) for p in self.pods if p.healthy
-            )  # open_slots, inlined: this runs over every pod in every scheduling round
+            total = self._open[lookahead] = sum(open_slots(p, lookahead) for p in self.pods if p.healthy)
         return total

@@ -21,8 +21,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from llmfleet.core.clock import Clock, RealClock
+from llmfleet.policies.registry import make_policy
 from llmfleet.sim.costmodel import CostModel
-from llmfleet.sim.simulator import SimConfig
+from llmfleet.sim.simulator import SimConfig, Simulator
 from llmfleet.sim.traces import TraceRequest
 
 
@@ -285,9 +286,6 @@ def fit_engine_slowdown(
     the simulator still charges each prefill chunk to the decode steps it joins: the measured
     inter-token latency already contains those stalls, and a decode step set to it counted them
     twice (section 5 of bench/DATAPLANE.md)."""
-    from llmfleet.policies.registry import make_policy
-    from llmfleet.sim.simulator import Simulator
-
     bare = replace(model, dispatch_delay_s=0.0, first_token_relay_s=0.0, finish_relay_s=0.0, end_notice_s=0.0)
 
     def latency(k: float) -> float:
