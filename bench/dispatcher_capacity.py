@@ -230,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--ports-file", type=Path, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--serve-relay", default="", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    if args.pairs < 1 or args.burst < args.pairs:
+        ap.error(f"--pairs must be at least 1 and at most --burst ({args.burst}); got {args.pairs}")
     if args.serve_relay:
         from llmfleet.core.eventloop import run_server
 
