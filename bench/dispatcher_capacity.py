@@ -206,7 +206,7 @@ async def hold_streams(address: str, n: int, tokens: int, prompt_tokens: int, in
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     ap.add_argument("--streams", type=int, default=10000)
     ap.add_argument("--engines", type=int, default=40)
     ap.add_argument("--max-num-seqs", type=int, default=256)
