@@ -32,7 +32,7 @@ from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker, warm_up
 from llmfleet.demo.workload import WorkloadSpec, build_workload
 from llmfleet.engine.process import free_port
 from llmfleet.fleet.local import FleetSpec, LocalFleet
-from llmfleet.sim.calibrate import histogram_means, scrape_histograms
+from llmfleet.sim.fleet_calibrate import histogram_means, scrape_histograms
 
 ENGINE = (
     "vllm:time_to_first_token_seconds",

@@ -5,7 +5,7 @@
 3. Calibrate on the live fleet: replay a calibration window of the trace (a different one from
    the evaluation's) through the dispatcher, and read, from the engines' and the dispatcher's
    Prometheus histograms and the client's clock, what the data plane adds
-   (`llmfleet.sim.calibrate.dataplane_terms`): the way to the engine, the first token's and the
+   (`llmfleet.sim.fleet_calibrate`, as `llmfleet sim calibrate --fleet` does): the way to the engine, the first token's and the
    last token's way back, and the slice's end reaching the dispatcher; and how much slower the
    engines ran than their probes (`fit_engine_slowdown`: the factor at which the simulator,
    replaying the calibration window, gives the engines' measured mean latency).
@@ -35,18 +35,8 @@ from llmfleet.demo.replay import replay
 from llmfleet.demo.workload import WorkloadSpec, build_workload
 from llmfleet.engine.process import free_port
 from llmfleet.fleet.local import FleetSpec, LocalFleet
-from llmfleet.sim.calibrate import (
-    DISPATCHER_HISTOGRAMS,
-    ENGINE_HISTOGRAMS,
-    DataPlaneTerms,
-    calibrate_engine,
-    dataplane_terms,
-    fit_engine_slowdown,
-    histogram_means,
-    scrape_histograms,
-    with_dataplane,
-    with_slowdown,
-)
+from llmfleet.sim.calibrate import calibrate_engine
+from llmfleet.sim.fleet_calibrate import Window, calibrate_on_fleet, measure_window, with_dataplane
 from llmfleet.sim.instance import EngineConfig
 from llmfleet.sim.runner import load_predictor, run_policies
 from llmfleet.sim.simulator import SimConfig
@@ -67,22 +57,13 @@ async def calibrate_pair(urls: list[str], repeats: int) -> object:
     return models[0]
 
 
-def calibration_replay(fleet: LocalFleet, urls: list[str], calibration: list) -> tuple[dict, DataPlaneTerms]:
-    """Replay the calibration window under `fcfs-rr` and read what the engines and the data plane
-    did: the engines' histogram means, and the data-plane terms."""
+def calibration_replay(fleet: LocalFleet, urls: list[str], calibration: list) -> Window:
+    """Replay the calibration window under `fcfs-rr` and read what the engines and the data plane did."""
     metrics_port = free_port()
     dispatcher = fleet.start_dispatcher(SchedulingConfig(policy="fcfs-rr"), metrics_port=metrics_port)
-    murl = [f"http://127.0.0.1:{metrics_port}"]
-    e0, d0 = scrape_histograms(urls, ENGINE_HISTOGRAMS), scrape_histograms(murl, DISPATCHER_HISTOGRAMS)
-    outcomes = asyncio.run(replay(dispatcher.address, calibration, hidden_length=False))
-    e1, d1 = scrape_histograms(urls, ENGINE_HISTOGRAMS), scrape_histograms(murl, DISPATCHER_HISTOGRAMS)
+    window = asyncio.run(measure_window(dispatcher.address, urls, f"http://127.0.0.1:{metrics_port}", calibration))
     fleet.stop_dispatcher()
-    engine_means = histogram_means(e0, e1)
-    return engine_means, dataplane_terms(engine_means, histogram_means(d0, d1), *_client_means(outcomes))
-
-
-def _engine_latency(engine_means: dict) -> float:
-    return engine_means["vllm:time_to_first_token_seconds"] + engine_means["vllm:request_decode_time_seconds"]
+    return window
 
 
 def _client_means(outcomes: list) -> tuple[float, float]:
@@ -122,9 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     with LocalFleet(FleetSpec(engines=2, max_num_seqs=args.max_num_seqs)) as fleet:
         urls = [e.url for e in fleet.engines]
         probed = asyncio.run(calibrate_pair(urls, args.repeats))
-        engine_means, terms = calibration_replay(fleet, urls, calibration)
+        window = calibration_replay(fleet, urls, calibration)
         runs: dict[str, list[tuple[float, float]]] = {p: [] for p in policies}
-        beside: dict[str, list[tuple[dict, DataPlaneTerms]]] = {p: [] for p in policies}
+        beside: dict[str, list[Window]] = {p: [] for p in policies}
         for rep in range(args.real_runs):  # the order alternates, so neither policy always goes first
             for policy in policies if rep % 2 == 0 else policies[::-1]:
                 if args.calibrate_beside_each:
@@ -142,10 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = SimConfig(instances=2, engine=EngineConfig(max_running=args.max_num_seqs, token_budget=2048))
     # The engines' slowdown under traffic, fitted on the calibration window's requests.
     cal_trace = [TraceRequest(r.request_id, r.arrival_s, len(r.prompt_token_ids), r.output_tokens) for r in calibration]
-    engine_latency = _engine_latency(engine_means)
-    slowdown = fit_engine_slowdown(probed, cal_trace, cfg, engine_latency)  # type: ignore[arg-type]
     source = f"probes + live fleet, trace window {args.calibration_start_index}"
-    calibrated = with_slowdown(probed, terms, slowdown, source)  # type: ignore[arg-type]
+    fcfs = SchedulingConfig(policy="fcfs-rr")
+    fitted = calibrate_on_fleet(probed, window, cal_trace, cfg, fcfs, source)  # type: ignore[arg-type]
+    calibrated, slowdown, terms = fitted.model, fitted.slowdown, window.terms
     flat_decode = with_dataplane(probed, terms, source + ", flat decode step")  # type: ignore[arg-type]
     configs = [SchedulingConfig(policy=p, slice_tokens=args.slice_tokens) for p in policies]
     predictor = load_predictor(None, trace, tau=0.6)
@@ -160,11 +141,10 @@ def main(argv: list[str] | None = None) -> int:
         for policy, cals in beside.items():
             config = SchedulingConfig(policy=policy, slice_tokens=args.slice_tokens)
             per_replay = []
-            for means, t in cals:
-                k = fit_engine_slowdown(probed, cal_trace, cfg, _engine_latency(means))  # type: ignore[arg-type]
-                model = with_slowdown(probed, t, k, source + ", calibrated beside the replay")  # type: ignore[arg-type]
-                summary = run_policies(trace, [config], model, cfg, predictor)[0].summary
-                per_replay.append({"slowdown": k, "engine_latency_s": _engine_latency(means),
+            for w in cals:
+                beside_fit = calibrate_on_fleet(probed, w, cal_trace, cfg, fcfs, source + ", calibrated beside the replay")  # type: ignore[arg-type]
+                summary = run_policies(trace, [config], beside_fit.model, cfg, predictor)[0].summary
+                per_replay.append({"slowdown": beside_fit.slowdown, "engine_latency_s": w.engine_latency_s,
                                    "mean_ttft_s": summary["mean_ttft_s"], "mean_latency_s": summary["mean_latency_s"]})  # fmt: skip
             beside_report[policy] = per_replay
             sims["calibrated_beside"][policy] = {
@@ -197,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
         "real_runs": real,  # each replay's means, in the order they ran
         "calibrated_beside_each": beside_report,
         "dataplane_terms": asdict(terms),
-        "engine_slowdown": {"factor": slowdown, "engine_latency_s": engine_latency},
+        "engine_slowdown": {"factor": slowdown, "engine_latency_s": window.engine_latency_s},
         "cost_model": {
             "probed": asdict(probed),  # type: ignore[call-overload]
             "calibrated": asdict(calibrated),

@@ -5,6 +5,10 @@ It models what the data plane depends on: a bounded number of sequence slots (vL
 a step time that grows with the batch, and deterministic token ids that depend only on the
 token history, so "prompt + generated so far" continues exactly as one unsliced request would.
 Time goes through a `Clock`, so tests drive it with a `FakeClock`.
+
+Like llm-d's inference simulator it exports vLLM's own request histograms under vLLM's names
+(`registry`; the sidecar serves them on its metrics port), so what reads a vLLM server's
+/metrics, such as `llmfleet sim calibrate --fleet`, reads a simulated fleet the same way.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import itertools
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 
+from prometheus_client import CollectorRegistry, Histogram
 from tokenizers import Tokenizer
 
 from llmfleet.core.clock import Clock, RealClock
@@ -26,6 +31,7 @@ from llmfleet.engine.detokenize import TextStream
 from llmfleet.engine.errors import EngineRequestError, EngineUnavailable
 from llmfleet.engine.metrics import EngineLoad
 from llmfleet.engine.stops import StopChecker
+from llmfleet.sim.costmodel import CostModel
 
 VOCAB = 4096
 EOS_TOKEN = 2
@@ -71,6 +77,9 @@ class _Seq:
     ignore_eos: bool = False
     generated: int = 0
     aborted: bool = False
+    arrived_s: float = 0.0
+    first_token_s: float = 0.0
+    last_token_s: float = 0.0
 
     def min_tokens(self) -> int:
         return int(self.sampling.extra.get("min_tokens", 0) or 0)
@@ -89,9 +98,52 @@ class SimulatedEngineConfig:
     name: str = "sim"
     extra: dict[str, float] = field(default_factory=dict)
 
+    def cost_model(self) -> CostModel:
+        """This engine's timing as a simulator cost model (`--cost-model simulated-engine`).
+
+        Every step pays `step_base_s` once, whether it decodes, prefills or both: the prefill
+        knots start at it and the overlap takes it off again when both run. A step here also
+        charges `step_per_seq_s` for each sequence it prefills, which the simulator's decode
+        term leaves out."""
+        base, per_token = self.step_base_s, self.prefill_per_token_s
+        return CostModel(
+            name=f"simulated-engine:{self.name}",
+            prefill_knots_tokens=(0.0, 1e6),
+            prefill_knots_s=(base, base + per_token * 1e6),
+            decode_base_s=base,
+            decode_per_seq_s=self.step_per_seq_s,
+            decode_per_ctx_token_s=0.0,
+            overlap_s=base,
+            kv_capacity_tokens=self.kv_tokens,
+            source="the simulated engine's config",
+        )
+
+
+class SimulatedEngineMetrics:
+    """vLLM's per-request histograms, with vLLM's names and meanings, on their own registry."""
+
+    def __init__(self, model_name: str) -> None:
+        self.registry = CollectorRegistry()
+        labels = dict(labelnames=["model_name"], registry=self.registry)
+        self.ttft = Histogram("vllm:time_to_first_token_seconds", "Arrival to the first token", **labels).labels(model_name)  # type: ignore[arg-type]
+        self.itl = Histogram("vllm:inter_token_latency_seconds", "Between a request's tokens", **labels).labels(model_name)  # type: ignore[arg-type]
+        self.decode = Histogram(
+            "vllm:request_decode_time_seconds", "A request's first token to its last", **labels  # type: ignore[arg-type]
+        ).labels(model_name)
+
+    def token(self, seq: _Seq, now: float, last: bool) -> None:
+        if seq.generated == 1:
+            seq.first_token_s = now
+            self.ttft.observe(now - seq.arrived_s)
+        else:
+            self.itl.observe(now - seq.last_token_s)
+        seq.last_token_s = now
+        if last:
+            self.decode.observe(now - seq.first_token_s)
+
 
 class SimulatedEngineClient:
-    """An in-process engine; `base_url` is ``sim://<name>``."""
+    """An in-process engine; `base_url` is ``sim://<name>``; `registry`: its vLLM-named metrics."""
 
     def __init__(self, config: SimulatedEngineConfig | None = None, clock: Clock | None = None) -> None:
         self.config = config or SimulatedEngineConfig()
@@ -105,6 +157,8 @@ class SimulatedEngineClient:
         self._down = False
         self.preemptions = 0
         self.generation_tokens = 0
+        self.metrics = SimulatedEngineMetrics(self.config.name)
+        self.registry = self.metrics.registry
 
     # --- failure injection for tests --------------------------------------------------------------
     def kill(self) -> None:
@@ -210,7 +264,7 @@ class SimulatedEngineClient:
         stops = StopChecker(sampling.stop, int(sampling.extra.get("min_tokens", 0) or 0), sampling.include_stop_str_in_output)
         seq = _Seq(history=list(ids), remaining=remaining, out=asyncio.Queue(), priority=priority or 0,
                    text=TextStream.resume(simulated_tokenizer(), ids), stops=stops, sampling=sampling,
-                   ignore_eos=ignore_eos)  # fmt: skip
+                   ignore_eos=ignore_eos, arrived_s=self.clock.now())  # fmt: skip
         key = seq.priority if self.config.priority_scheduling else 0
         heapq.heappush(self._waiting, (key, next(self._seq), seq))
         self._ensure_loop()
@@ -251,6 +305,7 @@ class SimulatedEngineClient:
                 continue
             step = cfg.step_base_s + cfg.step_per_seq_s * len(self._running) + cfg.prefill_per_token_s * prefill
             await self.clock.sleep(step)
+            now = self.clock.now()
             still: list[_Seq] = []
             for seq in self._running:
                 if seq.aborted:
@@ -266,6 +321,7 @@ class SimulatedEngineClient:
                     finish = "stop"
                 if finish is None and seq.remaining <= 0:
                     finish = "length"
+                self.metrics.token(seq, now, last=finish is not None)
                 seq.out.put_nowait(CompletionChunk((token,), seq.stops.next_text(finish is not None), finish))
                 if finish is not None:
                     seq.out.put_nowait(None)

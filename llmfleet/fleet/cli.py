@@ -40,6 +40,7 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--slice-tokens", type=_positive, default=None, help="slice length S, overriding the config's")
     p.add_argument("--port", type=int, default=0, help="dispatcher port (default: a free one)")
     p.add_argument("--openai-port", type=int, default=0, help="port of the OpenAI-compatible API (default: a free one)")
+    p.add_argument("--metrics-port", type=int, default=0, help="dispatcher's Prometheus port (default: a free one)")
     p.add_argument("--log-dir", default=None, help="folder for every part's log (default: a new temporary one)")
     p.add_argument(
         "--engine-nice",
@@ -69,6 +70,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from llmfleet.core.config import SchedulingConfig
     from llmfleet.engine.process import free_port
     from llmfleet.fleet.local import FleetSpec, LocalFleet
+    from llmfleet.sim.costmodel import SIMULATED_ENGINE
 
     try:
         config = SchedulingConfig.load(args.config) if args.config else SchedulingConfig()
@@ -94,13 +96,23 @@ def cmd_up(args: argparse.Namespace) -> int:
         if stop.is_set():
             return 130
         openai_port = args.openai_port or free_port()
-        dispatcher = fleet.start_dispatcher(config, port=args.port or None, openai_port=openai_port)
+        metrics_port = args.metrics_port or free_port()
+        dispatcher = fleet.start_dispatcher(config, port=args.port or None, openai_port=openai_port, metrics_port=metrics_port)
+        metrics_url = f"http://127.0.0.1:{metrics_port}"
+        engines = fleet.engine_metrics_urls
+        # vLLM servers are probed; the simulated engine is no HTTP server, so the calibration
+        # starts from its configured timing instead.
+        probe = " ".join(f"--engine {u}" for u in engines) if args.engine == "vllm" else (
+            " ".join(f"--engine-metrics {u}" for u in engines) + f" --cost-model {SIMULATED_ENGINE}"
+        )
         print(
             f"llmfleet fleet is up: {args.engines} {args.engine} engine(s), policy {config.policy}\n"
             f"  dispatcher: {dispatcher.address}   (gRPC llmfleet.v1.Dispatcher; health and reflection on)\n"
             f"  try:        llmfleet client --target {dispatcher.address} generate \"Hello, fleet\" --max-tokens 32\n"
             f"  stats:      llmfleet client --target {dispatcher.address} stats\n"
             f"  OpenAI:     http://127.0.0.1:{openai_port}/v1   (e.g. OpenAI(base_url=..., api_key=\"none\"))\n"
+            f"  metrics:    {metrics_url}/metrics   (engines' vLLM metrics: {', '.join(u + '/metrics' for u in engines)})\n"
+            f"  calibrate:  llmfleet sim calibrate --fleet {dispatcher.address} --fleet-metrics {metrics_url} {probe} --out fleet-cost.json\n"
             f"  logs:       {fleet.log_dir}\n"
             "Ctrl-C stops everything.",
             flush=True,

@@ -128,6 +128,7 @@ class LocalFleet:
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="llmfleet-demo-"))
         self.engines: list[EngineProcess] = []
         self.sidecars: list[LlmfleetProcess] = []
+        self.sidecar_metrics_ports: list[int] = []
         self.dispatcher: LlmfleetProcess | None = None
 
     def start(self, engine_timeout_s: float = 300.0) -> None:
@@ -159,12 +160,21 @@ class LocalFleet:
             cpus=cores if self.spec.engine_cpus else None,
         )
 
+    @property
+    def engine_metrics_urls(self) -> list[str]:
+        """Where each engine's vLLM metrics are served: the vLLM server, or for the simulated
+        engine the sidecar's metrics port, which serves its vLLM-named histograms."""
+        if self.spec.engine == "simulated":
+            return [f"http://127.0.0.1:{port}" for port in self.sidecar_metrics_ports]
+        return [e.url for e in self.engines]
+
     def _start_sidecars(self, engine_args: list[list[str]]) -> None:
         for i, engine in enumerate(engine_args):
-            port = free_port()
+            port, metrics_port = free_port(), free_port()
+            self.sidecar_metrics_ports.append(metrics_port)
             sidecar = LlmfleetProcess(
                 f"sidecar-{i}",
-                ["sidecar", "--host", "127.0.0.1", "--port", str(port), *engine,
+                ["sidecar", "--host", "127.0.0.1", "--port", str(port), *engine, "--metrics-port", str(metrics_port),
                  "--max-num-seqs", str(self.spec.max_num_seqs), "--group", "default"],
                 port,
                 self.log_dir / f"sidecar-{i}.log",
@@ -213,6 +223,7 @@ class LocalFleet:
         for part in [*self.sidecars, *self.engines]:
             part.stop(grace_s=10.0)
         self.sidecars.clear()
+        self.sidecar_metrics_ports.clear()
         self.engines.clear()
 
     def __enter__(self) -> LocalFleet:

@@ -74,8 +74,12 @@ async def serve_sidecar(
     `llmfleet.engine.simulated.SimulatedEngineClient`); `port=0` picks a free port. With
     `auth_token`, every Sidecar call (slices, drain, tokenize, load) needs it as a bearer token;
     health and reflection stay open for probes. `health_port` adds a plaintext health-only port
-    (for Kubernetes' probes when the API uses `tls`)."""
+    (for Kubernetes' probes when the API uses `tls`). An engine object with metrics of its own
+    (`registry`, as the simulated engine's vLLM histograms) has them served beside the sidecar's."""
     service = SidecarService(engine, group=group, max_num_seqs=max_num_seqs, load_interval_s=load_interval_s)
+    engine_registry = getattr(engine, "registry", None)
+    if engine_registry is not None:
+        service.metrics.registry.register(engine_registry)
     interceptors = [BearerTokenInterceptor(auth_token, f"/{SERVICE}/")] if auth_token else []
     server = grpc.aio.server(interceptors=interceptors, options=SERVER_OPTIONS)
     sidecar_pb2_grpc.add_SidecarServicer_to_server(service, server)

@@ -9,22 +9,19 @@ Probes (all with token-id prompts and ``ignore_eos`` so lengths are exact):
 
 A least-squares line through the decode points gives ``decode_base_s`` and
 ``decode_per_seq_s``; the prefill points become the piecewise-linear knots. The JSON it
-writes loads with ``llmfleet sim run --cost-model FILE``.
+writes loads with ``llmfleet sim run --cost-model FILE``. What a live fleet adds to these
+quiet-engine probes is measured in `llmfleet.sim.fleet_calibrate`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import math
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from llmfleet.core.clock import Clock, RealClock
-from llmfleet.policies.registry import make_policy
 from llmfleet.sim.costmodel import CostModel
-from llmfleet.sim.simulator import SimConfig, Simulator
-from llmfleet.sim.traces import TraceRequest
 
 
 @dataclass(frozen=True)
@@ -168,173 +165,4 @@ async def calibrate_engine(
         name=f"calibrated:{model}",
         kv_capacity_tokens=kv_capacity_tokens or (1 << 16),
         source=f"llmfleet sim calibrate --engine {url}",
-    )
-
-
-# ----------------------------------------------------------------------------- the live fleet
-# What the probes above cannot see: on a live fleet the sidecars, the dispatcher and the client
-# share the host with the engines. The terms below come from one window of real traffic, from
-# the histograms the engines (vLLM) and the dispatcher already export, and from the client's
-# own clock; `with_dataplane` puts them into a probed model.
-ENGINE_HISTOGRAMS = (
-    "vllm:time_to_first_token_seconds",
-    "vllm:request_decode_time_seconds",
-    "vllm:inter_token_latency_seconds",
-)
-DISPATCHER_HISTOGRAMS = (
-    "llmfleet_dispatcher_ttft_seconds",
-    "llmfleet_dispatcher_queue_seconds",
-    "llmfleet_dispatcher_e2e_seconds",
-)
-
-
-def histogram_totals(text: str, names: Sequence[str]) -> dict[str, tuple[float, float]]:
-    """(sum, count) of each named histogram in a Prometheus exposition, summed over labels."""
-    from prometheus_client.parser import text_string_to_metric_families
-
-    out = dict.fromkeys(names, (0.0, 0.0))
-    for family in text_string_to_metric_families(text):
-        if family.name not in out:
-            continue
-        total, count = out[family.name]
-        for sample in family.samples:
-            if sample.name.endswith("_sum"):
-                total += sample.value
-            elif sample.name.endswith("_count"):
-                count += sample.value
-        out[family.name] = (total, count)
-    return out
-
-
-def scrape_histograms(urls: Sequence[str], names: Sequence[str]) -> dict[str, tuple[float, float]]:
-    """(sum, count) of each named histogram, summed over the /metrics pages of `urls`."""
-    import urllib.request
-
-    totals: dict[str, tuple[float, float]] = {}
-    for url in urls:
-        with urllib.request.urlopen(url + "/metrics", timeout=30) as resp:
-            for name, (t, c) in histogram_totals(resp.read().decode(), names).items():
-                t0, c0 = totals.get(name, (0.0, 0.0))
-                totals[name] = (t0 + t, c0 + c)
-    return totals
-
-
-def histogram_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
-    """Mean of each histogram over what was observed between two scrapes (NaN when nothing was)."""
-    means = {}
-    for name, (total, count) in after.items():
-        t0, c0 = before.get(name, (0.0, 0.0))
-        means[name] = (total - t0) / (count - c0) if count > c0 else float("nan")
-    return means
-
-
-@dataclass(frozen=True)
-class DataPlaneTerms:
-    decode_step_s: float  # the engines' mean inter-token latency under this traffic
-    dispatch_delay_s: float
-    first_token_relay_s: float
-    finish_relay_s: float
-    end_notice_s: float = 0.0
-
-
-def dataplane_terms(engine: dict[str, float], dispatcher: dict[str, float], client_ttft_s: float, client_e2e_s: float) -> DataPlaneTerms:
-    """Split the client's mean TTFT and latency into the engine's part and the data plane's.
-
-    The dispatcher's TTFT runs from a request's arrival to its first token leaving the dispatcher;
-    the engine's, from the request reaching the engine to the first token leaving it. What lies
-    between, less the time queued at the dispatcher, is the way there (dispatch delay). The rest
-    of the client's TTFT is the first token's way back; the rest of its latency, once the engine's
-    own latency (TTFT plus decode) is taken off, is the last token's way back. The dispatcher's own
-    latency, split the same way, leaves the part of that way back that ends at the dispatcher:
-    when it learns that a slot is free (end notice)."""
-    engine_ttft = engine["vllm:time_to_first_token_seconds"]
-    queued = dispatcher["llmfleet_dispatcher_queue_seconds"]
-    dispatch = max(0.0, dispatcher["llmfleet_dispatcher_ttft_seconds"] - queued - engine_ttft)
-    engine_e2e = engine_ttft + engine["vllm:request_decode_time_seconds"]
-    dispatcher_e2e = dispatcher.get("llmfleet_dispatcher_e2e_seconds", math.nan)
-    notice = dispatcher_e2e - queued - dispatch - engine_e2e
-    return DataPlaneTerms(
-        decode_step_s=engine["vllm:inter_token_latency_seconds"],
-        dispatch_delay_s=dispatch,
-        first_token_relay_s=max(0.0, client_ttft_s - queued - dispatch - engine_ttft),
-        finish_relay_s=max(0.0, client_e2e_s - queued - dispatch - engine_e2e),
-        end_notice_s=max(0.0, notice) if notice == notice else 0.0,  # NaN: not scraped
-    )
-
-
-def slowed(model: CostModel, k: float) -> CostModel:
-    """The engine `k` times slower: prefill, decode and their overlap alike."""
-    return replace(
-        model,
-        prefill_knots_s=tuple(s * k for s in model.prefill_knots_s),
-        decode_base_s=model.decode_base_s * k,
-        decode_per_seq_s=model.decode_per_seq_s * k,
-        decode_per_ctx_token_s=model.decode_per_ctx_token_s * k,
-        overlap_s=model.overlap_s * k,
-    )
-
-
-def fit_engine_slowdown(
-    model: CostModel, trace: Sequence[TraceRequest], cfg: SimConfig, engine_latency_s: float, iterations: int = 40
-) -> float:
-    """How many times slower the engines ran under the fleet's traffic than their probes say.
-
-    The engines' own mean latency over a calibration replay (vLLM's TTFT plus decode time: from
-    the request reaching the engine to its last token) is matched by the simulator replaying the
-    same requests straight to its engines (`fcfs-rr`, no data plane) with the probed model slowed
-    by k; k is found by bisection (latency grows with k). Prefill and decode slow together, so
-    the simulator still charges each prefill chunk to the decode steps it joins: the measured
-    inter-token latency already contains those stalls, and a decode step set to it counted them
-    twice (section 5 of bench/DATAPLANE.md)."""
-    bare = replace(model, dispatch_delay_s=0.0, first_token_relay_s=0.0, finish_relay_s=0.0, end_notice_s=0.0)
-
-    def latency(k: float) -> float:
-        records = Simulator(list(trace), make_policy("fcfs-rr"), slowed(bare, k), cfg).run().records
-        return statistics.fmean(r.latency_s for r in records)
-
-    lo, hi = 0.05, 50.0
-    for _ in range(iterations):
-        mid = math.sqrt(lo * hi)
-        if latency(mid) < engine_latency_s:
-            lo = mid
-        else:
-            hi = mid
-    return math.sqrt(lo * hi)
-
-
-def with_slowdown(model: CostModel, terms: DataPlaneTerms, k: float, source: str) -> CostModel:
-    """The probed model slowed by `k` (see `fit_engine_slowdown`), with the data plane's delays."""
-    return replace(
-        slowed(model, k),
-        dispatch_delay_s=terms.dispatch_delay_s,
-        first_token_relay_s=terms.first_token_relay_s,
-        finish_relay_s=terms.finish_relay_s,
-        end_notice_s=terms.end_notice_s,
-        source=source,
-    )
-
-
-def with_dataplane(model: CostModel, terms: DataPlaneTerms, source: str) -> CostModel:
-    """The probed model with the decode step measured under traffic and the data plane's delays.
-
-    The decode step becomes flat at the engines' measured inter-token latency. On the CPU fleet
-    the probes' per-sequence slope is noise (0 to 1.2 ms per sequence across repeated runs, on
-    the same engines), while the traffic's own average is measured over thousands of steps; a
-    line anchored at one batch size with a noisy slope was 25% off at the batches traffic runs.
-
-    Superseded by `with_slowdown` and kept for comparison (bench/sim_fidelity.py reports both):
-    the measured inter-token latency already holds the prefill stalls that the simulator adds
-    to each step again, and the prefill stays at the quiet engines' speed, so TTFT came out
-    about 30% low and latency up to 14% high on the CPU fleet."""
-    return replace(
-        model,
-        decode_base_s=terms.decode_step_s,
-        decode_per_seq_s=0.0,
-        decode_per_ctx_token_s=0.0,
-        overlap_s=min(model.overlap_s, terms.decode_step_s),
-        dispatch_delay_s=terms.dispatch_delay_s,
-        first_token_relay_s=terms.first_token_relay_s,
-        finish_relay_s=terms.finish_relay_s,
-        end_notice_s=terms.end_notice_s,
-        source=source,
     )

@@ -158,20 +158,9 @@ def register(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--plot", default=None, help="also draw SLO attainment against load to this PNG")
     p.set_defaults(func=cmd_capacity)
 
-    p = sub.add_parser(
-        "calibrate",
-        help="measure a live vLLM server and write a cost model JSON",
-        description="Time prefill (max_tokens=1 at several prompt lengths) and decode (concurrent requests) "
-        "against a vLLM OpenAI-compatible server and fit the simulator's cost model.",
-    )
-    p.add_argument("--engine", required=True, help="base URL of the vLLM server, e.g. http://127.0.0.1:8000")
-    p.add_argument("--out", required=True, help="cost model JSON to write")
-    p.add_argument("--prompt-lengths", type=_ints, default=[16, 64, 256, 1024], help="prefill probe lengths")
-    p.add_argument("--concurrency", type=_ints, default=[1, 4, 16], help="decode probe batch sizes")
-    p.add_argument("--decode-tokens", type=_positive_int, default=32, help="tokens per decode probe")
-    p.add_argument("--repeats", type=_positive_int, default=3, help="repeats per probe (median taken)")
-    p.add_argument("--kv-tokens", type=_positive_int, default=None, help="KV capacity to record (tokens)")
-    p.set_defaults(func=cmd_calibrate)
+    from llmfleet.sim import calibrate_cli
+
+    calibrate_cli.register(sub)
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -458,31 +447,4 @@ def cmd_capacity(args: argparse.Namespace) -> int:
 
         attainment_vs_load(doc, args.plot, f"{Path(str(args.trace)).stem}, {args.instances} instances")
         console.print(f"wrote {args.plot}")
-    return 0
-
-
-def cmd_calibrate(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from llmfleet.sim.calibrate import calibrate_engine
-
-    try:
-        model = asyncio.run(
-            calibrate_engine(
-                args.engine,
-                args.prompt_lengths,
-                args.concurrency,
-                args.decode_tokens,
-                args.repeats,
-                args.kv_tokens,
-            )
-        )
-    except Exception as exc:  # every engine failure becomes one readable line
-        print(f"error: calibration against {args.engine} failed: {exc}", file=sys.stderr)
-        return 2
-    model.save(args.out)
-    print(
-        f"wrote {args.out}: decode {model.decode_base_s * 1000:.2f} ms + {model.decode_per_seq_s * 1000:.3f} ms/seq, "
-        f"prefill knots {list(zip(model.prefill_knots_tokens, [round(t, 4) for t in model.prefill_knots_s], strict=True))}"
-    )
     return 0

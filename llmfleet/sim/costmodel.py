@@ -259,19 +259,28 @@ PROFILES = {
 }
 
 
+# The simulated engine's own timing (`llmfleet sidecar --engine simulated`, `llmfleet fleet up
+# --engine simulated`), at its default step times.
+SIMULATED_ENGINE = "simulated-engine"
+
+
 def load_cost_model(spec: str | None) -> CostModel:
-    """`None` or "default" -> llama2-70b TP8 H100 from splitwise; a name from `PROFILES`; or a
-    cost model JSON file path."""
+    """`None` or "default" -> llama2-70b TP8 H100 from splitwise; a name from `PROFILES`;
+    "simulated-engine"; or a cost model JSON file path."""
     if spec in (None, "", "default"):
         return fit_splitwise()
     assert spec is not None
+    if spec == SIMULATED_ENGINE:
+        from llmfleet.engine.simulated import SimulatedEngineConfig
+
+        return SimulatedEngineConfig().cost_model()
     if spec in PROFILES:
         model, hardware, tp = PROFILES[spec]
         return fit_splitwise(model=model, hardware=hardware, tensor_parallel=tp)
     p = Path(spec)
     if not p.exists():
         raise FileNotFoundError(
-            f"cost model {spec!r} is neither a profile ({', '.join(PROFILES)}) nor a file "
+            f"cost model {spec!r} is neither a profile ({', '.join([*PROFILES, SIMULATED_ENGINE])}) nor a file "
             "(write one with `llmfleet sim calibrate`)"
         )
     return CostModel.load(p)

@@ -75,3 +75,30 @@ async def test_prompt_longer_than_context_is_rejected() -> None:
     async with SimulatedEngineClient(SimulatedEngineConfig(max_model_len=8)) as engine:
         with pytest.raises(EngineRequestError, match="maximum context length"):
             await engine.complete(list(range(10)), 1)
+
+
+def _histogram(engine: SimulatedEngineClient, name: str) -> tuple[float, float]:
+    """(sum, count) of a vLLM-named histogram on the engine's registry."""
+    labels = {"model_name": engine.config.name}
+    return (
+        engine.registry.get_sample_value(f"{name}_sum", labels) or 0.0,
+        engine.registry.get_sample_value(f"{name}_count", labels) or 0.0,
+    )
+
+
+async def test_vllms_request_histograms_time_each_request_as_vllm_does() -> None:
+    """One slot, steps of exactly 1 s: the second request waits 3 steps behind the first, so its
+    TTFT is 4 s; each request's decode time is its last token less its first, and the gaps
+    between its tokens are the inter-token latencies (`llmfleet sim calibrate --fleet` reads these)."""
+    clock = FakeClock()
+    config = SimulatedEngineConfig(max_num_seqs=1, step_base_s=1.0, step_per_seq_s=0.0, prefill_per_token_s=0.0)
+    engine = SimulatedEngineClient(config, clock=clock)
+    tasks = [asyncio.create_task(engine.complete([9, i], 3, ignore_eos=True)) for i in range(2)]
+    await wait_for_condition(lambda: clock.pending_sleepers > 0, timeout=5)
+    while not all(t.done() for t in tasks):
+        clock.advance(1.0)
+        await asyncio.sleep(0)
+    assert _histogram(engine, "vllm:time_to_first_token_seconds") == (1.0 + 4.0, 2)
+    assert _histogram(engine, "vllm:request_decode_time_seconds") == (2.0 + 2.0, 2)
+    assert _histogram(engine, "vllm:inter_token_latency_seconds") == (4 * 1.0, 4)
+    await engine.aclose()

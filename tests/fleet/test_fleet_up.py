@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -38,11 +39,12 @@ def _start(args: list[str], log_dir: Path) -> tuple[subprocess.Popen[str], queue
     return proc, lines
 
 
-def _address(proc: subprocess.Popen[str], lines: queue.Queue[str], timeout_s: float) -> tuple[str, str]:
-    """The dispatcher's gRPC address and the OpenAI base URL, as the fleet prints them."""
+def _address(proc: subprocess.Popen[str], lines: queue.Queue[str], timeout_s: float) -> tuple[str, str, str]:
+    """The dispatcher's gRPC address, the OpenAI base URL and the calibrate command, as the fleet
+    prints them."""
     deadline = time.monotonic() + timeout_s
     seen: list[str] = []
-    grpc_address = None
+    grpc_address = base_url = None
     while time.monotonic() < deadline:
         try:
             line = lines.get(timeout=0.5)
@@ -54,8 +56,10 @@ def _address(proc: subprocess.Popen[str], lines: queue.Queue[str], timeout_s: fl
         m = re.search(r"dispatcher: (\S+)", line)
         grpc_address = m.group(1) if m else grpc_address
         m = re.search(r"OpenAI: +(\S+)", line)
-        if m and grpc_address:
-            return grpc_address, m.group(1)
+        base_url = m.group(1) if m else base_url
+        m = re.search(r"calibrate: +(.+)$", line)
+        if m and grpc_address and base_url:
+            return grpc_address, base_url, m.group(1)
     raise AssertionError(f"the fleet printed no dispatcher address within {timeout_s} s:\n{''.join(seen)}")
 
 
@@ -87,7 +91,7 @@ def _run(args: list[str], tmp_path: Path, start_timeout_s: float) -> None:
     log_dir = tmp_path / "logs"
     proc, lines = _start(args, log_dir)
     try:
-        address, base_url = _address(proc, lines, start_timeout_s)
+        address, base_url, calibrate = _address(proc, lines, start_timeout_s)
         g = _client(address, "generate", "--token-ids", "5,6,7", "--max-tokens", "12", "--ignore-eos")
         assert len(g["token_ids"]) == 12 and g["finish_reason"] == "length"
         t = _client(address, "generate", "Hello, fleet", "--max-tokens", "4", "--ignore-eos")
@@ -105,6 +109,15 @@ def _run(args: list[str], tmp_path: Path, start_timeout_s: float) -> None:
         chat = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Hi"}], max_tokens=5,
                                               extra_body={"ignore_eos": True})  # fmt: skip
         assert chat.usage.completion_tokens == 5 and chat.choices[0].finish_reason == "length"
+        # The printed calibration runs as printed (a small window, short probes): the engines'
+        # metrics are where it says, vLLM's histograms included.
+        argv = shlex.split(calibrate)
+        assert argv[:3] == ["llmfleet", "sim", "calibrate"]
+        short = ["--requests", "6", "--rate", "6", "--prompt-lengths", "16,64", "--concurrency", "1,2", "--repeats", "1"]
+        run = subprocess.run([sys.executable, "-m", "llmfleet.cli", *argv[1:], *short], cwd=tmp_path,
+                             capture_output=True, text=True, timeout=300)  # fmt: skip
+        assert run.returncode == 0, run.stderr
+        assert "the engines ran" in run.stdout and (tmp_path / "fleet-cost.json").exists()
         sidecars = _sidecar_addresses(log_dir)
         assert len(sidecars) == int(args[args.index("--engines") + 1])
         _stop_and_check(proc, log_dir, sidecars)

@@ -197,7 +197,7 @@ async def test_health_follows_engine_and_drain(engine, sidecar, stub):
     text = httpx.get(f"http://127.0.0.1:{sidecar.metrics_port}/metrics").text
     assert "llmfleet_sidecar_draining 1.0" in text and 'llmfleet_sidecar_slices_total{outcome="length"}' in text
     # Every item that produced a token was timed from reaching the sidecar to the engine's first token.
-    from llmfleet.sim.calibrate import histogram_totals
+    from llmfleet.sim.fleet_calibrate import histogram_totals
 
     total, count = histogram_totals(text, ["llmfleet_sidecar_first_token_seconds"])["llmfleet_sidecar_first_token_seconds"]
     assert count >= 1 and total > 0
