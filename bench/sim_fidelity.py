@@ -12,8 +12,10 @@
 4. Replay the evaluation window through the real fleet under each policy.
 5. Simulate the very same requests (arrival times, prompt and output tokens) with 2 instances and
    the engines' sequence limit: with the probed model alone; calibrated (the probed model slowed
-   by the fitted factor, plus the data plane); and, for comparison, the earlier calibration
+   by the fitted factor, each engine at its own measured speed, plus the data plane); and, for
+   comparison, `one_speed` (the same with both engines at one speed) and the earlier calibration
    (`flat_decode`: the decode step flat at the measured inter-token latency, plus the data plane).
+   Each engine's speed is also recorded during every real replay.
 6. Report the simulator's error on mean TTFT and mean latency per policy, and on the ratio.
 
 Reproduce (writes bench/results/sim_fidelity.{json,png}):
@@ -31,7 +33,6 @@ from dataclasses import asdict
 from pathlib import Path
 
 from llmfleet.core.config import SchedulingConfig
-from llmfleet.demo.replay import replay
 from llmfleet.demo.workload import WorkloadSpec, build_workload
 from llmfleet.engine.process import free_port
 from llmfleet.fleet.local import FleetSpec, LocalFleet
@@ -57,21 +58,19 @@ async def calibrate_pair(urls: list[str], repeats: int) -> object:
     return models[0]
 
 
-def calibration_replay(fleet: LocalFleet, urls: list[str], calibration: list) -> Window:
-    """Replay the calibration window under `fcfs-rr` and read what the engines and the data plane did."""
+def measured_replay(fleet: LocalFleet, urls: list[str], config: SchedulingConfig, workload: list) -> Window:
+    """Replay `workload` under `config` and read what the engines (each apart) and the data plane did."""
     metrics_port = free_port()
-    dispatcher = fleet.start_dispatcher(SchedulingConfig(policy="fcfs-rr"), metrics_port=metrics_port)
-    window = asyncio.run(measure_window(dispatcher.address, urls, f"http://127.0.0.1:{metrics_port}", calibration))
+    dispatcher = fleet.start_dispatcher(config, metrics_port=metrics_port)
+    url = f"http://127.0.0.1:{metrics_port}"
+    window = asyncio.run(measure_window(dispatcher.address, urls, url, workload, one_slice_each=False))
     fleet.stop_dispatcher()
     return window
 
 
-def _client_means(outcomes: list) -> tuple[float, float]:
-    ok = [o for o in outcomes if o.status == "ok" and o.first_token_s is not None]
-    return (
-        statistics.fmean(o.first_token_s - o.arrival_s for o in ok),
-        statistics.fmean(o.finish_s - o.arrival_s for o in ok),
-    )
+def calibration_replay(fleet: LocalFleet, urls: list[str], calibration: list) -> Window:
+    """The calibration window, under `fcfs-rr`."""
+    return measured_replay(fleet, urls, SchedulingConfig(policy="fcfs-rr"), calibration)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -104,20 +103,23 @@ def main(argv: list[str] | None = None) -> int:
         urls = [e.url for e in fleet.engines]
         probed = asyncio.run(calibrate_pair(urls, args.repeats))
         window = calibration_replay(fleet, urls, calibration)
-        runs: dict[str, list[tuple[float, float]]] = {p: [] for p in policies}
+        runs: dict[str, list[Window]] = {p: [] for p in policies}
         beside: dict[str, list[Window]] = {p: [] for p in policies}
         for rep in range(args.real_runs):  # the order alternates, so neither policy always goes first
             for policy in policies if rep % 2 == 0 else policies[::-1]:
                 if args.calibrate_beside_each:
                     beside[policy].append(calibration_replay(fleet, urls, calibration))
-                dispatcher = fleet.start_dispatcher(SchedulingConfig(policy=policy, slice_tokens=args.slice_tokens))
-                runs[policy].append(_client_means(asyncio.run(replay(dispatcher.address, workload, hidden_length=False))))
-                fleet.stop_dispatcher()
+                config = SchedulingConfig(policy=policy, slice_tokens=args.slice_tokens)
+                runs[policy].append(measured_replay(fleet, urls, config, workload))
         for policy, got in runs.items():
             real[policy] = {
-                "mean_ttft_s": statistics.fmean(t for t, _ in got),
-                "mean_latency_s": statistics.fmean(e for _, e in got),
-                "runs": [{"mean_ttft_s": t, "mean_latency_s": e} for t, e in got],
+                "mean_ttft_s": statistics.fmean(w.client_ttft_s for w in got),
+                "mean_latency_s": statistics.fmean(w.client_e2e_s for w in got),
+                "runs": [
+                    {"mean_ttft_s": w.client_ttft_s, "mean_latency_s": w.client_e2e_s, "engine_speeds": w.engine_speeds,
+                     "engine_latency_s": w.engine_latency_s, "slices": w.slices, "requests": w.requests}
+                    for w in got
+                ],  # fmt: skip
             }
     trace = [TraceRequest(r.request_id, r.arrival_s, len(r.prompt_token_ids), r.output_tokens) for r in workload]
     cfg = SimConfig(instances=2, engine=EngineConfig(max_running=args.max_num_seqs, token_budget=2048))
@@ -126,14 +128,39 @@ def main(argv: list[str] | None = None) -> int:
     source = f"probes + live fleet, trace window {args.calibration_start_index}"
     fcfs = SchedulingConfig(policy="fcfs-rr")
     fitted = calibrate_on_fleet(probed, window, cal_trace, cfg, fcfs, source)  # type: ignore[arg-type]
+    # The same calibration with both engines at one speed: what modelling each engine's speed adds.
+    one_speed = calibrate_on_fleet(probed, window, cal_trace, cfg, fcfs, source + ", one speed", per_engine=False)  # type: ignore[arg-type]
     calibrated, slowdown, terms = fitted.model, fitted.slowdown, window.terms
     flat_decode = with_dataplane(probed, terms, source + ", flat decode step")  # type: ignore[arg-type]
     configs = [SchedulingConfig(policy=p, slice_tokens=args.slice_tokens) for p in policies]
     predictor = load_predictor(None, trace, tau=0.6)
+    models = (
+        ("probed", probed, cfg),
+        ("flat_decode", flat_decode, cfg),
+        ("one_speed", one_speed.model, cfg),
+        ("calibrated", calibrated, fitted.sim_config),
+    )
     sims = {
-        label: {run.summary["policy"]: run.summary for run in run_policies(trace, configs, cost, cfg, predictor)}  # type: ignore[arg-type]
-        for label, cost in (("probed", probed), ("flat_decode", flat_decode), ("calibrated", calibrated))
+        label: {run.summary["policy"]: run.summary for run in run_policies(trace, configs, cost, sim_cfg, predictor)}  # type: ignore[arg-type]
+        for label, cost, sim_cfg in models
     }
+    # A diagnostic, not a prediction: each real replay simulated with the engines' speed fitted on
+    # that replay itself (in sample). What is left is the model's structure, not the machine's drift.
+    in_replay: dict[str, list[dict]] = {}
+    for policy, windows in runs.items():
+        config = SchedulingConfig(policy=policy, slice_tokens=args.slice_tokens)
+        for w in windows:
+            if w.slices > w.requests:
+                continue  # sliced: the terms assume one engine request per request
+            own = calibrate_on_fleet(probed, w, trace, cfg, config, source + ", fitted on the replay itself")  # type: ignore[arg-type]
+            summary = run_policies(trace, [config], own.model, own.sim_config, predictor)[0].summary
+            in_replay.setdefault(policy, []).append(
+                {"slowdown": own.slowdown, "mean_ttft_s": summary["mean_ttft_s"], "mean_latency_s": summary["mean_latency_s"]}
+            )
+    if len(in_replay) == len(policies):
+        sims["fitted_in_replay"] = {
+            p: {m: statistics.fmean(r[m] for r in rs) for m in ("mean_ttft_s", "mean_latency_s")} for p, rs in in_replay.items()
+        }
     beside_report: dict[str, list[dict]] = {}
     if args.calibrate_beside_each:
         # Each real replay against the simulator calibrated right before it; the mean over replays.
@@ -143,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             per_replay = []
             for w in cals:
                 beside_fit = calibrate_on_fleet(probed, w, cal_trace, cfg, fcfs, source + ", calibrated beside the replay")  # type: ignore[arg-type]
-                summary = run_policies(trace, [config], beside_fit.model, cfg, predictor)[0].summary
+                summary = run_policies(trace, [config], beside_fit.model, beside_fit.sim_config, predictor)[0].summary
                 per_replay.append({"slowdown": beside_fit.slowdown, "engine_latency_s": w.engine_latency_s,
                                    "mean_ttft_s": summary["mean_ttft_s"], "mean_latency_s": summary["mean_latency_s"]})  # fmt: skip
             beside_report[policy] = per_replay
@@ -176,8 +203,10 @@ def main(argv: list[str] | None = None) -> int:
         "target": {"error_max": 0.15, "ratio_error_max": 0.10},
         "real_runs": real,  # each replay's means, in the order they ran
         "calibrated_beside_each": beside_report,
+        "fitted_in_replay": in_replay,
         "dataplane_terms": asdict(terms),
-        "engine_slowdown": {"factor": slowdown, "engine_latency_s": window.engine_latency_s},
+        "engine_slowdown": {"factor": slowdown, "engine_latency_s": window.engine_latency_s,
+                            "engine_speeds": fitted.sim_config.instance_speeds, "one_speed_factor": one_speed.slowdown},
         "cost_model": {
             "probed": asdict(probed),  # type: ignore[call-overload]
             "calibrated": asdict(calibrated),

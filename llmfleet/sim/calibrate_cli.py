@@ -184,4 +184,13 @@ def _calibrate_on_fleet(args: argparse.Namespace, probed):  # type: ignore[no-un
         f"last token back {t.finish_relay_s * 1000:.0f} ms, end notice {t.end_notice_s * 1000:.0f} ms; "
         f"clients saw TTFT {window.client_ttft_s:.3f} s, latency {window.client_e2e_s:.3f} s"
     )
+    speeds = fitted.sim_config.instance_speeds
+    if speeds is not None:
+        each = ", ".join(f"{url} {speed:.2f}" for url, speed in zip(engine_urls, speeds, strict=True))
+        print(
+            f"each engine's time per token, relative to their average: {each}; simulate this fleet with "
+            f"--instances {len(speeds)} --instance-speeds {','.join(f'{x:.2f}' for x in speeds)}"
+        )
+    else:
+        print(f"{len(engine_urls)} engines' metrics for {len(pods)} pods: every simulated engine runs at one speed")
     return fitted.model

@@ -40,6 +40,13 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _positive_floats(text: str) -> list[float]:
+    values = _floats(text)
+    if not values or min(values) <= 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {text!r}")
+    return values
+
+
 def _positive_float(text: str) -> float:
     v = float(text)
     if v <= 0:
@@ -55,6 +62,13 @@ def _add_sim_args(p: argparse.ArgumentParser, rate: bool = True) -> None:
         help="comma-separated policy names, or 'all' (see `llmfleet sim policies`)",
     )
     p.add_argument("--instances", type=_positive_int, default=4, help="engine instances (default 4)")
+    p.add_argument(
+        "--instance-speeds",
+        type=_positive_floats,
+        default=None,
+        help="each instance's time as a multiple of the cost model's, comma-separated, one per instance "
+        "(`llmfleet sim calibrate --fleet` prints them for a live fleet); default: all 1",
+    )
     p.add_argument("--limit", type=_positive_int, default=None, help="replay only the first N requests")
     p.add_argument(
         "--config",
@@ -208,11 +222,14 @@ def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from llmfleet.sim.simulator import SimConfig
 
     cost = load_cost_model(args.cost_model)
+    if args.instance_speeds is not None and len(args.instance_speeds) != args.instances:
+        raise SystemExit(f"error: --instance-speeds has {len(args.instance_speeds)} values for {args.instances} instances")
     cfg = SimConfig(
         instances=args.instances,
         engine=EngineConfig(
             max_running=args.max_running, token_budget=args.token_budget, kv_capacity_tokens=args.kv_tokens
         ),
+        instance_speeds=tuple(args.instance_speeds) if args.instance_speeds is not None else None,
     )
     return cost, cfg
 

@@ -32,7 +32,7 @@ import json
 import math
 import os
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 # The shared data folder sits beside the checkout (../shared/data); LLMFLEET_SHARED_DATA overrides it.
@@ -136,6 +136,18 @@ class CostModel:
     def recompute_s_per_token(self) -> float:
         x = self.prefill_knots_tokens[-1]
         return self.prefill_s(x) / x
+
+    def slowed(self, k: float) -> CostModel:
+        """The engine `k` times slower: prefill, decode and their overlap alike (the data plane's
+        delays are not the engine's and stay)."""
+        return replace(
+            self,
+            prefill_knots_s=tuple(s * k for s in self.prefill_knots_s),
+            decode_base_s=self.decode_base_s * k,
+            decode_per_seq_s=self.decode_per_seq_s * k,
+            decode_per_ctx_token_s=self.decode_per_ctx_token_s * k,
+            overlap_s=self.overlap_s * k,
+        )
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2)

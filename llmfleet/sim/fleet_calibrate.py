@@ -112,18 +112,6 @@ def dataplane_terms(engine: dict[str, float], dispatcher: dict[str, float], clie
     )
 
 
-def slowed(model: CostModel, k: float) -> CostModel:
-    """The engine `k` times slower: prefill, decode and their overlap alike."""
-    return replace(
-        model,
-        prefill_knots_s=tuple(s * k for s in model.prefill_knots_s),
-        decode_base_s=model.decode_base_s * k,
-        decode_per_seq_s=model.decode_per_seq_s * k,
-        decode_per_ctx_token_s=model.decode_per_ctx_token_s * k,
-        overlap_s=model.overlap_s * k,
-    )
-
-
 def fit_engine_slowdown(
     model: CostModel,
     trace: Sequence[TraceRequest],
@@ -146,7 +134,7 @@ def fit_engine_slowdown(
     config = config or SchedulingConfig(policy="fcfs-rr")
 
     def latency(k: float) -> float:
-        records = Simulator(list(trace), make_policy(config), slowed(bare, k), cfg).run().records
+        records = Simulator(list(trace), make_policy(config), bare.slowed(k), cfg).run().records
         return statistics.fmean(r.latency_s for r in records)
 
     lo, hi = 0.05, 50.0
@@ -162,7 +150,7 @@ def fit_engine_slowdown(
 def with_slowdown(model: CostModel, terms: DataPlaneTerms, k: float, source: str) -> CostModel:
     """The probed model slowed by `k` (see `fit_engine_slowdown`), with the data plane's delays."""
     return replace(
-        slowed(model, k),
+        model.slowed(k),
         dispatch_delay_s=terms.dispatch_delay_s,
         first_token_relay_s=terms.first_token_relay_s,
         finish_relay_s=terms.finish_relay_s,
@@ -208,10 +196,25 @@ class Window:
 
     requests: int
     slices: int  # slice assignments the dispatcher made; one per request unless the policy slices
-    engine_means: dict[str, float]
+    engine_means: dict[str, float]  # over every engine
     dispatcher_means: dict[str, float]
     client_ttft_s: float
     client_e2e_s: float
+    per_engine: tuple[dict[str, float], ...] = ()  # each engine's own means, in the order of its URL
+
+    @property
+    def engine_speeds(self) -> tuple[float, ...]:
+        """Each engine's time per token relative to the engines' average (its mean inter-token
+        latency over theirs; 1.0 for an engine that served nothing). Engines sharing a host's
+        cores do not run at one speed: on the 2-core CPU fleet one engine's tokens took 2-4x as
+        long as the other's in the same replay. A slower engine also runs fuller batches, whose
+        steps take longer, so this somewhat overstates the spread (bench/DATAPLANE.md, section 5)."""
+        itl = [e.get("vllm:inter_token_latency_seconds", math.nan) for e in self.per_engine]
+        seen = [x for x in itl if not math.isnan(x) and x > 0]
+        if not seen:
+            return (1.0,) * len(itl)
+        mean = statistics.fmean(seen)
+        return tuple(x / mean if not math.isnan(x) and x > 0 else 1.0 for x in itl)
 
     @property
     def terms(self) -> DataPlaneTerms:
@@ -226,22 +229,29 @@ class Window:
 
 
 async def measure_window(
-    dispatcher: str, engine_urls: Sequence[str], dispatcher_metrics_url: str, workload: Sequence[object]
+    dispatcher: str,
+    engine_urls: Sequence[str],
+    dispatcher_metrics_url: str,
+    workload: Sequence[object],
+    one_slice_each: bool = True,
 ) -> Window:
     """Replay `workload` (`llmfleet.demo.workload` requests, exact lengths) through the dispatcher
     at `dispatcher` and read the engines' and the dispatcher's histograms around it.
 
     Nothing else may use the fleet meanwhile: the histograms count every request. Raises
-    `CalibrationError` when a request fails, when the dispatcher ran more than one slice per
-    request (the terms assume each request is one engine request), or when a histogram is absent."""
+    `CalibrationError` when a request fails, when a histogram is absent, or, with
+    `one_slice_each`, when the dispatcher ran more than one slice per request (the terms of a
+    calibration assume each request is one engine request)."""
     from llmfleet.demo.replay import replay
 
-    def scrape() -> tuple[dict[str, tuple[float, float]], dict[str, tuple[float, float]]]:
-        return (scrape_histograms(engine_urls, ENGINE_HISTOGRAMS), scrape_histograms([dispatcher_metrics_url], DISPATCHER_HISTOGRAMS))
+    def scrape() -> tuple[list[dict[str, tuple[float, float]]], dict[str, tuple[float, float]]]:
+        engines = [scrape_histograms([url], ENGINE_HISTOGRAMS) for url in engine_urls]
+        return engines, scrape_histograms([dispatcher_metrics_url], DISPATCHER_HISTOGRAMS)
 
-    e0, d0 = await asyncio.to_thread(scrape)
+    each0, d0 = await asyncio.to_thread(scrape)
     outcomes = await replay(dispatcher, workload, hidden_length=False)  # type: ignore[arg-type]
-    e1, d1 = await asyncio.to_thread(scrape)
+    each1, d1 = await asyncio.to_thread(scrape)
+    e0, e1 = _summed(each0), _summed(each1)
     failed = [o for o in outcomes if not o.ok or o.first_token_s is None or o.finish_s is None]
     if failed:
         raise CalibrationError(f"{len(failed)} of {len(outcomes)} requests failed (first: {failed[0].status} {failed[0].error})")
@@ -252,7 +262,7 @@ async def measure_window(
             f"nothing was observed in {', '.join(missing)}: are the engine URLs vLLM servers and the metrics URL the dispatcher's?"
         )
     slices = round(d1["llmfleet_dispatcher_slice_seconds"][1] - d0["llmfleet_dispatcher_slice_seconds"][1])
-    if slices > len(outcomes):
+    if one_slice_each and slices > len(outcomes):
         raise CalibrationError(
             f"the dispatcher ran {slices} slices for {len(outcomes)} requests; the calibration needs one engine request "
             "per request: calibrate with a policy that neither slices nor preempts (e.g. fcfs-rr or least-load)"
@@ -264,7 +274,17 @@ async def measure_window(
         dispatcher_means=dispatcher_means,
         client_ttft_s=statistics.fmean(o.first_token_s - o.arrival_s for o in outcomes),  # type: ignore[operator]
         client_e2e_s=statistics.fmean(o.finish_s - o.arrival_s for o in outcomes),  # type: ignore[operator]
+        per_engine=tuple(histogram_means(b, a) for b, a in zip(each0, each1, strict=True)),
     )
+
+
+def _summed(pages: Sequence[dict[str, tuple[float, float]]]) -> dict[str, tuple[float, float]]:
+    out: dict[str, tuple[float, float]] = {}
+    for page in pages:
+        for name, (total, count) in page.items():
+            t0, c0 = out.get(name, (0.0, 0.0))
+            out[name] = (t0 + total, c0 + count)
+    return out
 
 
 @dataclass(frozen=True)
@@ -272,6 +292,7 @@ class FleetCalibration:
     model: CostModel  # the probed model slowed by `slowdown`, with the data plane's delays
     slowdown: float
     window: Window
+    sim_config: SimConfig  # the simulator's fleet: the given one, with each engine's speed when measured
 
 
 def calibrate_on_fleet(
@@ -281,8 +302,14 @@ def calibrate_on_fleet(
     cfg: SimConfig,
     config: SchedulingConfig,
     source: str,
+    per_engine: bool = True,
 ) -> FleetCalibration:
     """The cost model for the fleet `window` was measured on (`trace`: the same requests;
-    `config`: the policy the dispatcher ran)."""
+    `config`: the policy the dispatcher ran). With `per_engine`, and one engine measured per
+    simulated instance, each instance runs at its engine's measured speed (`Window.engine_speeds`)
+    and the slowdown is fitted around them."""
+    speeds = window.engine_speeds
+    if per_engine and len(speeds) == cfg.instances:
+        cfg = replace(cfg, instance_speeds=speeds)
     k = fit_engine_slowdown(probed, trace, cfg, window.engine_latency_s, config=config)
-    return FleetCalibration(with_slowdown(probed, window.terms, k, source), k, window)
+    return FleetCalibration(with_slowdown(probed, window.terms, k, source), k, window, cfg)

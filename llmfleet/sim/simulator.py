@@ -33,12 +33,20 @@ class SimConfig:
     recent_window: int = 1024
     pod_groups: tuple[str | None, ...] | None = None
     check_invariants: bool = False  # assert engine invariants after every event (tests)
+    # Each instance's time as a multiple of the cost model's (None: all 1). Engines sharing a
+    # host's cores do not run at one speed: on the 2-core CPU fleet one ran 2-4x slower per token
+    # than the other (bench/DATAPLANE.md, section 5); `llmfleet sim calibrate --fleet` measures it.
+    instance_speeds: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.instances < 1:
             raise ValueError("instances must be at least 1")
         if self.pod_groups is not None and len(self.pod_groups) != self.instances:
             raise ValueError("pod_groups needs one entry per instance")
+        if self.instance_speeds is not None and (
+            len(self.instance_speeds) != self.instances or min(self.instance_speeds) <= 0
+        ):
+            raise ValueError("instance_speeds needs one positive multiplier per instance")
 
 
 @dataclass
@@ -102,7 +110,11 @@ class Simulator:
         self.observer = observer
         self.pod_ids = [f"pod-{i}" for i in range(self.cfg.instances)]
         self.pod_index = {p: i for i, p in enumerate(self.pod_ids)}
-        self.instances = [Instance(i, p, self.cfg.engine, cost, self) for i, p in enumerate(self.pod_ids)]
+        speeds = self.cfg.instance_speeds or (1.0,) * self.cfg.instances
+        self.instances = [
+            Instance(i, p, self.cfg.engine, cost if speeds[i] == 1.0 else cost.slowed(speeds[i]), self)
+            for i, p in enumerate(self.pod_ids)
+        ]
         self.heap: list[tuple[float, int, int, int]] = []
         self._seq = 0
         self.queue: dict[str, SimRequest] = {}

@@ -184,3 +184,23 @@ def test_reestimate_flags_take_effect(tmp_path) -> None:
         outs[name] = json.loads(Path(out).read_text())["results"][0]
     assert outs["re"]["completed"] == outs["once"]["completed"] == 400
     assert outs["re"]["mean_latency_s"] != outs["once"]["mean_latency_s"]
+
+
+def test_instance_speeds_slow_the_named_instances(tmp_path) -> None:
+    """`--instance-speeds` (as `sim calibrate --fleet` prints them) takes effect: with one
+    instance at twice the other's time, load-aware routing sends more to the faster one, and the
+    queued requests finish sooner; a count that does not match is refused."""
+    from pathlib import Path
+
+    base = ["run", "--trace", "conv", "--policies", "least-load", "--instances", "2", "--limit", "300",
+            "--max-running", "16", "--no-progress"]  # fmt: skip
+    means = {}
+    for name, extra in (("even", []), ("uneven", ["--instance-speeds", "0.67,1.33"])):
+        out = tmp_path / f"{name}.json"
+        assert _main([*base, *extra, "--out", str(out)]) == 0
+        means[name] = json.loads(Path(out).read_text())["results"][0]["mean_latency_s"]
+    assert means["uneven"] < 0.95 * means["even"], means
+    with pytest.raises(SystemExit, match="2 values for 3 instances"):
+        _main([*base[:5], "--instances", "3", "--limit", "10", "--no-progress", "--instance-speeds", "1,2", "--out", str(tmp_path / "x.json")])
+    with pytest.raises(SystemExit):
+        _main([*base, "--instance-speeds", "1,-2", "--out", str(tmp_path / "x.json")])

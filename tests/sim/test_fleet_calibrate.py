@@ -137,7 +137,7 @@ def test_the_engine_slowdown_is_recovered_from_the_engines_mean_latency() -> Non
 
     from llmfleet.policies.registry import make_policy
     from llmfleet.sim.costmodel import linear_cost_model
-    from llmfleet.sim.fleet_calibrate import DataPlaneTerms, fit_engine_slowdown, slowed, with_slowdown
+    from llmfleet.sim.fleet_calibrate import DataPlaneTerms, fit_engine_slowdown, with_slowdown
     from llmfleet.sim.instance import EngineConfig
     from llmfleet.sim.simulator import SimConfig, Simulator
     from llmfleet.sim.traces import TraceRequest
@@ -145,7 +145,7 @@ def test_the_engine_slowdown_is_recovered_from_the_engines_mean_latency() -> Non
     probed = linear_cost_model(0.0005, 0.004, decode_per_seq_s=0.0005)
     trace = [TraceRequest(f"r{i}", i * 0.3, 50 + 37 * (i % 9), 20 + 13 * (i % 7)) for i in range(60)]
     cfg = SimConfig(instances=2, engine=EngineConfig(max_running=4))
-    truth = Simulator(trace, make_policy("fcfs-rr"), slowed(probed, 2.5), cfg).run().records
+    truth = Simulator(trace, make_policy("fcfs-rr"), probed.slowed(2.5), cfg).run().records
     measured = statistics.fmean(r.latency_s for r in truth)
     k = fit_engine_slowdown(probed, trace, cfg, measured)
     assert k == pytest.approx(2.5, rel=0.02)
@@ -163,7 +163,7 @@ def test_under_a_held_queue_the_slowdown_fit_counts_the_time_held() -> None:
     from llmfleet.core.config import SchedulingConfig
     from llmfleet.policies.registry import make_policy
     from llmfleet.sim.costmodel import linear_cost_model
-    from llmfleet.sim.fleet_calibrate import fit_engine_slowdown, slowed
+    from llmfleet.sim.fleet_calibrate import fit_engine_slowdown
     from llmfleet.sim.instance import EngineConfig
     from llmfleet.sim.simulator import SimConfig, Simulator
     from llmfleet.sim.traces import TraceRequest
@@ -172,7 +172,7 @@ def test_under_a_held_queue_the_slowdown_fit_counts_the_time_held() -> None:
     trace = [TraceRequest(f"r{i}", i * 0.1, 50 + 37 * (i % 9), 20 + 13 * (i % 7)) for i in range(60)]
     cfg = SimConfig(instances=2, engine=EngineConfig(max_running=2))
     held = SchedulingConfig(policy="llmfleet")
-    truth = Simulator(trace, make_policy(held), slowed(probed, 1.7), cfg).run().records
+    truth = Simulator(trace, make_policy(held), probed.slowed(1.7), cfg).run().records
     measured = statistics.fmean(r.latency_s for r in truth)
     assert fit_engine_slowdown(probed, trace, cfg, measured, config=held) == pytest.approx(1.7, rel=0.02)
 
@@ -240,6 +240,17 @@ def test_a_fleet_that_slices_is_refused_in_one_line(simulated_fleet, tmp_path) -
     run = _calibrate(*args, "--cost-model", "simulated-engine", "--requests", "8", "--rate", "8", "--out", str(tmp_path / "x.json"))
     assert run.returncode == 2 and "slices for 8 requests" in run.stderr and "fcfs-rr" in run.stderr
     assert not (tmp_path / "x.json").exists()
+    # Measuring a window without calibrating on it (the fidelity bench's evaluation replays)
+    # takes the slices as they come, and counts them.
+    import asyncio
+
+    from llmfleet.demo.workload import WorkloadSpec, build_workload
+    from llmfleet.sim.fleet_calibrate import measure_window
+
+    workload = build_workload(WorkloadSpec(start_index=1000, count=4, rate=8))
+    window = asyncio.run(measure_window(args[1], simulated_fleet.engine_metrics_urls, args[3], workload, one_slice_each=False))
+    assert window.requests == 4 and window.slices > 4
+    assert len(window.per_engine) == 2 and len(window.engine_speeds) == 2
 
 
 def test_metrics_that_are_not_an_engines_are_refused(simulated_fleet, tmp_path) -> None:
@@ -268,3 +279,34 @@ def test_metrics_that_are_not_an_engines_are_refused(simulated_fleet, tmp_path) 
 def test_flag_mistakes_fail_in_one_line(argv, message, tmp_path) -> None:
     run = _calibrate(*argv, "--out", str(tmp_path / "x.json"))
     assert run.returncode == 2 and message in run.stderr, run.stderr
+
+
+def test_engines_at_different_speeds_are_measured_and_simulated_apart() -> None:
+    """An engine whose tokens take twice as long: its measured speed is twice the other's, the
+    simulated instance runs that much slower, and round-robin routing suffers for it while
+    load-aware routing does not (as on the real CPU fleet)."""
+    import statistics
+
+    from llmfleet.policies.registry import make_policy
+    from llmfleet.sim.costmodel import linear_cost_model
+    from llmfleet.sim.fleet_calibrate import Window
+    from llmfleet.sim.instance import EngineConfig
+    from llmfleet.sim.simulator import SimConfig, Simulator
+    from llmfleet.sim.traces import TraceRequest
+
+    itl = "vllm:inter_token_latency_seconds"
+    window = Window(1, 1, {}, {}, 0.0, 0.0, per_engine=({itl: 0.010}, {itl: 0.020}, {itl: float("nan")}))
+    assert window.engine_speeds == pytest.approx((2 / 3, 4 / 3, 1.0))
+    with pytest.raises(ValueError, match="one positive multiplier per instance"):
+        SimConfig(instances=2, instance_speeds=(1.0,))
+    model = linear_cost_model(0.0002, 0.010, decode_per_seq_s=0.001)
+    trace = [TraceRequest(f"r{i}", i * 0.25, 40, 30 + 17 * (i % 5)) for i in range(80)]
+
+    def mean_latency(policy: str, speeds: tuple[float, ...] | None) -> float:
+        cfg = SimConfig(instances=2, engine=EngineConfig(max_running=2), instance_speeds=speeds)
+        return statistics.fmean(r.latency_s for r in Simulator(trace, make_policy(policy), model, cfg).run().records)
+
+    even, uneven = (1.0, 1.0), (2 / 3, 4 / 3)
+    assert mean_latency("fcfs-rr", even) == pytest.approx(mean_latency("fcfs-rr", None))
+    rr, balanced = mean_latency("fcfs-rr", uneven) / mean_latency("fcfs-rr", even), mean_latency("least-load", uneven) / mean_latency("least-load", even)
+    assert rr > 1.3 * balanced, (rr, balanced)
