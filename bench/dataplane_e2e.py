@@ -37,7 +37,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     ap.add_argument("--policies", default="fcfs-rr,least-load,llmfleet")
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--rate", type=float, default=3.0)
@@ -46,6 +46,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-num-seqs", type=int, default=4, help="each engine's slots (4: the slots, not the CPU, are the bottleneck)")
     ap.add_argument("--slice-tokens", type=int, default=None, help="sliceTokens for every policy (default: none)")
     ap.add_argument("--ranker", type=Path, default=DEFAULT_RANKER_DIR, help="trained on first use if missing")
+    ap.add_argument(
+        "--unconfined-engines", action="store_true",
+        help="bind only the engines' OpenMP threads, not their whole processes (how runs before the change ran)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     ranker = ensure_ranker(args.ranker)
@@ -56,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         policies = args.policies.split(",")
         options = DemoOptions(
             policies=policies if repeat % 2 == 0 else policies[::-1],
-            fleet=FleetSpec(engines=2, max_num_seqs=args.max_num_seqs),
+            fleet=FleetSpec(engines=2, max_num_seqs=args.max_num_seqs, confine_engines=not args.unconfined_engines),
             workload=WorkloadSpec(
                 start_index=start, count=args.requests, rate=args.rate, prompt_pool=str(ranker / "holdout_pool.jsonl")
             ),
@@ -85,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
             "max_num_seqs": args.max_num_seqs,
             "slice_tokens": args.slice_tokens,
             "ranker": str(ranker),
-            "engines": "2 vLLM-CPU engines, each bound to its own core (VLLM_CPU_OMP_THREADS_BIND)",
+            "engines": "2 vLLM-CPU engines, each "
+            + ("with only its OpenMP threads bound to its own core" if args.unconfined_engines else "confined to its own core, whole process"),
             "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, python {sys.version.split()[0]}",
             "command": "python bench/dataplane_e2e.py " + " ".join(argv or sys.argv[1:]),
         },

@@ -225,7 +225,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--fleets", type=int, default=100)
     parser.add_argument("--workers", type=int, default=8, help="operator handler threads")
     parser.add_argument("--timeout", type=float, default=600)

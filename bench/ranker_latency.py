@@ -61,7 +61,7 @@ def artifact_size(path: Path) -> int:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     parser.add_argument("--model", required=True, help="static-embedder artifact (the default)")
     parser.add_argument("--contextual-model", default=None, help="optional contextual-embedder artifact")
     parser.add_argument("--batches", type=int, default=300)

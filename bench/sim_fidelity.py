@@ -91,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
         help="also replay the calibration window right before every evaluation replay, and simulate each "
         "replay with the model calibrated beside it (this machine's speed drifts within minutes)",
     )
+    ap.add_argument(
+        "--unconfined-engines", action="store_true",
+        help="bind only the engines' OpenMP threads, not their whole processes (how runs before the change ran)",
+    )
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     policies = args.policies.split(",")
@@ -99,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
         WorkloadSpec(count=args.requests, rate=args.rate, start_index=args.calibration_start_index)
     )
     real: dict[str, dict] = {}
-    with LocalFleet(FleetSpec(engines=2, max_num_seqs=args.max_num_seqs)) as fleet:
+    with LocalFleet(FleetSpec(engines=2, max_num_seqs=args.max_num_seqs, confine_engines=not args.unconfined_engines)) as fleet:
         urls = [e.url for e in fleet.engines]
         probed = asyncio.run(calibrate_pair(urls, args.repeats))
         window = calibration_replay(fleet, urls, calibration)

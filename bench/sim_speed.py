@@ -31,7 +31,7 @@ TARGET_PER_MIN = 50_000
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     ap.add_argument("--trace", default="conv")
     ap.add_argument("--policies", default="fcfs-rr,least-load,llmfleet")
     ap.add_argument("--rate-scales", default="1,2.75")

@@ -46,6 +46,12 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="fix output lengths with ignore_eos+max_tokens (the scheduler then sees them); by default "
         "lengths are hidden from the scheduler and max_tokens is only a cap",
     )
+    parser.add_argument(
+        "--unconfined-engines",
+        action="store_true",
+        help="let each engine's HTTP front and EngineCore run on any core (only its OpenMP threads bound); by "
+        "default each engine stays on its own core, so the engines run at one speed",
+    )
     parser.add_argument("--out", type=Path, default=None, help="write DIR/results.json and DIR/latency.png")
     parser.add_argument("--log-dir", type=Path, default=None, help="where engine and dispatcher logs go")
     parser.set_defaults(func=_run)
@@ -72,7 +78,7 @@ def _run(args: argparse.Namespace) -> int:
     pool = str(ranker / "holdout_pool.jsonl") if args.prompts == "alpaca" else None
     options = DemoOptions(
         policies=policies,
-        fleet=FleetSpec(engines=args.engines, max_num_seqs=args.max_num_seqs),
+        fleet=FleetSpec(engines=args.engines, max_num_seqs=args.max_num_seqs, confine_engines=not args.unconfined_engines),
         workload=WorkloadSpec(
             trace=args.trace, start_index=args.start_index, count=args.requests, rate=args.rate, prompt_pool=pool
         ),

@@ -110,9 +110,16 @@ class FleetSpec:
     max_model_len: int = 2048
     engine_args: list[str] = field(default_factory=list)
     model: str | None = None
-    # Cores the engines share out (default: all this process may use). When set, each engine
-    # process is also confined to its share, so nothing of it runs beside the rest of the fleet.
+    # Cores the engines share out (default: all this process may use).
     engine_cpus: list[int] | None = None
+    # Each engine's whole process tree (its HTTP front, EngineCore and workers) runs on its share
+    # of the cores, as a pod has its own. Off, only its OpenMP threads are bound and the rest
+    # float over every core: measured on 2 cores at 3.0 requests/s, the two engines' time per
+    # token then differed by 1.2-4x within one replay (which one was slower changed from replay to
+    # replay), and round-robin routing, which cannot follow that, lost 1.2-2.6x to load-aware
+    # routing. Confined, the engines were within 12% of each other and faster (fcfs-rr mean
+    # 1.50-1.69 s against 2.13-2.79 s; bench/DATAPLANE.md, section 5).
+    confine_engines: bool = True
     # CPU niceness of the engines' compute processes (0: as started; `lower_compute_priority`).
     # At 2 requests/s a niceness of 10 cut the data plane's delays in half; at the demo's 3.5/s,
     # past the engines' capacity, two runs with it were worse for `llmfleet` than runs without
@@ -148,8 +155,8 @@ class LocalFleet:
         self._start_sidecars([["--engine-url", e.url] for e in self.engines])
 
     def engine_process(self, i: int) -> EngineProcess:
-        """Engine `i`, not started: bound to its own cores, and confined to them when the spec
-        names the engines' cores."""
+        """Engine `i`, not started: its OpenMP threads bound to its own cores, and the whole
+        process confined to them unless the spec says otherwise (`confine_engines`)."""
         args = ["--max-num-seqs", str(self.spec.max_num_seqs), "--max-model-len", str(self.spec.max_model_len)]
         cores = engine_cores(i, self.spec.engines, self.spec.engine_cpus or usable_cpus())
         return EngineProcess(
@@ -157,7 +164,7 @@ class LocalFleet:
             extra_args=args + self.spec.engine_args,
             log_path=self.log_dir / f"vllm-{i}.log",
             env={"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores))},
-            cpus=cores if self.spec.engine_cpus else None,
+            cpus=cores if self.spec.confine_engines else None,
         )
 
     @property

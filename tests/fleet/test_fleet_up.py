@@ -168,6 +168,17 @@ def test_each_engine_gets_its_own_cores(index, engines, cpus, expected) -> None:
     assert engine_cores(index, engines, cpus) == expected
 
 
+@pytest.mark.parametrize(("flags", "confined"), [([], True), (["--unconfined-engines"], False)])
+def test_fleet_up_confines_each_engine_unless_told_not_to(flags, confined) -> None:
+    import argparse
+
+    from llmfleet.fleet import cli
+
+    parser = argparse.ArgumentParser(allow_abbrev=False)
+    cli.register(parser)
+    assert cli.fleet_spec(parser.parse_args(["up", *flags])).confine_engines is confined
+
+
 def test_engines_are_bound_to_their_own_cores(tmp_path) -> None:
     from llmfleet.fleet.local import FleetSpec, LocalFleet, usable_cpus
 
@@ -175,7 +186,11 @@ def test_engines_are_bound_to_their_own_cores(tmp_path) -> None:
     share = max(1, len(usable_cpus()) // 2)
     bound = [fleet.engine_process(i).command()[1]["VLLM_CPU_OMP_THREADS_BIND"] for i in range(2)]
     assert bound[0] != bound[1] or share * 2 > len(usable_cpus())
-    assert fleet.engine_process(0).cpus is None  # bound threads, process left where it is
+    # By default each engine's whole process stays on its cores, as a pod's would.
+    assert fleet.engine_process(0).cpus == set(map(int, bound[0].split(",")))
+    loose = LocalFleet(FleetSpec(engines=2, confine_engines=False), tmp_path)
+    assert loose.engine_process(0).cpus is None  # bound threads, process left where it is
+    assert loose.engine_process(0).command()[1]["VLLM_CPU_OMP_THREADS_BIND"] == bound[0]
     confined = LocalFleet(FleetSpec(engines=2, engine_cpus=[4, 5]), tmp_path)
     assert [confined.engine_process(i).cpus for i in range(2)] == [{4}, {5}]
     assert confined.engine_process(1).command()[1]["VLLM_CPU_OMP_THREADS_BIND"] == "5"
