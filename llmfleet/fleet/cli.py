@@ -12,10 +12,14 @@ keeps every part's log in one folder, and stops them all on Ctrl-C or SIGTERM.
 from __future__ import annotations
 
 import argparse
+import signal
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from llmfleet.fleet.local import FleetSpec
+
+
+STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -88,10 +92,19 @@ def fleet_spec(args: argparse.Namespace) -> FleetSpec:
     )
 
 
+def wait_for_stop(stopping: list[int]) -> int:
+    """Block until SIGINT or SIGTERM and return it (at once if one was noted in `stopping`).
+
+    The signals are masked and taken with sigwait, so no Python handler runs while this thread
+    waits; they stay masked afterwards, so a second Ctrl-C cannot cut the shutdown short."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    if stopping:
+        return stopping[0]
+    return signal.sigwait(STOP_SIGNALS)
+
+
 def cmd_up(args: argparse.Namespace) -> int:
-    import signal
     import sys
-    import threading
 
     from llmfleet.core.config import SchedulingConfig
     from llmfleet.engine.process import free_port
@@ -105,14 +118,17 @@ def cmd_up(args: argparse.Namespace) -> int:
         print(f"error: bad scheduling config: {exc}", file=sys.stderr)
         return 2
     spec = fleet_spec(args)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+    # While the fleet starts, a signal is only noted: a handler must take no lock. (It used to
+    # set a threading.Event, and a signal landing while the main thread held that Event's lock
+    # inside Event.wait deadlocked the fleet for good.)
+    stopping: list[int] = []
+    for sig in STOP_SIGNALS:
+        signal.signal(sig, lambda signum, _frame: stopping.append(signum))
     fleet = LocalFleet(spec, args.log_dir)
     try:
         print(f"starting {args.engines} {args.engine} engine(s); logs in {fleet.log_dir}", flush=True)
         fleet.start()
-        if stop.is_set():
+        if stopping:
             return 130
         openai_port = args.openai_port or free_port()
         metrics_port = args.metrics_port or free_port()
@@ -136,7 +152,7 @@ def cmd_up(args: argparse.Namespace) -> int:
             "Ctrl-C stops everything.",
             flush=True,
         )
-        stop.wait()
+        wait_for_stop(stopping)
         print("stopping the fleet", flush=True)
     except (OSError, RuntimeError, TimeoutError, ValueError) as exc:
         print(f"error: the fleet could not start: {exc} (logs in {fleet.log_dir})", file=sys.stderr)
