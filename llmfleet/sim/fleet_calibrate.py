@@ -56,17 +56,27 @@ def histogram_totals(text: str, names: Sequence[str]) -> dict[str, tuple[float, 
     return out
 
 
-def scrape_histograms(urls: Sequence[str], names: Sequence[str]) -> dict[str, tuple[float, float]]:
-    """(sum, count) of each named histogram, summed over the /metrics pages of `urls`."""
+def scrape_page(url: str, names: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """(sum, count) of each named histogram on the /metrics page of `url`."""
     import urllib.request
 
-    totals: dict[str, tuple[float, float]] = {}
-    for url in urls:
-        with urllib.request.urlopen(url + "/metrics", timeout=30) as resp:
-            for name, (t, c) in histogram_totals(resp.read().decode(), names).items():
-                t0, c0 = totals.get(name, (0.0, 0.0))
-                totals[name] = (t0 + t, c0 + c)
-    return totals
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as resp:
+        return histogram_totals(resp.read().decode(), names)
+
+
+def summed(pages: Sequence[dict[str, tuple[float, float]]]) -> dict[str, tuple[float, float]]:
+    """(sum, count) of each histogram over several pages' totals."""
+    out: dict[str, tuple[float, float]] = {}
+    for page in pages:
+        for name, (total, count) in page.items():
+            t0, c0 = out.get(name, (0.0, 0.0))
+            out[name] = (t0 + total, c0 + count)
+    return out
+
+
+def scrape_histograms(urls: Sequence[str], names: Sequence[str]) -> dict[str, tuple[float, float]]:
+    """(sum, count) of each named histogram, summed over the /metrics pages of `urls`."""
+    return summed([scrape_page(url, names) for url in urls])
 
 
 def histogram_means(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
@@ -245,13 +255,13 @@ async def measure_window(
     from llmfleet.demo.replay import replay
 
     def scrape() -> tuple[list[dict[str, tuple[float, float]]], dict[str, tuple[float, float]]]:
-        engines = [scrape_histograms([url], ENGINE_HISTOGRAMS) for url in engine_urls]
+        engines = [scrape_page(url, ENGINE_HISTOGRAMS) for url in engine_urls]
         return engines, scrape_histograms([dispatcher_metrics_url], DISPATCHER_HISTOGRAMS)
 
     each0, d0 = await asyncio.to_thread(scrape)
     outcomes = await replay(dispatcher, workload, hidden_length=False)  # type: ignore[arg-type]
     each1, d1 = await asyncio.to_thread(scrape)
-    e0, e1 = _summed(each0), _summed(each1)
+    e0, e1 = summed(each0), summed(each1)
     failed = [o for o in outcomes if not o.ok or o.first_token_s is None or o.finish_s is None]
     if failed:
         raise CalibrationError(f"{len(failed)} of {len(outcomes)} requests failed (first: {failed[0].status} {failed[0].error})")
@@ -276,15 +286,6 @@ async def measure_window(
         client_e2e_s=statistics.fmean(o.finish_s - o.arrival_s for o in outcomes),  # type: ignore[operator]
         per_engine=tuple(histogram_means(b, a) for b, a in zip(each0, each1, strict=True)),
     )
-
-
-def _summed(pages: Sequence[dict[str, tuple[float, float]]]) -> dict[str, tuple[float, float]]:
-    out: dict[str, tuple[float, float]] = {}
-    for page in pages:
-        for name, (total, count) in page.items():
-            t0, c0 = out.get(name, (0.0, 0.0))
-            out[name] = (t0 + total, c0 + count)
-    return out
 
 
 @dataclass(frozen=True)
