@@ -69,11 +69,14 @@ logged, replayed, sent over gRPC and compared across mechanisms.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, TypeVar, overload
 
 from llmfleet.core.prediction import LengthEstimate
+
+T = TypeVar("T")
 
 # Assignment.max_tokens value meaning "generate until the request finishes".
 ALL_REMAINING = 1 << 30
@@ -132,6 +135,49 @@ class RequestState:
         return max(1.0, self.expected_output_tokens() - self.generated_tokens)
 
 
+class Deferred(Sequence[T]):
+    """A tuple built the first time it is read. The live dispatcher builds a view for almost
+    every assignment, and most policies never read `running` or `recent_output_tokens`:
+    building them anyway cost more than the decision itself under a burst (hundreds of running
+    requests). Read during decide(), when nothing else runs, it is the same snapshot as a tuple
+    built with the view."""
+
+    __slots__ = ("_items", "_make")
+
+    def __init__(self, make: Callable[[], tuple[T, ...]]) -> None:
+        self._make: Callable[[], tuple[T, ...]] | None = make
+        self._items: tuple[T, ...] = ()
+
+    def _get(self) -> tuple[T, ...]:
+        if self._make is not None:
+            self._items, self._make = self._make(), None
+        return self._items
+
+    @overload
+    def __getitem__(self, i: int) -> T: ...
+    @overload
+    def __getitem__(self, i: slice) -> tuple[T, ...]: ...
+    def __getitem__(self, i: int | slice) -> T | tuple[T, ...]:
+        return self._get()[i]
+
+    def __len__(self) -> int:
+        return len(self._get())
+
+    def __iter__(self) -> Iterator[T]:
+        return iter(self._get())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, Deferred):
+            other = other._get()
+        return self._get() == other
+
+    def __hash__(self) -> int:
+        return hash(self._get())
+
+    def __repr__(self) -> str:
+        return f"Deferred({self._get()!r})"
+
+
 @dataclass(frozen=True, slots=True)
 class PodState:
     """One engine pod (vLLM behind a sidecar), as of its last load report."""
@@ -174,9 +220,9 @@ class SchedulerView:
 
     now: float
     queue: tuple[RequestState, ...]  # waiting at the dispatcher, in enqueue order
-    running: tuple[RequestState, ...]  # executing a slice on some pod
+    running: Sequence[RequestState]  # executing a slice on some pod (a tuple, or Deferred)
     pods: tuple[PodState, ...]
-    recent_output_tokens: tuple[int, ...] = ()  # output lengths of recently finished requests
+    recent_output_tokens: Sequence[int] = ()  # output lengths of recently finished requests
     completed: int = 0  # requests finished so far (lets policies memoise derived tables)
 
     def pod(self, pod_id: str) -> PodState:

@@ -23,7 +23,7 @@ from dataclasses import replace
 
 from llmfleet.core.clock import Clock
 from llmfleet.core.prediction import LengthEstimate, LengthPredictor, PredictionInput
-from llmfleet.core.scheduling import Assignment, Policy, Preempt, SchedulerView
+from llmfleet.core.scheduling import Assignment, Deferred, Policy, Preempt, SchedulerView
 from llmfleet.dispatcher.estimates import Reestimator, forget_estimate, learn_from, learns, reestimates
 from llmfleet.dispatcher.metrics import DispatcherMetrics
 from llmfleet.dispatcher.model import (
@@ -35,6 +35,7 @@ from llmfleet.dispatcher.model import (
     LiveRequest,
     NoEngine,
     Overloaded,
+    PodLimits,
     TokenEvent,
     prefix_hashes,
 )
@@ -89,7 +90,6 @@ class Dispatcher(SliceExecution):
         self._round: asyncio.Handle | None = None
         self._started = False
         self._tasks: list[asyncio.Task[None]] = []
-        self._slice_tasks: set[asyncio.Task[None]] = set()
         self.recent_outputs: collections.deque[int] = collections.deque(maxlen=1000)
         self.recent_e2e: collections.deque[float] = collections.deque(maxlen=200)
         self.completed = 0
@@ -100,6 +100,8 @@ class Dispatcher(SliceExecution):
         self.closing = False
         self._rr = 0
         self._no_pods_since: float | None = None  # when the last healthy pod went away
+        self._pods_version = 0  # moves when a pod joins or leaves (see pod_limits)
+        self._limits: tuple[tuple[int, int], PodLimits] | None = None
 
     # ----- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -118,10 +120,7 @@ class Dispatcher(SliceExecution):
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._until_empty(), timeout=grace_s)
         for req in [*self.queue.values(), *self.running.values()]:
-            self._fail(req, "UNAVAILABLE", "the dispatcher is shutting down")
-        for task in list(self._slice_tasks):
-            task.cancel()
-        await asyncio.gather(*self._slice_tasks, return_exceptions=True)
+            self._fail(req, "UNAVAILABLE", "the dispatcher is shutting down")  # stops its slice
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -132,6 +131,7 @@ class Dispatcher(SliceExecution):
         for pod in list(self.pods.values()):
             await pod.close()
         self.pods.clear()
+        self._pods_version += 1
 
     async def _until_empty(self) -> None:
         while self.queue or self.running:
@@ -142,6 +142,7 @@ class Dispatcher(SliceExecution):
         """Make the pod set exactly `pods` (pod id -> sidecar address); used by discovery."""
         for pod_id in [p for p in self.pods if p not in pods or self.pods[p].address != pods[p]]:
             pod = self.pods.pop(pod_id)
+            self._pods_version += 1
             self.metrics.forget_pod(pod_id)
             log.info("pod %s (%s) left", pod_id, pod.address)
             # Its running slices fail over when their calls break; closing the channel breaks them.
@@ -161,6 +162,7 @@ class Dispatcher(SliceExecution):
                     tls_server_name=self._tls_server_name,
                 )
                 self.pods[pod_id] = pod
+                self._pods_version += 1
                 pod.start()
         self._update_pod_gauges()
         self.kick()
@@ -236,17 +238,31 @@ class Dispatcher(SliceExecution):
     def _check_vocabulary(self, prompt: list[int]) -> None:
         """Refuse token ids the model does not have: vLLM answers those with a 500, which would
         otherwise be retried on every pod and cool each one down (one bad client slowing all)."""
-        sizes = [p.vocab_size for p in self.pods.values() if p.vocab_size > 0]
-        if sizes and max(prompt) >= min(sizes):
-            bad = next(t for t in prompt if t >= min(sizes))
-            raise InvalidRequest(f"token id {bad} is outside the model's vocabulary (ids 0 to {min(sizes) - 1})")
+        vocab = self.pod_limits().vocab_size
+        if vocab and max(prompt) >= vocab:
+            bad = next(t for t in prompt if t >= vocab)
+            raise InvalidRequest(f"token id {bad} is outside the model's vocabulary (ids 0 to {vocab - 1})")
+
+    def pod_limits(self) -> PodLimits:
+        """The smallest context, block and vocabulary the pods report. Every request is checked
+        against them, several times, so they are kept until a pod joins or leaves or one of
+        them changes (`PodConnection.limits_version`) rather than counted over every pod."""
+        key = (PodConnection.limits_version, self._pods_version)
+        if self._limits is None or self._limits[0] != key:
+            pods = self.pods.values()
+            self._limits = (key, PodLimits(
+                max_model_len=min((p.max_model_len for p in pods if p.max_model_len > 0), default=0),
+                block_size=min((p.block_size for p in pods), default=128) or 128,
+                vocab_size=min((p.vocab_size for p in pods if p.vocab_size > 0), default=0),
+            ))
+        return self._limits[1]
 
     def context_limit(self, known: int = 0) -> int:
         """The smallest context length the pods report (with `known`, one just learned); 0: none yet."""
-        limits = [p.max_model_len for p in self.pods.values() if p.max_model_len > 0]
+        limit = self.pod_limits().max_model_len
         if known:
-            limits.append(known)
-        return min(limits) if limits else 0
+            return min(limit, known) if limit else known
+        return limit
 
     async def submit(self, spec: GenerateSpec) -> LiveRequest:
         """Admit a request (or raise InvalidRequest / Overloaded / NoEngine)."""
@@ -287,7 +303,7 @@ class Dispatcher(SliceExecution):
             raise InvalidRequest(f"request_id {rid!r} is already in use", duplicate=True)
         self._check_capacity()
         now = self.clock.now()
-        block = min((p.block_size for p in self.pods.values()), default=128) or 128
+        block = self.pod_limits().block_size
         req = LiveRequest(rid, self._seq, spec, prompt, now, prefix_hashes(prompt, block))
         self._seq += 1
         if spec.resume is not None and (spec.resume.state.finish_reason or req.remaining <= 0):
@@ -328,8 +344,7 @@ class Dispatcher(SliceExecution):
         req.done = True
         self.queue.pop(req.request_id, None)
         self.running.pop(req.request_id, None)
-        if req.slice_task is not None and req.slice_task is not asyncio.current_task():
-            req.slice_task.cancel()  # cancelling the gRPC call aborts the engine work
+        self._stop_slice(req)  # the sidecar aborts the engine work
         if req.deadline is not None:
             req.deadline.cancel()
         self.kick()
@@ -404,9 +419,10 @@ class Dispatcher(SliceExecution):
         return SchedulerView(
             now=now,
             queue=tuple(r.state() for r in self.queue.values()),
-            running=tuple(r.state() for r in self.running.values()),
+            # Built only if the policy reads them (see Deferred): most never do.
+            running=Deferred(lambda: tuple(r.state() for r in self.running.values())),
             pods=tuple(p.state(now) for p in self.pods.values()),
-            recent_output_tokens=tuple(self.recent_outputs),
+            recent_output_tokens=Deferred(lambda: tuple(self.recent_outputs)),
             completed=self.completed,
         )
 

@@ -7,12 +7,16 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from llmfleet.core.clock import Timer
 from llmfleet.core.prediction import LengthEstimate
 from llmfleet.core.sampling import SamplingParams
 from llmfleet.core.scheduling import RequestState
 from llmfleet.engine.stops import StopChecker
+
+if TYPE_CHECKING:
+    from llmfleet.dispatcher.slices import RunningSlice
 
 MAX_REQUEST_ID_LEN = 256
 PRIORITY_LIMIT = 2**31 - 1
@@ -193,6 +197,15 @@ def prefix_hashes(token_ids: tuple[int, ...] | list[int], block_tokens: int) -> 
     return tuple(out)
 
 
+@dataclass(frozen=True, slots=True)
+class PodLimits:
+    """What every request must fit, over all pods: 0 where no pod has said."""
+
+    max_model_len: int
+    block_size: int
+    vocab_size: int
+
+
 class LiveRequest:
     """A request inside the dispatcher: its tokens so far and the stream back to its client."""
 
@@ -226,7 +239,7 @@ class LiveRequest:
         self.pending_text_tokens = 0  # generated tokens whose text the sidecar still holds back
         self.progress_s = arrival_s  # when its current slice last produced something
         self.stalled = False  # its current slice was cancelled for making no progress
-        self.slice_task: asyncio.Task[None] | None = None
+        self.slice: RunningSlice | None = None  # its slice in flight, if any
         self.deadline: Timer | None = None  # fails the request when it fires
         self._state: RequestState | None = None
         self.resumed_tokens = 0

@@ -13,19 +13,22 @@ import contextlib
 import hashlib
 import logging
 import math
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import grpc
 
 from llmfleet.core.clock import Clock
 from llmfleet.core.sampling import SamplingParams
 from llmfleet.core.scheduling import PodState
-from llmfleet.dispatcher.slice_stream import PodFailure, SliceEnd, SliceStream, SliceTokens
+from llmfleet.dispatcher.slice_stream import Deliver, PodFailure, SliceStream
 from llmfleet.serving import Token, token_value
 from llmfleet.v1 import sidecar_pb2, sidecar_pb2_grpc
 
 log = logging.getLogger(__name__)
 PREFIX_MEMORY = 4096  # prefix hashes remembered per pod
+# What the dispatcher checks every request against (see Dispatcher.pod_limits); a write to any
+# of them moves `PodConnection.limits_version`, so the dispatcher need not rescan the pods.
+LIMIT_FIELDS = frozenset({"max_model_len", "block_size", "vocab_size"})
 
 
 def slice_seed(seed: int, position: int) -> int:
@@ -60,6 +63,8 @@ def sampling_to_proto(s: SamplingParams, generated: int = 0) -> sidecar_pb2.Samp
 
 class PodConnection:
     """One sidecar at `address`, known to the dispatcher as `pod_id`."""
+
+    limits_version = 0  # moves whenever any connection's LIMIT_FIELDS change
 
     def __init__(
         self,
@@ -138,6 +143,8 @@ class PodConnection:
         object.__setattr__(self, name, value)
         if name != "_snapshot" and name != "_snapshot_until":
             object.__setattr__(self, "_snapshot", None)
+            if name in LIMIT_FIELDS:
+                self.limits_version = PodConnection.limits_version = PodConnection.limits_version + 1
 
     # ----- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -295,18 +302,20 @@ class PodConnection:
             raise PodFailure(f"tokenize on {self.pod_id} failed: {exc.code().name}: {exc.details()}") from exc
         return list(resp.token_ids), int(resp.max_model_len)
 
-    def run_slice(
+    def open_slice(
         self,
         request_id: str,
         prompt_ids: list[int],
         generated: list[int],
         max_tokens: int,
+        deliver: Deliver,
         *,
         priority: int,
         ignore_eos: bool,
         sampling: SamplingParams,
         pending_text_tokens: int = 0,
-    ) -> AsyncIterator[SliceTokens | SliceEnd]:
+    ) -> int:
+        """Start a slice on this pod; its events go to `deliver` (see `SliceStream.open`)."""
         item = sidecar_pb2.SliceItem(
             request_id=request_id,
             prompt_token_ids=prompt_ids,
@@ -317,4 +326,4 @@ class PodConnection:
             sampling=sampling_to_proto(sampling, len(generated)),
             pending_text_tokens=pending_text_tokens,
         )
-        return self.slices.run(item)
+        return self.slices.open(item, deliver)

@@ -5,15 +5,18 @@ gRPC, against about 70 us for a message on an open stream (measured on the 2-cor
 bench/DATAPLANE.md section 6), and that per-call cost is what bound its assignments per second.
 So each pod gets one `Slices` call, opened on first use and again after it breaks:
 
-* a slice is a `SliceStart` message with an id unique within the call; leaving its iterator
-  early sends a cancel, which aborts the engine work;
+* a slice is a `SliceStart` message with an id unique within the call; cancelling it sends a
+  cancel, which aborts the engine work;
 * one writer task sends every start and cancel that is pending as one message, and one reader
-  task routes each update to its slice's queue;
+  task hands each update to its slice's `deliver` callback;
 * when the call breaks (the sidecar died, the channel closed), every slice open on it fails with
   `PodFailure`, exactly as its own call would have, and the next slice opens a new call.
 
-Events reach the caller as the same `SliceTokens` / `SliceEnd` values RunSlice produced, so the
-slice mechanism above this module is unchanged.
+Events reach the caller as the same `SliceTokens` / `SliceEnd` values RunSlice produced.
+`open` delivers them by callback, so a slice needs no task of its own: the dispatcher handles
+each event in the reader task (a task and a queue per slice cost it about a tenth of a
+millisecond per assignment, see bench/DATAPLANE.md section 6). `run` is the same as an async
+iterator, for tools and tests.
 """
 
 from __future__ import annotations
@@ -67,6 +70,9 @@ def slice_event(event: sidecar_pb2.SliceEvent) -> SliceTokens | SliceEnd:
     return SliceEnd(d.finish_reason, d.error, d.retryable, d.client_error)
 
 
+Deliver = Callable[[SliceEvent], None]
+
+
 class SliceStream:
     """All slices to one pod over one Slices call. `open_call` starts a new call."""
 
@@ -75,7 +81,7 @@ class SliceStream:
         self._open_call = open_call
         self._call: grpc.aio.StreamStreamCall | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._slices: dict[int, asyncio.Queue[SliceEvent]] = {}  # open slices on the current call
+        self._slices: dict[int, Deliver] = {}  # open slices on the current call
         self._starts: list[sidecar_pb2.SliceStart] = []
         self._cancels: list[int] = []
         self._pending = asyncio.Event()
@@ -85,32 +91,52 @@ class SliceStream:
     def open_slices(self) -> int:
         return len(self._slices)
 
-    async def run(self, item: sidecar_pb2.SliceItem) -> AsyncIterator[SliceTokens | SliceEnd]:
-        """One slice's events, ending with its SliceEnd; raises PodFailure if it cannot run."""
+    def open(self, item: sidecar_pb2.SliceItem, deliver: Deliver) -> int:
+        """Start a slice; returns its id. `deliver` is called, in the reader task, with each of its
+        events: SliceTokens, then exactly one SliceEnd or PodFailure, after which it is closed. It
+        must not raise: an error in it fails only its own slice."""
         if self._call is None:
             self._open()
         slice_id = self._next_id
         self._next_id += 1
-        events: asyncio.Queue[SliceEvent] = asyncio.Queue()
-        self._slices[slice_id] = events
+        self._slices[slice_id] = deliver
         self._starts.append(sidecar_pb2.SliceStart(slice_id=slice_id, item=item))
         self._pending.set()
-        ended = False
+        return slice_id
+
+    def cancel(self, slice_id: int) -> None:
+        """Leave a slice early (a cancel, a stop string, a preemption): the sidecar aborts the
+        engine's work and nothing more is delivered. A slice already closed needs no message."""
+        if self._slices.pop(slice_id, None) is not None and self._call is not None:
+            self._cancels.append(slice_id)
+            self._pending.set()
+
+    async def run(self, item: sidecar_pb2.SliceItem) -> AsyncIterator[SliceTokens | SliceEnd]:
+        """One slice's events, ending with its SliceEnd; raises PodFailure if it cannot run.
+        Leaving the iterator early cancels the slice."""
+        events: asyncio.Queue[SliceEvent] = asyncio.Queue()
+        slice_id = self.open(item, events.put_nowait)
         try:
             while True:
                 event = await events.get()
                 if isinstance(event, PodFailure):
                     raise event
-                ended = isinstance(event, SliceEnd)
                 yield event
-                if ended:
+                if isinstance(event, SliceEnd):
                     return
         finally:
-            # Not ended here means the caller left early (cancel, stop string, preemption): the
-            # sidecar aborts the engine's work. A slice that ended needs no message.
-            if self._slices.pop(slice_id, None) is not None and not ended and self._call is not None:
-                self._cancels.append(slice_id)
-                self._pending.set()
+            self.cancel(slice_id)  # a no-op for a slice that closed
+
+    def _deliver(self, slice_id: int, deliver: Deliver, event: SliceEvent) -> None:
+        try:
+            deliver(event)
+        except Exception:  # a bug above must not stop the reader: fail only this slice
+            log.exception("handling an event of slice %d on pod %s failed", slice_id, self.pod_id)
+            if isinstance(event, PodFailure):
+                return
+            self.cancel(slice_id)  # the slice ends here, as a failure (its receiver ignores one
+            with contextlib.suppress(Exception):  # that comes after it closed)
+                deliver(PodFailure(f"slice on pod {self.pod_id} broke while handling an event"))
 
     def _open(self) -> None:
         call = self._open_call()
@@ -135,22 +161,27 @@ class SliceStream:
         try:
             async for message in call:
                 for update in message.updates:
-                    events = self._slices.get(update.slice_id)
-                    if events is None:
+                    deliver = self._slices.get(update.slice_id)
+                    if deliver is None:
                         continue  # a slice the caller already left
                     if update.HasField("failed"):
                         r = update.failed
-                        self._slices.pop(update.slice_id, None)
-                        events.put_nowait(
-                            PodFailure(f"slice on pod {self.pod_id} failed: {r.code}: {r.message}", draining=r.draining)
-                        )
-                    else:
-                        events.put_nowait(slice_event(update.event))
+                        del self._slices[update.slice_id]
+                        failure = PodFailure(f"slice on pod {self.pod_id} failed: {r.code}: {r.message}", draining=r.draining)
+                        self._deliver(update.slice_id, deliver, failure)
+                        continue
+                    event = slice_event(update.event)
+                    if isinstance(event, SliceEnd):
+                        del self._slices[update.slice_id]  # closed: nothing to cancel later
+                    self._deliver(update.slice_id, deliver, event)
         except grpc.aio.AioRpcError as exc:
             reason = f"slice on pod {self.pod_id} failed: {exc.code().name}: {exc.details() or ''}"
         except asyncio.CancelledError:
             reason = f"slice stream to pod {self.pod_id} closed"
             raise
+        except Exception as exc:  # e.g. a channel closed under the call: fail over, never hang
+            log.warning("slice stream to pod %s broke unexpectedly: %r", self.pod_id, exc)
+            reason = f"slice stream to pod {self.pod_id} broke: {exc!r}"
         finally:
             self._broken(call, PodFailure(reason))
 
@@ -166,8 +197,8 @@ class SliceStream:
         self._tasks = []
         open_slices, self._slices = self._slices, {}
         self._starts, self._cancels = [], []
-        for events in open_slices.values():
-            events.put_nowait(failure)
+        for slice_id, deliver in open_slices.items():
+            self._deliver(slice_id, deliver, failure)
 
     async def close(self) -> None:
         call, tasks = self._call, self._tasks

@@ -4,15 +4,20 @@ Tokens reach the client as the slice produces them, and each one is appended to 
 `generated` list at that moment, so a slice that breaks (sidecar killed, engine error, drain
 hand-back) resumes from exactly the tokens the client already has.
 
+A slice has no task of its own: its events are handled as they arrive, in the reader task of
+the pod's `Slices` call (`SliceStream.open`), and stopping it (a cancel, a deadline, a
+preemption, a stalled pod) closes it at once. Under a burst of short requests a task and a queue
+per slice were a measurable part of each assignment's cost (bench/DATAPLANE.md section 6).
+
 `SliceExecution` is a mixin of `llmfleet.dispatcher.core.Dispatcher`; the attributes declared
 below are the dispatcher state it works on.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
+from dataclasses import dataclass, field
+from functools import partial
 
 from llmfleet.core.clock import Clock
 from llmfleet.core.scheduling import MAX_RANK, Assignment, Preempt
@@ -21,7 +26,7 @@ from llmfleet.dispatcher.metrics import DispatcherMetrics
 from llmfleet.dispatcher.model import DispatcherSettings, LiveRequest, TokenEvent
 from llmfleet.dispatcher.outcomes import Action, SliceOutcome, after_slice, classify
 from llmfleet.dispatcher.pods import PodConnection
-from llmfleet.dispatcher.slice_stream import PodFailure, SliceEnd, SliceTokens
+from llmfleet.dispatcher.slice_stream import PodFailure, SliceEnd, SliceEvent, SliceTokens
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +44,19 @@ def engine_priority(client_priority: int, rank: int) -> int:
     return max(-PRIORITY_BOUND, min(PRIORITY_BOUND, value))
 
 
+@dataclass(eq=False)
+class RunningSlice:
+    """One slice in flight: where it runs, what it may produce, and what it has so far."""
+
+    req: LiveRequest
+    pod: PodConnection
+    max_tokens: int
+    started_s: float
+    slice_id: int = -1
+    got: int = 0
+    end: SliceEnd | None = field(default=None)
+
+
 class SliceExecution:
     clock: Clock
     metrics: DispatcherMetrics
@@ -47,7 +65,6 @@ class SliceExecution:
     running: dict[str, LiveRequest]
     migrations: int
     failovers: int
-    _slice_tasks: set[asyncio.Task[None]]
     reestimator: Reestimator | None
 
     settings: DispatcherSettings
@@ -63,12 +80,12 @@ class SliceExecution:
 
     def _preempt(self, d: Preempt) -> None:
         req = self.running.get(d.request_id)
-        if req is None or req.pod_id != d.pod_id or req.slice_task is None:
+        if req is None or req.pod_id != d.pod_id or req.slice is None:
             self.metrics.policy_errors.inc()
             return
         req.preempting = True
         self.metrics.preemptions.inc()
-        req.slice_task.cancel()
+        self._stop_slice(req)
 
     def _assign(self, d: Assignment) -> int:
         req = self.queue.get(d.request_id)
@@ -94,79 +111,83 @@ class SliceExecution:
         pod.add_inflight(req.request_id, len(req.prompt_ids) + len(req.generated) + n, expected_left)
         pod.start_prefill(req.request_id, len(req.prompt_ids) + len(req.generated))
         pod.remember_prefixes(req.hash_ids)
-        priority = engine_priority(req.spec.priority, d.rank)
-        task = asyncio.create_task(self._run_slice(req, pod, n, priority), name=f"slice-{req.request_id}")
-        req.slice_task = task
-        self._slice_tasks.add(task)
-        task.add_done_callback(self._slice_tasks.discard)
-        return 1
-
-    async def _run_slice(self, req: LiveRequest, pod: PodConnection, n: int, priority: int) -> None:
-        started = self.clock.now()
-        got = 0
-        end: SliceEnd | None = None
-        failure: PodFailure | None = None
-        stream = pod.run_slice(
+        running = RunningSlice(req, pod, n, now)
+        req.slice = running
+        req.progress_s = now  # the dispatcher's ticker fails over a slice that stops moving
+        running.slice_id = pod.open_slice(
             req.request_id,
             list(req.prompt_ids),
             list(req.generated),
             n,
-            priority=priority,
+            partial(self._on_slice_event, running),
+            priority=engine_priority(req.spec.priority, d.rank),
             ignore_eos=req.spec.ignore_eos,
             sampling=req.spec.sampling,
             pending_text_tokens=req.pending_text_tokens,
         )
-        req.progress_s = started  # the dispatcher's ticker fails over a slice that stops moving
-        try:
-            async for event in stream:
-                req.progress_s = self.clock.now()
-                if isinstance(event, SliceTokens):
-                    ids = event.token_ids[: n - got]  # never more than the slice asked for
-                    if ids:
-                        if not got:
-                            pod.prefill_done(req.request_id)
-                            self.kick()  # pacing may have held a request back for this pod
-                        keep = req.stops.update([event.text, *[""] * (len(ids) - 1)])
-                        if keep is not None:  # a stop string completed: this token is the last
-                            ids = ids[:keep]
-                            end = SliceEnd("stop")
-                        got += len(ids)
-                        req.pending_text_tokens = event.pending_text_tokens
-                        self._emit(req, ids, ends="stop" if keep is not None or event.ends else None)
-                        if keep is not None:
-                            break  # closing the stream below aborts the engine's work
-                elif end is None:
-                    end = event
-        except PodFailure as exc:
-            failure = exc
-        except asyncio.CancelledError:
-            pass  # cancel, deadline, preemption or shutdown; handled below
-        except Exception as exc:  # e.g. a channel closed under the call: resume elsewhere, never hang
-            log.warning("slice of %s on %s broke unexpectedly: %r", req.request_id, pod.pod_id, exc)
-            failure = PodFailure(f"slice on {pod.pod_id} broke: {exc!r}")
-        finally:
-            if req.stalled and failure is None:
-                failure = PodFailure(f"no progress from {pod.pod_id} for {self.settings.slice_progress_timeout_s:g} s")
-            req.stalled = False
-            pod.remove_inflight(req.request_id)
-            # Closing the stream cancels the gRPC call, which aborts the engine work behind it.
-            with contextlib.suppress(BaseException):
-                await stream.aclose()  # type: ignore[attr-defined]
-        elapsed = self.clock.now() - started
+        return 1
+
+    def _on_slice_event(self, running: RunningSlice, event: SliceEvent) -> None:
+        """One event of a slice, as the pod's stream delivers it."""
+        req = running.req
+        if req.slice is not running:
+            return  # the slice was stopped; the stream may still hand over its last event
+        req.progress_s = self.clock.now()
+        if isinstance(event, SliceTokens):
+            ids = event.token_ids[: running.max_tokens - running.got]  # never more than asked for
+            if not ids:
+                return
+            if not running.got:
+                running.pod.prefill_done(req.request_id)
+                self.kick()  # pacing may have held a request back for this pod
+            keep = req.stops.update([event.text, *[""] * (len(ids) - 1)])
+            if keep is not None:  # a stop string completed: this token is the last
+                ids = ids[:keep]
+                running.end = SliceEnd("stop")
+            running.got += len(ids)
+            req.pending_text_tokens = event.pending_text_tokens
+            self._emit(req, ids, ends="stop" if keep is not None or event.ends else None)
+            if keep is not None:
+                running.pod.slices.cancel(running.slice_id)  # aborts the engine's work
+                self._close_slice(running, None)
+        elif isinstance(event, PodFailure):
+            self._close_slice(running, event)
+        else:
+            running.end = event
+            self._close_slice(running, None)
+
+    def _stop_slice(self, req: LiveRequest) -> None:
+        """Stop a request's slice now (a cancel, a deadline, a preemption, a stalled pod): the
+        sidecar aborts the engine's work, and the slice is over with what it produced."""
+        running = req.slice
+        if running is not None:
+            running.pod.slices.cancel(running.slice_id)
+            self._close_slice(running, None)
+
+    def _close_slice(self, running: RunningSlice, failure: PodFailure | None) -> None:
+        req, pod = running.req, running.pod
+        if req.slice is not running:
+            return
+        req.slice = None
+        if req.stalled and failure is None:
+            failure = PodFailure(f"no progress from {pod.pod_id} for {self.settings.slice_progress_timeout_s:g} s")
+        req.stalled = False
+        pod.remove_inflight(req.request_id)
+        elapsed = self.clock.now() - running.started_s
         self.metrics.slice_seconds.observe(elapsed)
-        if got:
-            pod.seconds_per_token = 0.8 * pod.seconds_per_token + 0.2 * (elapsed / got)
-        self._after_slice(req, pod, got, end, failure)
+        if running.got:
+            pod.seconds_per_token = 0.8 * pod.seconds_per_token + 0.2 * (elapsed / running.got)
+        self._after_slice(req, pod, running.got, running.end, failure)
 
     def _cancel_stalled(self) -> None:
         """Cancel every slice that has produced nothing for `slice_progress_timeout_s` (a hung pod:
         SIGSTOP, a wedged engine), so that it fails over and resumes elsewhere. Called each tick."""
         now, limit = self.clock.now(), self.settings.slice_progress_timeout_s
-        for req in self.running.values():
-            if req.slice_task is not None and not req.stalled and now - req.progress_s >= limit:
-                log.warning("request %s: no progress on %s for %.0f s; resuming elsewhere", req.request_id, req.pod_id, limit)
-                req.stalled = True
-                req.slice_task.cancel()
+        stalled = [r for r in self.running.values() if r.slice is not None and now - r.progress_s >= limit]
+        for req in stalled:  # stopping one re-queues it: not while iterating `running`
+            log.warning("request %s: no progress on %s for %.0f s; resuming elsewhere", req.request_id, req.pod_id, limit)
+            req.stalled = True
+            self._stop_slice(req)
 
     def _emit(self, req: LiveRequest, ids: tuple[int, ...], ends: str | None = None) -> None:
         """Stream tokens to the client. `ends`: the finish reason, when these end the generation;
@@ -187,7 +208,6 @@ class SliceExecution:
     def _after_slice(
         self, req: LiveRequest, pod: PodConnection, got: int, end: SliceEnd | None, failure: PodFailure | None
     ) -> None:
-        req.slice_task = None
         if req.done:
             return
         if got:

@@ -52,13 +52,16 @@ def _place_in_order(
 ) -> tuple[Decision, ...]:
     out: list[Decision] = []
     holding = "free-slot" in profile.filters
-    for req in ordered:
+    ordered = list(ordered)
+    last = len(ordered) - 1
+    for i, req in enumerate(ordered):
         if holding and tent.free_slots(profile.lookahead) == 0:
             break
         pod = profile.pick(view, req, tent.pods)
         if pod is None:
             continue
-        tent.place(req, pod)
+        if i < last:  # the tally only matters to the requests after this one
+            tent.place(req, pod)
         place = min(MAX_RANK, max(0, rank(req))) if rank is not None else 0
         out.append(Assignment(req.request_id, pod.pod_id, max_tokens or ALL_REMAINING, place))
     return tuple(out)

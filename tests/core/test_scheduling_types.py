@@ -89,3 +89,19 @@ def test_view_pod_lookup() -> None:
     assert view.pod("y").pod_id == "y"
     with pytest.raises(KeyError):
         view.pod("z")
+
+
+def test_deferred_builds_its_tuple_once_on_first_read_and_reads_like_one():
+    from llmfleet.core.scheduling import Deferred
+
+    calls = []
+
+    def make() -> tuple[int, ...]:
+        calls.append(1)
+        return (3, 1, 2)
+
+    d = Deferred(make)
+    assert not calls, "built before anyone read it"
+    assert len(d) == 3 and list(d) == [3, 1, 2] and d[0] == 3 and d[1:] == (1, 2)
+    assert d == (3, 1, 2) and d == Deferred(lambda: (3, 1, 2)) and sorted(d) == [1, 2, 3]
+    assert len(calls) == 1, "built more than once"

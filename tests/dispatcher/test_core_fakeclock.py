@@ -9,7 +9,7 @@ import pytest
 from llmfleet.core.clock import FakeClock, wait_for_condition
 from llmfleet.core.scheduling import ALL_REMAINING, Assignment, Decision, Preempt, SchedulerView
 from llmfleet.dispatcher import Dispatcher, DispatcherSettings
-from llmfleet.dispatcher.model import FailEvent, FinishEvent, GenerateSpec, NoEngine, TokenEvent
+from llmfleet.dispatcher.model import FailEvent, FinishEvent, GenerateSpec, InvalidRequest, NoEngine, PodLimits, TokenEvent
 from llmfleet.policies.registry import make_policy
 from tests.dispatcher.fake_sidecar import reference, start_fake_pod
 
@@ -206,28 +206,47 @@ async def test_a_policy_that_raises_fails_only_the_requests_it_raises_on():
         await pod.stop()
 
 
+class _ClosedChannelCall:
+    """A Slices call whose reading fails with an error that is not an RPC error."""
+
+    def __init__(self) -> None:
+        self.cancelled = False
+
+    async def write(self, message: object) -> None:
+        pass
+
+    def cancel(self) -> bool:
+        self.cancelled = True
+        return True
+
+    def __aiter__(self) -> _ClosedChannelCall:
+        return self
+
+    async def __anext__(self) -> object:
+        await asyncio.sleep(0)
+        raise RuntimeError("Channel closed!")
+
+
 async def test_an_unexpected_error_in_a_slice_resumes_elsewhere_instead_of_hanging():
     """Not an RPC error (e.g. a channel closed under the call): the slice counts as a pod failure,
     so the request resumes on another pod with its tokens exact, rather than staying running."""
     pods = [await start_fake_pod(token_delay_s=0.001), await start_fake_pod(token_delay_s=0.001)]
     d = await _dispatcher(make_policy("fcfs-rr"), pods)
     try:
-        broken = d.pods["p0"]
-        original = broken.run_slice
+        stream = d.pods["p0"].slices
+        original = stream._open_call
+        broken_calls: list[_ClosedChannelCall] = []
 
-        def run_slice(*args, **kwargs):
-            async def fail():
-                raise RuntimeError("Channel closed!")
-                yield  # an async generator, like the real stream
+        def open_call():
+            stream._open_call = original  # only the first call breaks
+            broken_calls.append(_ClosedChannelCall())
+            return broken_calls[-1]
 
-            broken.run_slice = original  # type: ignore[method-assign]  # only the first call breaks
-            return fail()
-
-        broken.run_slice = run_slice  # type: ignore[method-assign]
+        stream._open_call = open_call
         req = await d.submit(GenerateSpec(max_tokens=6, prompt_ids=(4, 5), ignore_eos=True))
         ids, end = await asyncio.wait_for(_drain(req), 10)
         assert isinstance(end, FinishEvent) and ids == reference((4, 5), 6)
-        assert broken.run_slice == original, "the broken slice was never tried"
+        assert broken_calls and broken_calls[0].cancelled, "the broken call was never tried"
         assert d.failovers >= 1 and not d.running
     finally:
         await d.stop(0)
@@ -276,3 +295,32 @@ async def test_queue_and_running_gauges_read_the_live_counts():
     finally:
         await d.stop(0)
         await pod.stop()
+
+
+async def test_pod_limits_follow_pods_joining_leaving_and_reporting_new_limits():
+    """The smallest context, block and vocabulary are kept between requests, so each change must
+    reach them: a pod that joins with a smaller context, one whose report changes, one leaving."""
+    wide = await start_fake_pod()
+    narrow = await start_fake_pod()
+    narrow.servicer.max_model_len = 64
+    wide.servicer.vocab_size = 500
+    d = await _dispatcher(make_policy("fcfs-rr"), [wide])
+    try:
+        assert d.pod_limits() == PodLimits(max_model_len=512, block_size=16, vocab_size=500)
+        with pytest.raises(InvalidRequest, match="outside the model's vocabulary"):
+            await d.submit(GenerateSpec(max_tokens=2, prompt_ids=(1, 500)))
+        await d.set_pods({"p0": wide.address, "p1": narrow.address})
+        await wait_for_condition(lambda: d.context_limit() == 64, 10, what="the narrow pod's context")
+        with pytest.raises(InvalidRequest, match="context of 64 tokens"):
+            await d.submit(GenerateSpec(max_tokens=70, prompt_ids=(1, 2)))
+        d.pods["p0"].vocab_size = 300  # as a load report would set it
+        assert d.pod_limits().vocab_size == 300
+        await d.set_pods({"p0": wide.address})
+        assert d.context_limit() == 512 and d.context_limit(known=100) == 100
+        req = await d.submit(GenerateSpec(max_tokens=70, prompt_ids=(1, 2), ignore_eos=True))
+        ids, end = await asyncio.wait_for(_drain(req), 10)
+        assert isinstance(end, FinishEvent) and len(ids) == 70
+    finally:
+        await d.stop(0)
+        await wide.stop()
+        await narrow.stop()

@@ -110,3 +110,23 @@ async def test_a_failure_reported_for_one_slice_fails_only_that_slice() -> None:
         assert isinstance(broken, PodFailure) and not broken.draining
         assert fine == (reference(PROMPT, 5), SliceEnd("length"))
         assert pod.servicer.slice_calls == 1
+
+
+async def test_an_error_in_a_slices_receiver_fails_only_that_slice() -> None:
+    """The receiver runs in the reader task: if it raises, its slice is cancelled on the sidecar
+    and ends as a PodFailure, and the other slices on the call go on."""
+    async with one_pod(0.02) as setup:
+        pod, stream = setup.pod, setup.stream
+        seen: list[object] = []
+
+        def receiver(event: object) -> None:
+            seen.append(event)
+            if isinstance(event, SliceTokens):
+                raise RuntimeError("a bug above the stream")
+
+        stream.open(_item("buggy", 500), receiver)
+        tokens, end = await _collect(stream, _item("fine", 5))
+        assert tokens == reference(PROMPT, 5) and end == SliceEnd("length")
+        await wait_for_condition(lambda: pod.servicer.cancelled == 1 and pod.servicer.active == 0, 10, what="the cancel")
+        assert isinstance(seen[0], SliceTokens) and isinstance(seen[-1], PodFailure) and len(seen) == 2
+        assert stream.open_slices == 0 and pod.servicer.slice_calls == 1
