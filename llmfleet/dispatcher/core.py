@@ -85,6 +85,10 @@ class Dispatcher(SliceExecution):
         self.metrics.queue_length.set_function(lambda: len(self.queue))
         self.metrics.running.set_function(lambda: len(self.running))
         self._seq = 0
+        # Ids for requests that came without one: unique here by the sequence number, and
+        # across dispatchers (which may share engines) by a random prefix. A uuid4 per request
+        # read the OS's randomness every time.
+        self._id_prefix = uuid.uuid4().hex[:16] + "-"
         self._admitting = 0
         # The scheduling round asked for by kick(), as a loop callback (None: none pending).
         self._round: asyncio.Handle | None = None
@@ -267,7 +271,7 @@ class Dispatcher(SliceExecution):
     async def submit(self, spec: GenerateSpec) -> LiveRequest:
         """Admit a request (or raise InvalidRequest / Overloaded / NoEngine)."""
         spec.validate()
-        rid = spec.request_id or uuid.uuid4().hex
+        rid = spec.request_id or f"{self._id_prefix}{self._seq:x}"
         if rid in self.queue or rid in self.running:
             raise InvalidRequest(f"request_id {rid!r} is already in use", duplicate=True)
         self._check_capacity()
@@ -354,7 +358,7 @@ class Dispatcher(SliceExecution):
             return
         self._end(req)
         self.failed += code not in ("CANCELLED",)
-        self.metrics.requests.labels(code.lower()).inc()
+        self.metrics.request_outcome(code.lower()).inc()
         req.events.put_nowait(FailEvent(code, message))
         forget_estimate(self.predictor, req)  # its true length will never be known
 
@@ -367,7 +371,7 @@ class Dispatcher(SliceExecution):
         self.completed += 1
         self.recent_outputs.append(len(req.generated))
         self.recent_e2e.append(usage.e2e_s)
-        self.metrics.requests.labels("finished").inc()
+        self.metrics.request_outcome("finished").inc()
         self.metrics.e2e_seconds.observe(usage.e2e_s)
         rest = req.stops.next_text(finished=True)  # what was held back for stop strings
         if rest:

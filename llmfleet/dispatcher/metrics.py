@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -74,6 +76,11 @@ class DispatcherMetrics:
         self.pod_waiting = Gauge("llmfleet_dispatcher_pod_engine_waiting", "Engine waiting requests", ["pod"], registry=r)
         self.pod_kv = Gauge("llmfleet_dispatcher_pod_kv_cache_usage", "Engine KV cache usage 0..1", ["pod"], registry=r)
         self.pod_healthy = Gauge("llmfleet_dispatcher_pod_healthy", "1 when the pod takes slices", ["pod"], registry=r)
+
+        # Labelled children, looked up once: `labels()` takes a lock and builds a key each call,
+        # and these two are counted for every request.
+        self.request_outcome = lru_cache(maxsize=None)(self.requests.labels)
+        self.slice_outcome = lru_cache(maxsize=None)(self.slice_outcomes.labels)
 
     def forget_pod(self, pod: str) -> None:
         for g in (self.pod_inflight, self.pod_running, self.pod_waiting, self.pod_kv, self.pod_healthy):

@@ -17,6 +17,7 @@ model) again at slice boundaries (`estimates.py`).
 from __future__ import annotations
 
 import logging
+from functools import lru_cache
 
 from llmfleet.core.clock import Clock
 from llmfleet.core.prediction import LengthEstimate, LengthPredictor
@@ -24,6 +25,7 @@ from llmfleet.core.prediction import LengthEstimate, LengthPredictor
 log = logging.getLogger(__name__)
 
 
+@lru_cache(maxsize=4096)  # a frozen value, the same for every request of that length
 def exact_estimate(max_tokens: int) -> LengthEstimate:
     n = float(max_tokens)
     return LengthEstimate(score=n, expected_tokens=n, upper_tokens=n)

@@ -217,7 +217,7 @@ class SliceExecution:
         if outcome is SliceOutcome.POD_FAILED:
             req.failures += 1
         decision = after_slice(outcome, req.failures, self.settings.max_failures)
-        self.metrics.slice_outcomes.labels(outcome.value).inc()
+        self.metrics.slice_outcome(outcome.value).inc()
         if decision.pod_draining:
             pod.draining = True
         if decision.pod_cooldown:

@@ -9,7 +9,15 @@ import pytest
 from llmfleet.core.clock import FakeClock, wait_for_condition
 from llmfleet.core.scheduling import ALL_REMAINING, Assignment, Decision, Preempt, SchedulerView
 from llmfleet.dispatcher import Dispatcher, DispatcherSettings
-from llmfleet.dispatcher.model import FailEvent, FinishEvent, GenerateSpec, InvalidRequest, NoEngine, PodLimits, TokenEvent
+from llmfleet.dispatcher.model import (
+    FailEvent,
+    FinishEvent,
+    GenerateSpec,
+    InvalidRequest,
+    NoEngine,
+    PodLimits,
+    TokenEvent,
+)
 from llmfleet.policies.registry import make_policy
 from tests.dispatcher.fake_sidecar import reference, start_fake_pod
 
