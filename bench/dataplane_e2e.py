@@ -31,6 +31,7 @@ from pathlib import Path
 from llmfleet.demo.report import plot, ratio_rows, results_json
 from llmfleet.demo.run import DEFAULT_RANKER_DIR, DemoOptions, ensure_ranker, run_demo
 from llmfleet.demo.workload import WorkloadSpec
+from llmfleet.fleet.cli import add_unconfined_engines
 from llmfleet.fleet.local import FleetSpec
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -46,10 +47,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-num-seqs", type=int, default=4, help="each engine's slots (4: the slots, not the CPU, are the bottleneck)")
     ap.add_argument("--slice-tokens", type=int, default=None, help="sliceTokens for every policy (default: none)")
     ap.add_argument("--ranker", type=Path, default=DEFAULT_RANKER_DIR, help="trained on first use if missing")
-    ap.add_argument(
-        "--unconfined-engines", action="store_true",
-        help="bind only the engines' OpenMP threads, not their whole processes (how runs before the change ran)",
-    )
+    add_unconfined_engines(ap)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     ranker = ensure_ranker(args.ranker)

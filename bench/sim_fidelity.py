@@ -35,6 +35,7 @@ from pathlib import Path
 from llmfleet.core.config import SchedulingConfig
 from llmfleet.demo.workload import WorkloadSpec, build_workload
 from llmfleet.engine.process import free_port
+from llmfleet.fleet.cli import add_unconfined_engines
 from llmfleet.fleet.local import FleetSpec, LocalFleet
 from llmfleet.sim.calibrate import calibrate_engine
 from llmfleet.sim.fleet_calibrate import Window, calibrate_on_fleet, measure_window, with_dataplane
@@ -91,10 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         help="also replay the calibration window right before every evaluation replay, and simulate each "
         "replay with the model calibrated beside it (this machine's speed drifts within minutes)",
     )
-    ap.add_argument(
-        "--unconfined-engines", action="store_true",
-        help="bind only the engines' OpenMP threads, not their whole processes (how runs before the change ran)",
-    )
+    add_unconfined_engines(ap)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     policies = args.policies.split(",")

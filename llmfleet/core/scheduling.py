@@ -200,9 +200,11 @@ class PodState:
     recompute_s_per_token: float = 0.0  # cost hint: re-prefill seconds per context token
     healthy: bool = True
 
+    # Conditionals rather than max(): routing reads these for every pod in almost every decision.
     @property
     def kv_free_tokens(self) -> int:
-        return max(0, self.kv_capacity_tokens - self.kv_used_tokens)
+        n = self.kv_capacity_tokens - self.kv_used_tokens
+        return n if n > 0 else 0
 
     @property
     def kv_utilization(self) -> float:
@@ -211,7 +213,8 @@ class PodState:
     @property
     def free_slots(self) -> int:
         """How many more requests the engine can run without queueing them internally."""
-        return max(0, self.max_running - self.running - self.waiting)
+        n = self.max_running - self.running - self.waiting
+        return n if n > 0 else 0
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from llmfleet.fleet.cli import add_unconfined_engines
+
 
 def register(parser: argparse.ArgumentParser) -> None:
     parser.description = (
@@ -46,12 +48,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="fix output lengths with ignore_eos+max_tokens (the scheduler then sees them); by default "
         "lengths are hidden from the scheduler and max_tokens is only a cap",
     )
-    parser.add_argument(
-        "--unconfined-engines",
-        action="store_true",
-        help="let each engine's HTTP front and EngineCore run on any core (only its OpenMP threads bound); by "
-        "default each engine stays on its own core, so the engines run at one speed",
-    )
+    add_unconfined_engines(parser)
     parser.add_argument("--out", type=Path, default=None, help="write DIR/results.json and DIR/latency.png")
     parser.add_argument("--log-dir", type=Path, default=None, help="where engine and dispatcher logs go")
     parser.set_defaults(func=_run)

@@ -104,8 +104,8 @@ class Dispatcher(SliceExecution):
         self.closing = False
         self._rr = 0
         self._no_pods_since: float | None = None  # when the last healthy pod went away
-        self._pods_version = 0  # moves when a pod joins or leaves (see pod_limits)
-        self._limits: tuple[tuple[int, int], PodLimits] | None = None
+        # pod_limits(), with the PodConnection.limits_version it was counted at (None: count again).
+        self._limits: tuple[int, PodLimits] | None = None
 
     # ----- lifecycle ------------------------------------------------------------------------
     async def start(self) -> None:
@@ -135,7 +135,7 @@ class Dispatcher(SliceExecution):
         for pod in list(self.pods.values()):
             await pod.close()
         self.pods.clear()
-        self._pods_version += 1
+        self._limits = None
 
     async def _until_empty(self) -> None:
         while self.queue or self.running:
@@ -146,7 +146,7 @@ class Dispatcher(SliceExecution):
         """Make the pod set exactly `pods` (pod id -> sidecar address); used by discovery."""
         for pod_id in [p for p in self.pods if p not in pods or self.pods[p].address != pods[p]]:
             pod = self.pods.pop(pod_id)
-            self._pods_version += 1
+            self._limits = None
             self.metrics.forget_pod(pod_id)
             log.info("pod %s (%s) left", pod_id, pod.address)
             # Its running slices fail over when their calls break; closing the channel breaks them.
@@ -166,7 +166,7 @@ class Dispatcher(SliceExecution):
                     tls_server_name=self._tls_server_name,
                 )
                 self.pods[pod_id] = pod
-                self._pods_version += 1
+                self._limits = None
                 pod.start()
         self._update_pod_gauges()
         self.kick()
@@ -251,7 +251,7 @@ class Dispatcher(SliceExecution):
         """The smallest context, block and vocabulary the pods report. Every request is checked
         against them, several times, so they are kept until a pod joins or leaves or one of
         them changes (`PodConnection.limits_version`) rather than counted over every pod."""
-        key = (PodConnection.limits_version, self._pods_version)
+        key = PodConnection.limits_version
         if self._limits is None or self._limits[0] != key:
             pods = self.pods.values()
             self._limits = (key, PodLimits(

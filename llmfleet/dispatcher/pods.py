@@ -144,7 +144,7 @@ class PodConnection:
         if name != "_snapshot" and name != "_snapshot_until":
             object.__setattr__(self, "_snapshot", None)
             if name in LIMIT_FIELDS:
-                self.limits_version = PodConnection.limits_version = PodConnection.limits_version + 1
+                PodConnection.limits_version += 1
 
     # ----- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:

@@ -16,7 +16,7 @@ below are the dispatcher state it works on.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 
 from llmfleet.core.clock import Clock
@@ -54,7 +54,7 @@ class RunningSlice:
     started_s: float
     slice_id: int = -1
     got: int = 0
-    end: SliceEnd | None = field(default=None)
+    end: SliceEnd | None = None
 
 
 class SliceExecution:
@@ -148,8 +148,7 @@ class SliceExecution:
             req.pending_text_tokens = event.pending_text_tokens
             self._emit(req, ids, ends="stop" if keep is not None or event.ends else None)
             if keep is not None:
-                running.pod.slices.cancel(running.slice_id)  # aborts the engine's work
-                self._close_slice(running, None)
+                self._stop_slice(req)  # aborts the engine's work
         elif isinstance(event, PodFailure):
             self._close_slice(running, event)
         else:

@@ -60,14 +60,20 @@ def register(parser: argparse.ArgumentParser) -> None:
         "and vLLM's HTTP front do not wait behind them (shorter delays at moderate load; measured worse for "
         f"llmfleet past the engines' capacity); default {FleetSpec.engine_nice}: as started",
     )
-    p.add_argument(
+    add_unconfined_engines(p)
+    p.set_defaults(func=cmd_up)
+
+
+def add_unconfined_engines(parser: argparse.ArgumentParser) -> None:
+    """The `--unconfined-engines` flag of every command that starts a local fleet (it sets
+    `FleetSpec.confine_engines` to False)."""
+    parser.add_argument(
         "--unconfined-engines",
         action="store_true",
         help="bind only each engine's OpenMP threads to its cores and let the rest of it (HTTP front, EngineCore) "
         "run on any core; by default each engine's whole process stays on its own cores, as a pod's would "
         "(unconfined, engines sharing a host's cores were measured running 1.2-4x apart in speed)",
     )
-    p.set_defaults(func=cmd_up)
 
 
 def _positive(text: str) -> int:

@@ -30,9 +30,9 @@ def _kv_need(req: RequestState) -> int:
 
 
 # ----------------------------------------------------------------------------- filters
-# The live dispatcher runs a policy for almost every assignment, over every pod, so the plugins
-# are written as plain comparisons in one comprehension each: a call to `max()` or a property
-# per pod made one decision over 40 pods cost about twice as much (bench/DATAPLANE.md section 6).
+# The live dispatcher runs a policy for almost every assignment, over every pod: a `max()` call
+# per pod in each plugin made one decision over 40 pods cost about twice as much, so the
+# per-pod helpers use conditionals instead (bench/DATAPLANE.md section 6).
 def filter_healthy(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[PodState]:
     return [p for p in pods if p.healthy]
 
@@ -48,13 +48,13 @@ def filter_free_slot(
     view: SchedulerView, req: RequestState, pods: Sequence[PodState], lookahead: int = 0
 ) -> list[PodState]:
     """Pods that can start the request now (or, with a lookahead, right after a running one ends)."""
-    return [p for p in pods if p.running + p.waiting < p.max_running + lookahead]
+    return [p for p in pods if open_slots(p, lookahead) > 0]
 
 
 def filter_kv_room(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[PodState]:
     """Pods whose free KV holds the request's context (memory-aware admission)."""
-    need = _kv_need(req)  # at least 1, so a pod over its capacity never passes
-    return [p for p in pods if p.kv_capacity_tokens - p.kv_used_tokens >= need]
+    need = _kv_need(req)
+    return [p for p in pods if p.kv_free_tokens >= need]
 
 
 def filter_idle(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[PodState]:
@@ -155,12 +155,7 @@ def score_kv_router(view: SchedulerView, req: RequestState, pods: Sequence[PodSt
 
 def score_kv_cache(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[float]:
     """Lower KV utilisation is better (llm-d's kv-cache-utilization scorer)."""
-    return [
-        (1.0 - p.kv_used_tokens / p.kv_capacity_tokens if p.kv_used_tokens < p.kv_capacity_tokens else 0.0)
-        if p.kv_capacity_tokens
-        else 0.0
-        for p in pods
-    ]
+    return [1.0 - u if (u := p.kv_utilization) < 1.0 else 0.0 for p in pods]
 
 
 def score_remaining_work(view: SchedulerView, req: RequestState, pods: Sequence[PodState]) -> list[float]:
@@ -301,7 +296,5 @@ class Tentative:
         counted once and then updated by `place`, not recounted over every pod."""
         total = self._open.get(lookahead)
         if total is None:
-            total = self._open[lookahead] = sum(
-                n for p in self.pods if p.healthy and (n := p.max_running + lookahead - p.running - p.waiting) > 0
-            )
+            total = self._open[lookahead] = sum(open_slots(p, lookahead) for p in self.pods if p.healthy)
         return total

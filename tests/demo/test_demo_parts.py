@@ -113,3 +113,16 @@ def test_ratio_rows_carry_intervals_for_every_latency_ratio() -> None:
     assert set(ci) == {"mean_ttft_ratio", "mean_latency_ratio", "p99_latency_ratio"}
     assert ci["mean_latency_ratio"][0] <= ratios["llmfleet"]["mean_latency_ratio"] <= ci["mean_latency_ratio"][1]
     assert ratios["llmfleet"]["mean_ttft_ratio"] == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(("flags", "confined"), [([], True), (["--unconfined-engines"], False)])
+def test_demo_confines_each_engine_unless_told_not_to(monkeypatch, tmp_path: Path, flags, confined) -> None:
+    """`llmfleet demo` passes `--unconfined-engines` to the fleet it starts (the default confines)."""
+    import llmfleet.demo.run as run
+    from llmfleet.cli import main
+
+    started = []
+    monkeypatch.setattr(run, "ensure_ranker", lambda path: tmp_path)
+    monkeypatch.setattr(run, "run_demo", started.append)
+    assert main(["demo", "--prompts", "trace", "--policies", "fcfs-rr", *flags]) == 0
+    assert [o.fleet.confine_engines for o in started] == [confined]
