@@ -58,6 +58,8 @@ Filling the view (what policies read, so a mechanism must provide it)
   the per-token cost hints used by ``alise``, and ``healthy``.
 * ``recent_output_tokens`` (output lengths of the last ~1,000 finished requests) and
   ``completed`` (their running count), which ``l4`` partitions by.
+* ``admitted``: how many requests were admitted so far (``seq`` numbers them densely from 0);
+  ``llmfleet``'s overtake guard counts later arrivals that left the queue with it.
 
 Settings (slice length, guards, length groups) are not in the view: a policy receives them once,
 when ``llmfleet.policies.registry.make_policy(config)`` builds it from the one
@@ -227,6 +229,9 @@ class SchedulerView:
     pods: tuple[PodState, ...]
     recent_output_tokens: Sequence[int] = ()  # output lengths of recently finished requests
     completed: int = 0  # requests finished so far (lets policies memoise derived tables)
+    # Requests admitted so far: every `RequestState.seq` is below it, and each number below it was
+    # given once. A starvation guard counts with it how many later arrivals left the queue first.
+    admitted: int = 0
 
     def pod(self, pod_id: str) -> PodState:
         for p in self.pods:

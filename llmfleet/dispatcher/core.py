@@ -428,6 +428,7 @@ class Dispatcher(SliceExecution):
             pods=tuple(p.state(now) for p in self.pods.values()),
             recent_output_tokens=Deferred(lambda: tuple(self.recent_outputs)),
             completed=self.completed,
+            admitted=self._seq,
         )
 
     def schedule_once(self) -> int:

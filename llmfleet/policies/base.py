@@ -86,6 +86,35 @@ def dispatch_ranked(
     return _place_in_order(tent, ordered, profile, max_tokens, rank, view)
 
 
+def overtaken_through(view: SchedulerView, per_slot: float | None) -> int:
+    """The highest `seq` of a queued request that later arrivals have overtaken at least
+    `per_slot` times the fleet's healthy slots; -1 when none has (or `per_slot` is None).
+
+    A later arrival overtook a request when it left the queue first (started, or cancelled). The
+    count needs no history: `view.admitted` numbers every request densely, so of the requests
+    after one, those not queued are exactly the ones that left. The count only grows for older
+    requests, so the overtaken ones are exactly those up to one `seq`."""
+    queue = view.queue
+    n = len(queue)
+    if per_slot is None or not n:
+        return -1
+    limit = per_slot * sum(p.max_running for p in view.pods if p.healthy)
+    if limit <= 0 or view.admitted - n < limit:  # fewer requests left the queue than the limit
+        return -1
+    seqs = sorted([r.seq for r in queue])  # nearly sorted already (enqueue order)
+    # The i-th oldest queued was overtaken (admitted - 1 - seq) - (n - 1 - i) times: binary search
+    # for the first one overtaken fewer than `limit` times.
+    base = view.admitted - n
+    lo, hi = 0, n
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if base - seqs[mid] + mid >= limit:
+            lo = mid + 1
+        else:
+            hi = mid
+    return seqs[lo - 1] if lo else -1
+
+
 class RoutedFcfs:
     """The shape of the routing-only baselines (least-load, llm-d, dynamo): every queued request
     goes to a pod at once, in arrival order, where the engine's own FCFS batching runs it to

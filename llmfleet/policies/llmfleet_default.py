@@ -4,10 +4,16 @@
   short requests stuck behind long ones. A request that already generated g tokens is assumed
   to need at least (growth - 1) * g more (lengths are heavy-tailed), so a long request that was
   predicted short sinks in the ranking once it is re-ranked at a slice boundary.
-* Guard: a request that has waited `starvationBoundSeconds` goes ahead of every other, oldest
-  first. The bound is the mean-versus-tail dial (bench/results/sim_guard_conv.png): 30 s keeps
-  the p99 at vanilla vLLM's; a guard relative to each request's predicted size was measured and
-  did no better (bench/SIM.md).
+* Guard: a request goes ahead of every other, oldest first, once it has waited
+  `starvationBoundSeconds`, or once later arrivals have overtaken it
+  `starvationOvertakesPerSlot` times the fleet's slots. The bound in seconds is the
+  mean-versus-tail dial at a sustained load (bench/results/sim_guard_conv.png): 30 s keeps the
+  p99 at vanilla vLLM's there. But when the engines fall behind for less time than the bound, it
+  never fires and the tail grows with the queue (p99 1.3-2.1x `fcfs-rr`'s on the demo's
+  workload in the simulator). The overtake bound follows the load instead: overtaken by one
+  turn of every slot, a request has waited about one more short request's time than it would
+  have in arrival order, whatever the fleet's size and speed (bench/SIM.md). A guard relative
+  to each request's predicted size was measured and did no better.
 * Admission: the dispatcher holds the queue and releases a request when a pod can start it now
   (free slot and KV room), plus `engineLookahead` (default 0) more per pod that wait inside the
   engine. Each carries its rank (`Assignment.rank`) and the engine's priority queue starts them
@@ -33,7 +39,7 @@ from dataclasses import replace
 
 from llmfleet.core.config import SchedulingFields
 from llmfleet.core.scheduling import FALLBACK_OUTPUT_TOKENS, Decision, RequestState, SchedulerView
-from llmfleet.policies.base import dispatch_ranked
+from llmfleet.policies.base import dispatch_ranked, overtaken_through
 from llmfleet.policies.routing import RoutingProfile
 
 PROFILE = RoutingProfile(
@@ -54,6 +60,7 @@ class LLMFleetDefault:
         config = config or SchedulingFields()
         self.slice_tokens = config.slice_tokens  # None: run to completion once started
         self.starvation_bound_s = config.starvation_bound_seconds
+        self.overtakes_per_slot = config.starvation_overtakes_per_slot
         self.profile = replace(
             profile, prefill_pace_tokens=config.prefill_pace_tokens, lookahead=config.engine_lookahead
         )
@@ -76,15 +83,18 @@ class LLMFleetDefault:
 
     def decide(self, view: SchedulerView) -> tuple[Decision, ...]:
         cutoff, remaining = view.now - self.starvation_bound_s, self.remaining
+        overtaken = overtaken_through(view, self.overtakes_per_slot)
 
         def key(r: RequestState) -> tuple[int, float, int]:
-            if r.arrival_s < cutoff:
+            if r.arrival_s < cutoff or r.seq <= overtaken:
                 return (0, r.arrival_s, r.seq)
             return (1, remaining(r), r.seq)
 
         def rank(r: RequestState) -> int:
             # The engine's queue order: guarded requests first (the engine breaks ties by
             # arrival), then shortest remaining first, in tokens.
-            return 0 if r.arrival_s < cutoff else 1 + int(remaining(r))  # dispatch clips to MAX_RANK
+            if r.arrival_s < cutoff or r.seq <= overtaken:
+                return 0
+            return 1 + int(remaining(r))  # dispatch clips to MAX_RANK
 
         return dispatch_ranked(view, key, self.profile, self.slice_tokens, rank)

@@ -123,6 +123,7 @@ class Simulator:
         self.queue_states: dict[str, RequestState] = {}
         self.running_states: dict[str, RequestState] = {}
         self.done: list[SimRequest] = []
+        self.admitted = 0  # trace requests arrived so far (their seq is their index)
         self.recent: deque[int] = deque(maxlen=self.cfg.recent_window)
         self.changed = False
         self.decide_calls = 0
@@ -244,6 +245,7 @@ class Simulator:
             pods=tuple(self._pod_state(inst) for inst in self.instances),
             recent_output_tokens=tuple(self.recent),
             completed=len(self.done),
+            admitted=self.admitted,
         )
 
     def _apply(self, decisions: Sequence[object]) -> None:
@@ -329,6 +331,7 @@ class Simulator:
             while i < n and trace[i].arrival_s <= now:
                 tr = trace[i]
                 req = SimRequest(tr, i, self._estimate(i))
+                self.admitted = i + 1
                 self.queue[req.rid] = req
                 self.queue_states[req.rid] = req.state(self.pod_ids)
                 if self.observer is not None:

@@ -332,3 +332,20 @@ async def test_pod_limits_follow_pods_joining_leaving_and_reporting_new_limits()
         await d.stop(0)
         await wide.stop()
         await narrow.stop()
+
+
+async def test_the_view_counts_admitted_requests():
+    """The overtake guard's count: `admitted` grows by one per accepted request (a refused one
+    takes no number), and queued requests are numbered below it."""
+    d = Dispatcher(make_policy("llmfleet"), clock=FakeClock(1000.0))
+    await d.start()
+    try:
+        assert d.view().admitted == 0
+        for _ in range(3):
+            await d.submit(GenerateSpec(max_tokens=5, prompt_ids=(1, 2)))
+        with pytest.raises(InvalidRequest):
+            await d.submit(GenerateSpec(max_tokens=5, prompt_ids=()))
+        v = d.view()
+        assert v.admitted == 3 and sorted(r.seq for r in v.queue) == [0, 1, 2]
+    finally:
+        await d.stop(0)

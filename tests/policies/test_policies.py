@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from llmfleet.core.scheduling import ALL_REMAINING, Assignment, Preempt
+from llmfleet.policies.base import overtaken_through
 from llmfleet.policies.registry import POLICIES, make_policy
 
 from .views import placed, pod, req, view
@@ -300,7 +303,6 @@ def test_llmfleet_lookahead_queues_in_rank_order(lookahead, pods, expected) -> N
 def test_llmfleet_guard_never_passes_over_a_starved_request() -> None:
     """Property on hand-built views: whatever the queue, a request past the starvation bound is
     never passed over for one that is not, and starved requests go oldest first."""
-    import random
 
     rng = random.Random(3)
     policy = make_policy("llmfleet", starvation_bound_seconds=30, engine_lookahead=0)
@@ -346,3 +348,52 @@ def test_every_policy_is_pure_and_only_names_known_ids(name: str) -> None:
     assert len(assigned) == len(set(assigned)) and set(assigned) <= ids
     assert {d.pod_id for d in first} <= {"a", "b"}
     assert all(d.request_id == "run" for d in first if isinstance(d, Preempt))
+
+
+@pytest.mark.parametrize(
+    ("seqs", "admitted", "pods", "per_slot", "expected"),
+    [
+        ([0, 1, 2], 3, [pod("a")], 1.0, -1),  # no later arrival left the queue
+        ([0, 5], 6, [pod("a")], 1.0, 0),  # 1-4 left before 0: four times, one pod of 4 slots
+        ([0, 3], 6, [pod("a")], 1.0, 0),  # 0 was overtaken by 1, 2, 4, 5; 3 only by 4 and 5
+        ([0, 1], 10, [pod("a")], 1.0, 1),  # both overtaken 8 times
+        ([5, 0], 6, [pod("a")], 1.0, 0),  # 0 was re-queued behind 5: the count ignores queue order
+        ([0, 5], 6, [pod("a")], 2.0, -1),  # 4 overtakes < 2 x 4 slots
+        ([0, 5], 6, [pod("a"), pod("b", healthy=False)], 1.0, 0),  # an unhealthy pod's slots do not count
+        ([0, 5], 6, [pod("a"), pod("b")], 1.0, -1),  # 4 < 8 slots
+        ([0, 5], 6, [pod("a")], None, -1),  # the guard is off
+        ([], 6, [pod("a")], 1.0, -1),
+        ([0, 5], 6, [], 1.0, -1),  # no slots: nothing to overtake for
+    ],
+)
+def test_overtaken_through(seqs, admitted, pods, per_slot, expected) -> None:
+    v = view([req(f"r{s}", s) for s in seqs], pods, admitted=admitted)
+    assert overtaken_through(v, per_slot) == expected
+
+
+def test_overtaken_through_agrees_with_counting_every_later_arrival() -> None:
+    rng = random.Random(5)
+    for _ in range(300):
+        admitted = rng.randrange(1, 60)
+        seqs = rng.sample(range(admitted), rng.randrange(1, admitted + 1))
+        per_slot = rng.choice([0.5, 1.0, 2.0])
+        v = view([req(f"r{s}", s) for s in seqs], [pod("a")], admitted=admitted)
+        queued = set(seqs)
+        overtaken = [s for s in seqs if sum(1 for later in range(s + 1, admitted) if later not in queued) >= per_slot * 4]
+        assert overtaken_through(v, per_slot) == max(overtaken, default=-1)
+
+
+def test_llmfleet_sends_an_often_overtaken_request_ahead_before_its_time_bound() -> None:
+    """Long waited 5 s of a 30 s bound, but later arrivals 1-4 started before it: with one pod of 4
+    slots that is one turn of every slot, and it goes first; with the guard at 2 turns, or off,
+    the short request does."""
+    queue = [req("long", 0, expected=500, arrival=0.0), req("short", 5, expected=10, arrival=4.9)]
+    v = view(queue, [pod("a", running=3)], now=5.0, admitted=6)
+
+    def first(**settings) -> str:
+        return placed(make_policy("llmfleet", engine_lookahead=0, **settings).decide(v))[0][0]
+
+    assert first() == "long"
+    assert first(starvation_overtakes_per_slot=2.0) == "short"
+    assert first(starvation_overtakes_per_slot=None) == "short"
+    assert first(starvation_overtakes_per_slot=None, starvation_bound_seconds=4.0) == "long"

@@ -73,7 +73,10 @@ def pod(
     )
 
 
-def view(queue=(), pods=(), running=(), now: float = 0.0, recent=()) -> SchedulerView:
+def view(queue=(), pods=(), running=(), now: float = 0.0, recent=(), admitted: int | None = None) -> SchedulerView:
+    """`admitted` defaults to one past the highest seq given: no later arrival has left the queue."""
+    if admitted is None:
+        admitted = 1 + max((r.seq for r in (*queue, *running)), default=-1)
     return SchedulerView(
         now=now,
         queue=tuple(queue),
@@ -81,6 +84,7 @@ def view(queue=(), pods=(), running=(), now: float = 0.0, recent=()) -> Schedule
         pods=tuple(pods),
         recent_output_tokens=tuple(recent),
         completed=len(recent),
+        admitted=admitted,
     )
 
 

@@ -204,3 +204,15 @@ def test_instance_speeds_slow_the_named_instances(tmp_path) -> None:
         _main([*base[:5], "--instances", "3", "--limit", "10", "--no-progress", "--instance-speeds", "1,2", "--out", str(tmp_path / "x.json")])
     with pytest.raises(SystemExit):
         _main([*base, "--instance-speeds", "1,-2", "--out", str(tmp_path / "x.json")])
+
+
+def test_guard_flags_override_the_config_file(tmp_path) -> None:
+    import argparse
+
+    config = tmp_path / "scheduling.yaml"
+    config.write_text("starvationBoundSeconds: 45\nstarvationOvertakesPerSlot: 3\n")
+    parser = argparse.ArgumentParser(prog="llmfleet sim")
+    cli.register(parser)
+    args = parser.parse_args(["run", "--trace", "conv", "--config", str(config), "--starvation-overtakes", "0.5"])
+    (got,) = cli._configs(args, ["llmfleet"])
+    assert (got.starvation_bound_seconds, got.starvation_overtakes_per_slot) == (45, 0.5)

@@ -146,3 +146,21 @@ def test_a_re_estimating_predictor_is_asked_again_at_each_slice_boundary() -> No
     result = Simulator(trace, policy, COST, SimConfig(instances=1), predictor=pred).run()
     assert len(result.records) == 1
     assert pred.asked == [("long", 0), ("long", 8), ("long", 16)], "admission, then after each of the two full slices"
+
+
+def test_the_view_counts_admitted_requests_and_numbers_them_below_it() -> None:
+    """`admitted` is what the overtake guard counts with: every arrived request, each `seq` below it."""
+    seen: list[tuple[float, int, list[int]]] = []
+
+    class Spy:
+        name = "spy"
+
+        def decide(self, view):
+            seen.append((view.now, view.admitted, [r.seq for r in (*view.queue, *view.running)]))
+            return make_policy("fcfs-rr").decide(view)
+
+    Simulator(TRACE, Spy(), COST, SimConfig(instances=1)).run()
+    assert seen
+    for now, admitted, seqs in seen:
+        assert admitted == sum(t.arrival_s <= now for t in TRACE)
+        assert all(0 <= s < admitted for s in seqs)

@@ -1,0 +1,175 @@
+"""llmfleet's two starvation guards, mean against tail, in the simulator, in two regimes.
+
+* **demo**: the demo's and the e2e benchmark's workload (200 alpaca prompts at 3.0 requests/s
+  on three windows of the conv trace, 2 engines of 4 slots), on the CPU fleet's calibrated cost
+  model (bench/results/sim_fidelity.json) at three engine speeds (1, 1.15 and 1.3 times its
+  time per step: the machine's phases), with the learned ranker. Here the queue builds for less
+  time than the 30 s bound, so the bound in seconds never fires.
+* **conv**: the conv trace at its overload point (x2.625, 4 instances of the H100 profile, the
+  stand-in predictor at tau 0.6): the sustained overload of sim_guard_conv.json.
+
+Each regime runs `fcfs-rr`, `least-load` and `llmfleet` with the guards set several ways: the
+bound in seconds alone (30 s, the default, and 10 s), and with the overtake bound
+(`starvationOvertakesPerSlot`) at 0.5, 1 (the default) and 2 turns of the fleet's slots.
+
+Reproduce (writes bench/results/sim_guard.{json,png}):
+    .venv/bin/python bench/sim_guard.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from llmfleet.core.config import SchedulingConfig  # noqa: E402
+from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker  # noqa: E402
+from llmfleet.demo.workload import WorkloadSpec, build_workload  # noqa: E402
+from llmfleet.policies.registry import make_policy  # noqa: E402
+from llmfleet.sim.costmodel import CostModel, fit_splitwise  # noqa: E402
+from llmfleet.sim.instance import EngineConfig  # noqa: E402
+from llmfleet.sim.metrics import summarize  # noqa: E402
+from llmfleet.sim.runner import load_predictor  # noqa: E402
+from llmfleet.sim.simulator import SimConfig, Simulator  # noqa: E402
+from llmfleet.sim.traces import TraceRequest, load_trace  # noqa: E402
+
+RESULTS = ROOT / "bench" / "results"
+# (label, llmfleet's guard settings); None turns the overtake bound off.
+VARIANTS: list[tuple[str, dict]] = [
+    ("30 s, no overtake bound", {"starvation_bound_seconds": 30, "starvation_overtakes_per_slot": None}),
+    ("10 s, no overtake bound", {"starvation_bound_seconds": 10, "starvation_overtakes_per_slot": None}),
+    ("30 s + 0.5 turns", {"starvation_bound_seconds": 30, "starvation_overtakes_per_slot": 0.5}),
+    ("30 s + 1 turn (default)", {"starvation_bound_seconds": 30, "starvation_overtakes_per_slot": 1.0}),
+    ("30 s + 2 turns", {"starvation_bound_seconds": 30, "starvation_overtakes_per_slot": 2.0}),
+]
+PEERS = ("fcfs-rr", "least-load")
+
+
+def run_scenario(trace: list[TraceRequest], cost: CostModel, cfg: SimConfig, predictor: object) -> dict[str, dict]:
+    out = {p: summarize(Simulator(trace, make_policy(p), cost, cfg).run()) for p in PEERS}
+    for label, guard in VARIANTS:
+        policy = make_policy(SchedulingConfig(policy="llmfleet", **guard))
+        out[label] = summarize(Simulator(trace, policy, cost, cfg, predictor=predictor).run())  # type: ignore[arg-type]
+    return out
+
+
+def ratios(summaries: dict[str, dict]) -> dict[str, dict[str, float]]:
+    base = summaries["fcfs-rr"]
+    return {
+        name: {
+            "mean": s["mean_latency_s"] / base["mean_latency_s"],
+            "p99": s["p99_latency_s"] / base["p99_latency_s"],
+            "ttft": s["mean_ttft_s"] / base["mean_ttft_s"],
+            "mean_vs_least_load": s["mean_latency_s"] / summaries["least-load"]["mean_latency_s"],
+        }
+        for name, s in summaries.items()
+    }
+
+
+def demo_regime(speeds: list[float], windows: list[int], ranker: Path) -> list[dict]:
+    fidelity = json.loads((RESULTS / "sim_fidelity.json").read_text())
+    base_cost = CostModel.from_dict(fidelity["cost_model"]["calibrated"])
+    pool = str(ranker / "holdout_pool.jsonl")
+    cfg = SimConfig(instances=2, engine=EngineConfig(max_running=4, token_budget=2048))
+    scenarios = []
+    for w in windows:
+        workload = build_workload(WorkloadSpec(count=200, rate=3.0, start_index=w, prompt_pool=pool))
+        # About 4 characters per token: what the engines' tokenizer makes of these prompts.
+        trace = [TraceRequest(r.request_id, r.arrival_s, max(8, len(r.prompt_text or "") // 4), r.output_tokens) for r in workload]
+        predictor = load_predictor(str(ranker), trace, tau=0.6)
+        for speed in speeds:
+            summaries = run_scenario(trace, base_cost.slowed(speed), cfg, predictor)
+            scenarios.append({"window": w, "engine_time_factor": speed, "summaries": summaries, "ratios": ratios(summaries)})
+            print(f"demo window {w}, engines x{speed:g}: " + _line(scenarios[-1]["ratios"]), flush=True)
+    return scenarios
+
+
+def conv_regime(scale: float) -> list[dict]:
+    trace = load_trace("conv", rate_scale=scale)
+    summaries = run_scenario(trace, fit_splitwise(), SimConfig(instances=4), load_predictor(None, trace, 0.6))
+    print(f"conv x{scale:g}: " + _line(ratios(summaries)), flush=True)
+    return [{"rate_scale": scale, "summaries": summaries, "ratios": ratios(summaries)}]
+
+
+def _line(r: dict[str, dict[str, float]]) -> str:
+    return "; ".join(f"{n}: mean {x['mean']:.2f} p99 {x['p99']:.2f}" for n, x in r.items() if n != "fcfs-rr")
+
+
+def summary(scenarios: list[dict]) -> dict[str, dict[str, float]]:
+    names = list(scenarios[0]["ratios"])
+    out = {}
+    for n in names:
+        rs = [s["ratios"][n] for s in scenarios]
+        out[n] = {
+            "mean_ratio_avg": statistics.fmean(r["mean"] for r in rs),
+            "mean_ratio_max": max(r["mean"] for r in rs),
+            "p99_ratio_avg": statistics.fmean(r["p99"] for r in rs),
+            "p99_ratio_max": max(r["p99"] for r in rs),
+            "ttft_ratio_avg": statistics.fmean(r["ttft"] for r in rs),
+            "p99_met": sum(r["p99"] <= 1.10 for r in rs),
+            "scenarios": len(rs),
+        }
+    return out
+
+
+def plot(doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
+    for ax, regime in zip(axes, ("demo", "conv"), strict=True):
+        for name, s in doc[regime]["summary"].items():
+            if name == "fcfs-rr":
+                continue
+            ax.scatter(s["mean_ratio_avg"], s["p99_ratio_max"], label=name)
+            ax.annotate(name, (s["mean_ratio_avg"], s["p99_ratio_max"]), fontsize=7)
+        ax.axhline(1.10, color="red", lw=0.8, ls="--", label="p99 target (1.10)")
+        ax.set_xlabel("mean latency / fcfs-rr (average over scenarios)")
+        ax.set_ylabel("p99 latency / fcfs-rr (worst scenario)")
+        ax.set_title(f"{regime}: {doc[regime]['about']}", fontsize=9)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    ap.add_argument("--speeds", default="1.0,1.15,1.3", help="the demo regime's engine time factors")
+    ap.add_argument("--windows", default="2000,3000,4000", help="the demo regime's trace windows")
+    ap.add_argument("--conv-scale", type=float, default=2.625, help="the conv overload point (capacity_conv.json)")
+    ap.add_argument("--ranker", type=Path, default=DEFAULT_RANKER_DIR, help="trained on first use if missing")
+    ap.add_argument("--out", type=Path, default=RESULTS)
+    args = ap.parse_args(argv)
+    ranker = ensure_ranker(args.ranker)
+    demo = demo_regime([float(x) for x in args.speeds.split(",")], [int(x) for x in args.windows.split(",")], ranker)
+    conv = conv_regime(args.conv_scale)
+    doc = {
+        "variants": dict(VARIANTS),
+        "demo": {"about": "200 requests at 3.0/s, 2 engines x 4 slots, CPU model", "summary": summary(demo), "scenarios": demo},
+        "conv": {"about": f"conv x{args.conv_scale:g}, 4 instances, H100 profile", "summary": summary(conv), "scenarios": conv},
+        "command": ".venv/bin/python bench/sim_guard.py",
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "sim_guard.json").write_text(json.dumps(doc, indent=2) + "\n")
+    plot(doc, args.out / "sim_guard.png")
+    for regime in ("demo", "conv"):
+        print(f"\n{regime}:")
+        for name, s in doc[regime]["summary"].items():
+            print(
+                f"  {name:26s} mean {s['mean_ratio_avg']:.3f} (max {s['mean_ratio_max']:.3f})  p99 avg {s['p99_ratio_avg']:.3f} "
+                f"max {s['p99_ratio_max']:.3f}  TTFT {s['ttft_ratio_avg']:.3f}  p99 <= 1.10 in {s['p99_met']}/{s['scenarios']}"
+            )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
