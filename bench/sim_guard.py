@@ -10,7 +10,7 @@
 
 Each regime runs `fcfs-rr`, `least-load` and `llmfleet` with the guards set several ways: the
 bound in seconds alone (30 s, the default, and 10 s), and with the overtake bound
-(`starvationOvertakesPerSlot`) at 0.5, 1 (the default) and 2 turns of the fleet's slots.
+(`starvationOvertakeTurns`) at 0.5, 1 (the default) and 2 turns of the running requests.
 
 Reproduce (writes bench/results/sim_guard.{json,png}):
     .venv/bin/python bench/sim_guard.py
@@ -41,11 +41,11 @@ from llmfleet.sim.traces import TraceRequest, load_trace  # noqa: E402
 RESULTS = ROOT / "bench" / "results"
 # (label, llmfleet's guard settings); None turns the overtake bound off.
 VARIANTS: list[tuple[str, dict]] = [
-    ("30 s, no overtake bound", {"starvation_bound_seconds": 30, "starvation_overtakes_per_slot": None}),
-    ("10 s, no overtake bound", {"starvation_bound_seconds": 10, "starvation_overtakes_per_slot": None}),
-    ("30 s + 0.5 turns", {"starvation_bound_seconds": 30, "starvation_overtakes_per_slot": 0.5}),
-    ("30 s + 1 turn (default)", {"starvation_bound_seconds": 30, "starvation_overtakes_per_slot": 1.0}),
-    ("30 s + 2 turns", {"starvation_bound_seconds": 30, "starvation_overtakes_per_slot": 2.0}),
+    ("30 s, no overtake bound", {"starvation_bound_seconds": 30, "starvation_overtake_turns": None}),
+    ("10 s, no overtake bound", {"starvation_bound_seconds": 10, "starvation_overtake_turns": None}),
+    ("30 s + 0.5 turns", {"starvation_bound_seconds": 30, "starvation_overtake_turns": 0.5}),
+    ("30 s + 1 turn (default)", {"starvation_bound_seconds": 30, "starvation_overtake_turns": 1.0}),
+    ("30 s + 2 turns", {"starvation_bound_seconds": 30, "starvation_overtake_turns": 2.0}),
 ]
 PEERS = ("fcfs-rr", "least-load")
 

@@ -110,14 +110,14 @@ class SchedulingFields(_Camel):
         description="Starvation guard: a request that has waited this long after arrival goes ahead of every "
         "shorter one (oldest first).",
     )
-    starvation_overtakes_per_slot: float | None = Field(
+    starvation_overtake_turns: float | None = Field(
         default=1.0,
         gt=0,
         le=1000,
         description="Starvation guard relative to load: a request goes ahead of every shorter one (oldest first) once "
-        "this many later arrivals per engine slot in the fleet have started before it (1: about one more turn of "
-        "every slot). It bounds the tail when the queue builds faster than `starvationBoundSeconds` passes. Unset "
-        "turns it off. Used by llmfleet.",
+        "later arrivals have started before it this many times as often as the fleet has requests running (1: one "
+        "more turn of every busy slot). It bounds the tail where the queue builds for less time than "
+        "`starvationBoundSeconds`. Unset turns it off. Used by llmfleet.",
     )
     prefill_pace_tokens: int | None = Field(
         default=2048,

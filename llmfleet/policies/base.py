@@ -86,19 +86,22 @@ def dispatch_ranked(
     return _place_in_order(tent, ordered, profile, max_tokens, rank, view)
 
 
-def overtaken_through(view: SchedulerView, per_slot: float | None) -> int:
-    """The highest `seq` of a queued request that later arrivals have overtaken at least
-    `per_slot` times the fleet's healthy slots; -1 when none has (or `per_slot` is None).
+def overtaken_through(view: SchedulerView, turns: float | None) -> int:
+    """The highest `seq` of a queued request that later arrivals have overtaken at least `turns`
+    times as often as the fleet has requests running; -1 when none has (or `turns` is None).
 
     A later arrival overtook a request when it left the queue first (started, or cancelled). The
     count needs no history: `view.admitted` numbers every request densely, so of the requests
     after one, those not queued are exactly the ones that left. The count only grows for older
-    requests, so the overtaken ones are exactly those up to one `seq`."""
+    requests, so the overtaken ones are exactly those up to one `seq`.
+
+    A turn is what the fleet runs at once: where KV memory, not `max_num_seqs`, limits the batch,
+    the running requests, not the slots, say how fast later arrivals start."""
     queue = view.queue
     n = len(queue)
-    if per_slot is None or not n:
+    if turns is None or not n:
         return -1
-    limit = per_slot * sum(p.max_running for p in view.pods if p.healthy)
+    limit = turns * sum(p.running for p in view.pods if p.healthy)
     if limit <= 0 or view.admitted - n < limit:  # fewer requests left the queue than the limit
         return -1
     seqs = sorted([r.seq for r in queue])  # nearly sorted already (enqueue order)

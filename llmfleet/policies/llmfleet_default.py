@@ -5,15 +5,15 @@
   to need at least (growth - 1) * g more (lengths are heavy-tailed), so a long request that was
   predicted short sinks in the ranking once it is re-ranked at a slice boundary.
 * Guard: a request goes ahead of every other, oldest first, once it has waited
-  `starvationBoundSeconds`, or once later arrivals have overtaken it
-  `starvationOvertakesPerSlot` times the fleet's slots. The bound in seconds is the
+  `starvationBoundSeconds`, or once later arrivals have overtaken it `starvationOvertakeTurns`
+  times as often as the fleet has requests running. The bound in seconds is the
   mean-versus-tail dial at a sustained load (bench/results/sim_guard_conv.png): 30 s keeps the
   p99 at vanilla vLLM's there. But when the engines fall behind for less time than the bound, it
   never fires and the tail grows with the queue (p99 1.3-2.1x `fcfs-rr`'s on the demo's
   workload in the simulator). The overtake bound follows the load instead: overtaken by one
-  turn of every slot, a request has waited about one more short request's time than it would
-  have in arrival order, whatever the fleet's size and speed (bench/SIM.md). A guard relative
-  to each request's predicted size was measured and did no better.
+  turn of every busy slot, a request has waited about one more short request's time than it
+  would have in arrival order, whatever the fleet's size and speed (bench/SIM.md). A guard
+  relative to each request's predicted size was measured and did no better.
 * Admission: the dispatcher holds the queue and releases a request when a pod can start it now
   (free slot and KV room), plus `engineLookahead` (default 0) more per pod that wait inside the
   engine. Each carries its rank (`Assignment.rank`) and the engine's priority queue starts them
@@ -60,7 +60,7 @@ class LLMFleetDefault:
         config = config or SchedulingFields()
         self.slice_tokens = config.slice_tokens  # None: run to completion once started
         self.starvation_bound_s = config.starvation_bound_seconds
-        self.overtakes_per_slot = config.starvation_overtakes_per_slot
+        self.overtake_turns = config.starvation_overtake_turns
         self.profile = replace(
             profile, prefill_pace_tokens=config.prefill_pace_tokens, lookahead=config.engine_lookahead
         )
@@ -83,7 +83,7 @@ class LLMFleetDefault:
 
     def decide(self, view: SchedulerView) -> tuple[Decision, ...]:
         cutoff, remaining = view.now - self.starvation_bound_s, self.remaining
-        overtaken = overtaken_through(view, self.overtakes_per_slot)
+        overtaken = overtaken_through(view, self.overtake_turns)
 
         def key(r: RequestState) -> tuple[int, float, int]:
             if r.arrival_s < cutoff or r.seq <= overtaken:

@@ -115,7 +115,7 @@ POLICIES: dict[str, PolicySpec] = {
         ),
         PolicySpec(
             "llmfleet",
-            "default: learned-rank SRPT, size-relative starvation guard, held queue, prefix/load routing",
+            "default: learned-rank SRPT, time and overtake starvation guards, held queue, prefix/load routing",
             _llmfleet,
             uses_predictions=True,
             slices="optional",

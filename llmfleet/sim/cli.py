@@ -74,18 +74,18 @@ def _add_sim_args(p: argparse.ArgumentParser, rate: bool = True) -> None:
         "--config",
         default=None,
         help="scheduling config YAML, the CRD's scheduling block (sliceTokens, starvationBoundSeconds, "
-        "starvationOvertakesPerSlot, prefillPaceTokens, lengthGroups, ranker); the flags below override it",
+        "starvationOvertakeTurns, prefillPaceTokens, lengthGroups, ranker); the flags below override it",
     )
     p.add_argument("--slice-tokens", type=_positive_int, default=None, help="slice length S (default: none)")
     p.add_argument(
         "--starvation-bound", type=_positive_float, default=None, help="absolute starvation guard, seconds"
     )
     p.add_argument(
-        "--starvation-overtakes",
+        "--starvation-overtake-turns",
         type=_positive_float,
         default=None,
-        help="llmfleet's load-relative starvation guard: later arrivals that may start first, per engine slot "
-        "(starvationOvertakesPerSlot; default 1)",
+        help="llmfleet's load-relative starvation guard: how many turns of the fleet's running requests may "
+        "start before a request (starvationOvertakeTurns; default 1)",
     )
     p.add_argument(
         "--prefill-pace", type=_positive_int, default=None, help="llmfleet's prefill pacing budget, tokens"
@@ -217,7 +217,7 @@ def _configs(args: argparse.Namespace, names: list[str]):  # type: ignore[no-unt
     flags = {
         "slice_tokens": args.slice_tokens,
         "starvation_bound_seconds": args.starvation_bound,
-        "starvation_overtakes_per_slot": args.starvation_overtakes,
+        "starvation_overtake_turns": args.starvation_overtake_turns,
         "prefill_pace_tokens": args.prefill_pace,
         "ranker": args.ranker,
     }

@@ -29,7 +29,7 @@ def _decide(scheduling: dict[str, Any], v: SchedulerView) -> list[tuple[str, str
 
 GUARD_QUEUE = [req("long", 0, expected=500, arrival=0.0), req("short", 1, expected=10, arrival=39.0)]
 GUARD_VIEW = view(GUARD_QUEUE, [pod("a", running=3)], now=40.0)
-# "long" waited 5 s, and later arrivals 1-4 started before it: one turn of the pod's 4 slots
+# "long" waited 5 s, and later arrivals 1-4 started before it: more than one turn of the 3 running
 OVERTAKE_VIEW = view(
     [req("long", 0, expected=500, arrival=0.0), req("short", 5, expected=10, arrival=4.9)],
     [pod("a", running=3)],
@@ -48,7 +48,7 @@ L4_VIEW = view([req("r", 0, generated=150)], L4_PODS)
         ("engineLookahead", {}, {"engineLookahead": 2}, view([req("r", 0)], [pod("a", running=4)])),
         ("sliceTokens", {}, {"sliceTokens": 16}, view([req("r", 0, expected=50)], [pod("a")])),
         ("starvationBoundSeconds", {}, {"starvationBoundSeconds": 60}, GUARD_VIEW),  # "long" waited 40 s
-        ("starvationOvertakesPerSlot", {}, {"starvationOvertakesPerSlot": 2}, OVERTAKE_VIEW),
+        ("starvationOvertakeTurns", {}, {"starvationOvertakeTurns": 2}, OVERTAKE_VIEW),
         (
             "prefillPaceTokens",
             {},
@@ -70,14 +70,14 @@ def test_each_crd_scheduling_field_changes_what_the_policy_decides(field, before
 def test_the_values_arrive_unchanged() -> None:
     config = _through_the_crd(
         {"sliceTokens": 64, "starvationBoundSeconds": 12.5, "prefillPaceTokens": 99, "maxQueue": 7, "engineLookahead": 5,
-         "starvationOvertakesPerSlot": 0.5}
+         "starvationOvertakeTurns": 0.5}
     )  # fmt: skip
     assert (config.slice_tokens, config.starvation_bound_seconds, config.prefill_pace_tokens, config.max_queue) == (64, 12.5, 99, 7)
     assert config.engine_lookahead == 5
     policy = make_policy(config)
     assert (policy.slice_tokens, policy.starvation_bound_s, policy.profile.prefill_pace_tokens) == (64, 12.5, 99)  # type: ignore[attr-defined]
     assert policy.profile.lookahead == 5  # type: ignore[attr-defined]
-    assert config.starvation_overtakes_per_slot == policy.overtakes_per_slot == 0.5  # type: ignore[attr-defined]
+    assert config.starvation_overtake_turns == policy.overtake_turns == 0.5  # type: ignore[attr-defined]
 
 
 def test_defaults_live_in_one_place() -> None:

@@ -350,25 +350,29 @@ def test_every_policy_is_pure_and_only_names_known_ids(name: str) -> None:
     assert all(d.request_id == "run" for d in first if isinstance(d, Preempt))
 
 
+FULL = pod("a", running=4)  # four requests running: one turn is four overtakes
+
+
 @pytest.mark.parametrize(
-    ("seqs", "admitted", "pods", "per_slot", "expected"),
+    ("seqs", "admitted", "pods", "turns", "expected"),
     [
-        ([0, 1, 2], 3, [pod("a")], 1.0, -1),  # no later arrival left the queue
-        ([0, 5], 6, [pod("a")], 1.0, 0),  # 1-4 left before 0: four times, one pod of 4 slots
-        ([0, 3], 6, [pod("a")], 1.0, 0),  # 0 was overtaken by 1, 2, 4, 5; 3 only by 4 and 5
-        ([0, 1], 10, [pod("a")], 1.0, 1),  # both overtaken 8 times
-        ([5, 0], 6, [pod("a")], 1.0, 0),  # 0 was re-queued behind 5: the count ignores queue order
-        ([0, 5], 6, [pod("a")], 2.0, -1),  # 4 overtakes < 2 x 4 slots
-        ([0, 5], 6, [pod("a"), pod("b", healthy=False)], 1.0, 0),  # an unhealthy pod's slots do not count
-        ([0, 5], 6, [pod("a"), pod("b")], 1.0, -1),  # 4 < 8 slots
-        ([0, 5], 6, [pod("a")], None, -1),  # the guard is off
-        ([], 6, [pod("a")], 1.0, -1),
-        ([0, 5], 6, [], 1.0, -1),  # no slots: nothing to overtake for
+        ([0, 1, 2], 3, [FULL], 1.0, -1),  # no later arrival left the queue
+        ([0, 5], 6, [FULL], 1.0, 0),  # 1-4 left before 0: four times
+        ([0, 3], 6, [FULL], 1.0, 0),  # 0 was overtaken by 1, 2, 4, 5; 3 only by 4 and 5
+        ([0, 1], 10, [FULL], 1.0, 1),  # both overtaken 8 times
+        ([5, 0], 6, [FULL], 1.0, 0),  # 0 was re-queued behind 5: the count ignores queue order
+        ([0, 5], 6, [FULL], 2.0, -1),  # 4 overtakes < 2 turns of 4
+        ([0, 5], 6, [FULL, pod("b", running=4, healthy=False)], 1.0, 0),  # an unhealthy pod does not count
+        ([0, 5], 6, [FULL, pod("b", running=2)], 1.0, -1),  # 4 < 6 running
+        ([0, 5], 6, [pod("a", running=2, max_running=64)], 1.0, 0),  # running, not slots: KV may bind first
+        ([0, 5], 6, [FULL], None, -1),  # the guard is off
+        ([], 6, [FULL], 1.0, -1),
+        ([0, 5], 6, [pod("a")], 1.0, -1),  # nothing running: nothing to overtake for
     ],
 )
-def test_overtaken_through(seqs, admitted, pods, per_slot, expected) -> None:
+def test_overtaken_through(seqs, admitted, pods, turns, expected) -> None:
     v = view([req(f"r{s}", s) for s in seqs], pods, admitted=admitted)
-    assert overtaken_through(v, per_slot) == expected
+    assert overtaken_through(v, turns) == expected
 
 
 def test_overtaken_through_agrees_with_counting_every_later_arrival() -> None:
@@ -376,16 +380,16 @@ def test_overtaken_through_agrees_with_counting_every_later_arrival() -> None:
     for _ in range(300):
         admitted = rng.randrange(1, 60)
         seqs = rng.sample(range(admitted), rng.randrange(1, admitted + 1))
-        per_slot = rng.choice([0.5, 1.0, 2.0])
-        v = view([req(f"r{s}", s) for s in seqs], [pod("a")], admitted=admitted)
+        turns = rng.choice([0.5, 1.0, 2.0])
+        v = view([req(f"r{s}", s) for s in seqs], [FULL], admitted=admitted)
         queued = set(seqs)
-        overtaken = [s for s in seqs if sum(1 for later in range(s + 1, admitted) if later not in queued) >= per_slot * 4]
-        assert overtaken_through(v, per_slot) == max(overtaken, default=-1)
+        overtaken = [s for s in seqs if sum(1 for later in range(s + 1, admitted) if later not in queued) >= turns * 4]
+        assert overtaken_through(v, turns) == max(overtaken, default=-1)
 
 
 def test_llmfleet_sends_an_often_overtaken_request_ahead_before_its_time_bound() -> None:
-    """Long waited 5 s of a 30 s bound, but later arrivals 1-4 started before it: with one pod of 4
-    slots that is one turn of every slot, and it goes first; with the guard at 2 turns, or off,
+    """Long waited 5 s of a 30 s bound, but later arrivals 1-4 started before it: with 3 requests
+    running that is more than one turn, and it goes first; with the guard at 2 turns, or off,
     the short request does."""
     queue = [req("long", 0, expected=500, arrival=0.0), req("short", 5, expected=10, arrival=4.9)]
     v = view(queue, [pod("a", running=3)], now=5.0, admitted=6)
@@ -394,6 +398,6 @@ def test_llmfleet_sends_an_often_overtaken_request_ahead_before_its_time_bound()
         return placed(make_policy("llmfleet", engine_lookahead=0, **settings).decide(v))[0][0]
 
     assert first() == "long"
-    assert first(starvation_overtakes_per_slot=2.0) == "short"
-    assert first(starvation_overtakes_per_slot=None) == "short"
-    assert first(starvation_overtakes_per_slot=None, starvation_bound_seconds=4.0) == "long"
+    assert first(starvation_overtake_turns=2.0) == "short"
+    assert first(starvation_overtake_turns=None) == "short"
+    assert first(starvation_overtake_turns=None, starvation_bound_seconds=4.0) == "long"

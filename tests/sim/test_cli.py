@@ -210,9 +210,9 @@ def test_guard_flags_override_the_config_file(tmp_path) -> None:
     import argparse
 
     config = tmp_path / "scheduling.yaml"
-    config.write_text("starvationBoundSeconds: 45\nstarvationOvertakesPerSlot: 3\n")
+    config.write_text("starvationBoundSeconds: 45\nstarvationOvertakeTurns: 3\n")
     parser = argparse.ArgumentParser(prog="llmfleet sim")
     cli.register(parser)
-    args = parser.parse_args(["run", "--trace", "conv", "--config", str(config), "--starvation-overtakes", "0.5"])
+    args = parser.parse_args(["run", "--trace", "conv", "--config", str(config), "--starvation-overtake-turns", "0.5"])
     (got,) = cli._configs(args, ["llmfleet"])
-    assert (got.starvation_bound_seconds, got.starvation_overtakes_per_slot) == (45, 0.5)
+    assert (got.starvation_bound_seconds, got.starvation_overtake_turns) == (45, 0.5)
