@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
         run["window"], run["repeat"], run["order"] = start, repeat + 1, options.policies
         run["ratios_vs_fcfs_rr"] = ratio_rows(results, "fcfs-rr", out["outcomes"])
         run["ratios_vs_least_load"] = ratio_rows(results, "least-load", out["outcomes"])
-        run["diagnostics"] = {r["policy"]: {k: r[k] for k in ("failed", "wrong_length", "retries")} for r in results}
+        run["diagnostics"] = {r["policy"]: {k: r[k] for k in ("failed", "wrong_length", "retries", "prefix_cache_hit_rate")} for r in results}
         runs.append(run)
         if len(runs) == 1:
             plot(out["outcomes"], results, args.out / "dataplane_e2e.png",

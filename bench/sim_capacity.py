@@ -54,6 +54,7 @@ ABLATION = {
     "llmfleet": {"policy": "llmfleet"},
     "llmfleet, no prefill pacing": {"policy": "llmfleet", "prefill_pace_tokens": None},
     "llmfleet, 60 s starvation bound": {"policy": "llmfleet", "starvation_bound_seconds": 60},
+    "llmfleet, no overtake guard": {"policy": "llmfleet", "starvation_overtake_turns": None},
     "llmfleet, slices of 128": {"policy": "llmfleet", "slice_tokens": 128},
     "ltr (rank order only)": {"policy": "ltr"},
 }

@@ -60,7 +60,10 @@ async def calibrate_pair(urls: list[str], repeats: int) -> object:
 
 
 def measured_replay(fleet: LocalFleet, urls: list[str], config: SchedulingConfig, workload: list) -> Window:
-    """Replay `workload` under `config` and read what the engines (each apart) and the data plane did."""
+    """Replay `workload` under `config` and read what the engines (each apart) and the data plane did.
+    The engines' prefix caches are emptied first: the simulator replays the window with nothing
+    cached, and no replay should find the prompts of the one before it."""
+    fleet.reset_prefix_caches()
     metrics_port = free_port()
     dispatcher = fleet.start_dispatcher(config, metrics_port=metrics_port)
     url = f"http://127.0.0.1:{metrics_port}"
@@ -101,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         WorkloadSpec(count=args.requests, rate=args.rate, start_index=args.calibration_start_index)
     )
     real: dict[str, dict] = {}
-    with LocalFleet(FleetSpec(engines=2, max_num_seqs=args.max_num_seqs, confine_engines=not args.unconfined_engines)) as fleet:
+    spec = FleetSpec(engines=2, max_num_seqs=args.max_num_seqs, confine_engines=not args.unconfined_engines, engine_dev_endpoints=True)
+    with LocalFleet(spec) as fleet:
         urls = [e.url for e in fleet.engines]
         probed = asyncio.run(calibrate_pair(urls, args.repeats))
         window = calibration_replay(fleet, urls, calibration)

@@ -137,7 +137,10 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
         f"over {workload[-1].arrival_s:.0f}s ({planned_tokens} output tokens), "
         f"{options.fleet.engines} real vLLM engines, policies {', '.join(options.policies)}"
     )
-    fleet = LocalFleet(options.fleet, options.log_dir)
+    # Each policy starts with empty prefix caches (vLLM's development endpoint empties them):
+    # otherwise every policy after the first finds the prompts it replays cached on whichever
+    # engine served them before, and prefills less (bench/DATAPLANE.md, section 3).
+    fleet = LocalFleet(replace(options.fleet, engine_dev_endpoints=True), options.log_dir)
     previous = signal.getsignal(signal.SIGTERM)
     # SIGTERM takes the same path as Ctrl-C (a SIGINT to ourselves, which asyncio turns into a
     # clean KeyboardInterrupt), so the fleet is always stopped.
@@ -154,6 +157,8 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
         ) as progress:
             for policy in options.policies:
                 config = SchedulingConfig(policy=policy, slice_tokens=options.slice_tokens, ranker=options.ranker)
+                fleet.reset_prefix_caches()
+                queries, hits = fleet.prefix_cache_counters()
                 dispatcher = fleet.start_dispatcher(config)
                 task = progress.add_task(f"{policy:>10}", total=len(workload))
 
@@ -164,6 +169,9 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
                 fleet.stop_dispatcher()
                 outcomes_by_policy[policy] = outcomes
                 results.append(summarize_outcomes(policy, outcomes, list(busy.values()) or [0.0]))
+                queries_after, hits_after = fleet.prefix_cache_counters()
+                looked_up = queries_after - queries
+                results[-1]["prefix_cache_hit_rate"] = (hits_after - hits) / looked_up if looked_up else 0.0
     finally:
         signal.signal(signal.SIGTERM, previous)
         with console.status("stopping the fleet"):

@@ -8,6 +8,7 @@ Ctrl-C.
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import tempfile
@@ -125,6 +126,10 @@ class FleetSpec:
     # past the engines' capacity, two runs with it were worse for `llmfleet` than runs without
     # (bench/DATAPLANE.md, section 5), so it is off unless asked for.
     engine_nice: int = 0
+    # vLLM's development endpoints (VLLM_SERVER_DEV_MODE) on the engines, for benchmarks that
+    # empty the prefix caches between policies (`reset_prefix_caches`). Off for a fleet one works
+    # against: they also let any local client put an engine to sleep.
+    engine_dev_endpoints: bool = False
 
 
 class LocalFleet:
@@ -159,11 +164,14 @@ class LocalFleet:
         process confined to them unless the spec says otherwise (`confine_engines`)."""
         args = ["--max-num-seqs", str(self.spec.max_num_seqs), "--max-model-len", str(self.spec.max_model_len)]
         cores = engine_cores(i, self.spec.engines, self.spec.engine_cpus or usable_cpus())
+        env = {"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores))}
+        if self.spec.engine_dev_endpoints:
+            env["VLLM_SERVER_DEV_MODE"] = "1"
         return EngineProcess(
             self.spec.model,
             extra_args=args + self.spec.engine_args,
             log_path=self.log_dir / f"vllm-{i}.log",
-            env={"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores))},
+            env=env,
             cpus=cores if self.spec.confine_engines else None,
         )
 
@@ -174,6 +182,37 @@ class LocalFleet:
         if self.spec.engine == "simulated":
             return [f"http://127.0.0.1:{port}" for port in self.sidecar_metrics_ports]
         return [e.url for e in self.engines]
+
+    def reset_prefix_caches(self, timeout_s: float = 30.0) -> None:
+        """Empty every vLLM engine's prefix cache, so that each replay of a workload starts with
+        the engines as the first did. Otherwise a policy finds the prompts of the policies before
+        it cached wherever they were routed, and prefills less. Needs `engine_dev_endpoints`; the
+        simulated engine caches nothing, so there is nothing to empty."""
+        if self.spec.engine == "simulated":
+            return
+        if not self.spec.engine_dev_endpoints:
+            raise RuntimeError("reset_prefix_caches needs FleetSpec(engine_dev_endpoints=True)")
+        import httpx
+
+        def emptied(url: str) -> bool:
+            # vLLM refuses (success false) while blocks are held, e.g. by a request being aborted.
+            reply = httpx.post(url + "/reset_prefix_cache", timeout=10.0)
+            reply.raise_for_status()
+            return bool(reply.json().get("success"))
+
+        for engine in self.engines:
+            engine.wait_until(functools.partial(emptied, engine.url), timeout_s, "its prefix cache emptied")
+
+    def prefix_cache_counters(self) -> tuple[float, float]:
+        """Prompt tokens looked up in the engines' prefix caches so far, and those found (summed
+        over the vLLM engines; zeros for the simulated engine)."""
+        import httpx
+
+        from llmfleet.engine.metrics import parse_metrics
+
+        urls = [] if self.spec.engine == "simulated" else [e.url for e in self.engines]
+        loads = [parse_metrics(httpx.get(url + "/metrics", timeout=10.0).text) for url in urls]
+        return sum(x.prefix_cache_queries for x in loads), sum(x.prefix_cache_hits for x in loads)
 
     def _start_sidecars(self, engine_args: list[list[str]]) -> None:
         for i, engine in enumerate(engine_args):
