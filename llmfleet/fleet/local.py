@@ -205,13 +205,12 @@ class LocalFleet:
 
     def prefix_cache_counters(self) -> tuple[float, float]:
         """Prompt tokens looked up in the engines' prefix caches so far, and those found (summed
-        over the vLLM engines; zeros for the simulated engine)."""
+        over the engines; the simulated engine caches nothing and reports zeros)."""
         import httpx
 
         from llmfleet.engine.metrics import parse_metrics
 
-        urls = [] if self.spec.engine == "simulated" else [e.url for e in self.engines]
-        loads = [parse_metrics(httpx.get(url + "/metrics", timeout=10.0).text) for url in urls]
+        loads = [parse_metrics(httpx.get(url + "/metrics", timeout=10.0).text) for url in self.engine_metrics_urls]
         return sum(x.prefix_cache_queries for x in loads), sum(x.prefix_cache_hits for x in loads)
 
     def _start_sidecars(self, engine_args: list[list[str]]) -> None:

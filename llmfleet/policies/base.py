@@ -8,6 +8,7 @@ pod can take more. The policy decides the order, the profile decides where.
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -105,17 +106,10 @@ def overtaken_through(view: SchedulerView, turns: float | None) -> int:
     if limit <= 0 or view.admitted - n < limit:  # fewer requests left the queue than the limit
         return -1
     seqs = sorted([r.seq for r in queue])  # nearly sorted already (enqueue order)
-    # The i-th oldest queued was overtaken (admitted - 1 - seq) - (n - 1 - i) times: binary search
-    # for the first one overtaken fewer than `limit` times.
-    base = view.admitted - n
-    lo, hi = 0, n
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if base - seqs[mid] + mid >= limit:
-            lo = mid + 1
-        else:
-            hi = mid
-    return seqs[lo - 1] if lo else -1
+    # The i-th oldest queued was overtaken (admitted - 1 - seq) - (n - 1 - i) times, so it is
+    # overtaken enough when seqs[i] - i <= admitted - n - limit; seqs[i] - i never decreases.
+    count = bisect.bisect_right(range(n), view.admitted - n - limit, key=lambda i: seqs[i] - i)
+    return seqs[count - 1] if count else -1
 
 
 class RoutedFcfs:

@@ -93,8 +93,7 @@ class LLMFleetDefault:
         def rank(r: RequestState) -> int:
             # The engine's queue order: guarded requests first (the engine breaks ties by
             # arrival), then shortest remaining first, in tokens.
-            if r.arrival_s < cutoff or r.seq <= overtaken:
-                return 0
-            return 1 + int(remaining(r))  # dispatch clips to MAX_RANK
+            tier, left, _ = key(r)  # tier 0: guarded
+            return 0 if tier == 0 else 1 + int(left)  # dispatch clips to MAX_RANK
 
         return dispatch_ranked(view, key, self.profile, self.slice_tokens, rank)

@@ -331,13 +331,13 @@ class Simulator:
             while i < n and trace[i].arrival_s <= now:
                 tr = trace[i]
                 req = SimRequest(tr, i, self._estimate(i))
-                self.admitted = i + 1
                 self.queue[req.rid] = req
                 self.queue_states[req.rid] = req.state(self.pod_ids)
                 if self.observer is not None:
                     self.observer(now, req, "arrived")
                 i += 1
                 self.changed = True
+            self.admitted = i
             rounds = 0
             # Applying decisions can itself create a scheduling point (a request preempted
             # from an engine queue returns at once); settle those at the same instant.
