@@ -80,10 +80,18 @@ async def _priority_scenario(engine, stub) -> str | None:
             if ev.HasField("tokens") and rid not in first_token:
                 first_token[rid] = loop.time()
 
+    # Earlier tests share this engine and cancel their requests; vLLM aborts one only once it
+    # notices the disconnect, so a leftover can hold a slot (or a queue place) for a while. Four
+    # fillers can take four slots only from an idle engine.
+    await wait_for_condition(lambda: _engine_idle(engine), 120, interval=0.1, what="engine idle before the scenario")
     fillers = [asyncio.create_task(run(f"fill{i}", 2000, 0)) for i in range(4)]
     queued: list[asyncio.Task[None]] = []
     try:
-        await wait_for_condition(lambda: len(first_token) == 4, 60, what="4 slots busy")
+        try:
+            await wait_for_condition(lambda: len(first_token) == 4, 60, what="4 slots busy")
+        except TimeoutError as err:
+            running, waiting = _engine_gauge(engine, "running"), _engine_waiting(engine)
+            raise AssertionError(f"{err}: started {sorted(first_token)}, engine {running} running, {waiting} waiting") from err
         queued.append(asyncio.create_task(run("low", 4, 10)))
         await wait_for_condition(lambda: _engine_waiting(engine) >= 1 or "low" in first_token, 60, interval=0.01)
         if "low" in first_token:
@@ -110,6 +118,10 @@ def _engine_gauge(engine, name: str) -> int:
 
 def _engine_waiting(engine) -> int:
     return _engine_gauge(engine, "waiting")
+
+
+def _engine_idle(engine) -> bool:
+    return _engine_gauge(engine, "running") == 0 and _engine_waiting(engine) == 0
 
 
 async def test_load_reports_engine_and_sidecar_view(engine, stub):
