@@ -16,7 +16,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--policies", default="fcfs-rr,least-load,llmfleet",
                         help="comma-separated policies: vanilla vLLM behind round robin, the peers' least-load routing, "
-                             "llmfleet (default: %(default)s)")  # fmt: skip
+                             "llmfleet (default: %(default)s). A policy may carry settings by their CRD names, "
+                             "e.g. llmfleet:engineLookahead=1, to compare two settings side by side")  # fmt: skip
     parser.add_argument("--engines", type=int, default=2, help="vLLM engines in the fleet (default: %(default)s)")
     parser.add_argument("--max-num-seqs", type=int, default=4, help="each engine's --max-num-seqs (default: %(default)s)")
     parser.add_argument("--requests", type=int, default=200, help="requests to replay per policy (default: %(default)s)")
@@ -62,12 +63,13 @@ def _run(args: argparse.Namespace) -> int:
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     if not policies:
         raise SystemExit("error: --policies is empty")
-    from llmfleet.policies.registry import POLICIES
+    from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker, policy_config
 
-    unknown = [p for p in policies if p not in POLICIES]
-    if unknown:
-        raise SystemExit(f"error: unknown policies {unknown}; known: {', '.join(POLICIES)}")
-    from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker
+    for entry in policies:
+        try:
+            policy_config(entry)
+        except ValueError as exc:
+            raise SystemExit(f"error: --policies: {exc}") from None
 
     ranker = Path(args.ranker) if args.ranker else DEFAULT_RANKER_DIR
     if args.prompts == "alpaca" or not args.ranker:

@@ -18,6 +18,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import yaml
+from pydantic import ValidationError
+
 from llmfleet.core.config import SchedulingConfig
 from llmfleet.demo.replay import Outcome, replay
 from llmfleet.demo.report import (
@@ -42,6 +45,26 @@ class DemoOptions:
     hidden_length: bool = True
     out_dir: Path | None = None
     log_dir: Path | None = None
+
+
+def policy_config(entry: str, slice_tokens: int | None = None, ranker: str | None = None) -> SchedulingConfig:
+    """The scheduling config one `--policies` entry names: a policy, optionally with settings by
+    their CRD names after colons, such as `llmfleet:engineLookahead=1` (YAML values; `null` unsets).
+
+    The entry itself labels the results, so two settings of one policy can run side by side.
+    Raises ValueError naming the problem (an unknown policy or setting, a bad value)."""
+    name, *settings = entry.split(":")
+    data: dict[str, Any] = {"policy": name, "sliceTokens": slice_tokens, "ranker": ranker}
+    for setting in settings:
+        key, sep, value = setting.partition("=")
+        if not sep or not key:
+            raise ValueError(f"{entry!r}: expected policy:setting=value, got {setting!r}")
+        data[key] = yaml.safe_load(value)
+    try:
+        return SchedulingConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'policy'}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"{entry!r}: {problems}") from None
 
 
 DEFAULT_RANKER_DIR = Path(__file__).resolve().parents[2] / ".cache" / "ranker"
@@ -156,7 +179,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
         ) as progress:
             for policy in options.policies:
-                config = SchedulingConfig(policy=policy, slice_tokens=options.slice_tokens, ranker=options.ranker)
+                config = policy_config(policy, options.slice_tokens, options.ranker)
                 fleet.reset_prefix_caches()
                 queries, hits = fleet.prefix_cache_counters()
                 dispatcher = fleet.start_dispatcher(config)

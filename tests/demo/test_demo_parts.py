@@ -126,3 +126,52 @@ def test_demo_confines_each_engine_unless_told_not_to(monkeypatch, tmp_path: Pat
     monkeypatch.setattr(run, "run_demo", started.append)
     assert main(["demo", "--prompts", "trace", "--policies", "fcfs-rr", *flags]) == 0
     assert [o.fleet.confine_engines for o in started] == [confined]
+
+
+@pytest.mark.parametrize(
+    ("entry", "expected"),
+    [
+        ("llmfleet", {"policy": "llmfleet", "engine_lookahead": 0, "starvation_overtake_turns": 1.0}),
+        ("llmfleet:engineLookahead=1", {"policy": "llmfleet", "engine_lookahead": 1}),
+        ("llmfleet:engineLookahead=2:starvationOvertakeTurns=null", {"engine_lookahead": 2, "starvation_overtake_turns": None}),
+        ("fcfs-rr:maxQueue=7", {"policy": "fcfs-rr", "max_queue": 7}),
+    ],
+)
+def test_a_policies_entry_names_a_policy_and_its_settings(entry: str, expected: dict) -> None:
+    from llmfleet.demo.run import policy_config
+
+    config = policy_config(entry, slice_tokens=64, ranker="/r")
+    assert {k: getattr(config, k) for k in expected} == expected
+    assert (config.slice_tokens, config.ranker) == (64, "/r")  # the demo's own settings still apply
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ("nope", "unknown policy 'nope'"),
+        ("llmfleet:engineLookahed=1", "engineLookahed: Extra inputs are not permitted"),
+        ("llmfleet:engineLookahead=-1", "engineLookahead: Input should be greater than or equal to 0"),
+        ("llmfleet:engineLookahead", "expected policy:setting=value"),
+    ],
+)
+def test_a_bad_policies_entry_fails_loudly_before_anything_starts(monkeypatch, tmp_path: Path, entry, message) -> None:
+    import llmfleet.demo.run as run
+    from llmfleet.cli import main
+
+    started = []
+    monkeypatch.setattr(run, "ensure_ranker", lambda path: tmp_path)
+    monkeypatch.setattr(run, "run_demo", started.append)
+    with pytest.raises(SystemExit, match=message):
+        main(["demo", "--prompts", "trace", "--policies", f"fcfs-rr,{entry}"])
+    assert started == []
+
+
+def test_two_settings_of_one_policy_run_side_by_side_under_their_own_labels(monkeypatch, tmp_path: Path) -> None:
+    import llmfleet.demo.run as run
+    from llmfleet.cli import main
+
+    started = []
+    monkeypatch.setattr(run, "ensure_ranker", lambda path: tmp_path)
+    monkeypatch.setattr(run, "run_demo", started.append)
+    assert main(["demo", "--prompts", "trace", "--policies", "llmfleet,llmfleet:engineLookahead=1"]) == 0
+    assert started[0].policies == ["llmfleet", "llmfleet:engineLookahead=1"]
