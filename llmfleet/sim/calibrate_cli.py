@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from llmfleet.sim.cli import _ints as ints
-from llmfleet.sim.cli import _positive_float as positive_float
-from llmfleet.sim.cli import _positive_int as positive_int
+from llmfleet.sim.cli_args import ints, positive_float, positive_int
 from llmfleet.sim.costmodel import SIMULATED_ENGINE
 
 

@@ -12,124 +12,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-TRACE_HELP = "trace file (Azure CSV or Mooncake JSONL) or a known name: conv, code, mooncake"
-
-
-def _csv(text: str) -> list[str]:
-    return [t.strip() for t in text.split(",") if t.strip()]
-
-
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(t) for t in _csv(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(t) for t in _csv(text)]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
-def _positive_int(text: str) -> int:
-    v = int(text)
-    if v < 1:
-        raise argparse.ArgumentTypeError("must be at least 1")
-    return v
-
-
-def _positive_floats(text: str) -> list[float]:
-    values = _floats(text)
-    if not values or min(values) <= 0:
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive numbers, got {text!r}")
-    return values
-
-
-def _positive_float(text: str) -> float:
-    v = float(text)
-    if v <= 0:
-        raise argparse.ArgumentTypeError("must be positive")
-    return v
-
-
-def _add_sim_args(p: argparse.ArgumentParser, rate: bool = True) -> None:
-    p.add_argument("--trace", required=True, help=TRACE_HELP)
-    p.add_argument(
-        "--policies",
-        default="all",
-        help="comma-separated policy names, or 'all' (see `llmfleet sim policies`)",
-    )
-    p.add_argument("--instances", type=_positive_int, default=4, help="engine instances (default 4)")
-    p.add_argument(
-        "--instance-speeds",
-        type=_positive_floats,
-        default=None,
-        help="each instance's time as a multiple of the cost model's, comma-separated, one per instance "
-        "(`llmfleet sim calibrate --fleet` prints them for a live fleet); default: all 1",
-    )
-    p.add_argument("--limit", type=_positive_int, default=None, help="replay only the first N requests")
-    p.add_argument(
-        "--config",
-        default=None,
-        help="scheduling config YAML, the CRD's scheduling block (sliceTokens, starvationBoundSeconds, "
-        "starvationOvertakeTurns, prefillPaceTokens, lengthGroups, ranker); the flags below override it",
-    )
-    p.add_argument("--slice-tokens", type=_positive_int, default=None, help="slice length S (default: none)")
-    p.add_argument(
-        "--starvation-bound", type=_positive_float, default=None, help="absolute starvation guard, seconds"
-    )
-    p.add_argument(
-        "--starvation-overtake-turns",
-        type=_positive_float,
-        default=None,
-        help="llmfleet's load-relative starvation guard: how many turns of the fleet's running requests may "
-        "start before a request (starvationOvertakeTurns; default 1)",
-    )
-    p.add_argument(
-        "--prefill-pace", type=_positive_int, default=None, help="llmfleet's prefill pacing budget, tokens"
-    )
-    p.add_argument(
-        "--cost-model",
-        default=None,
-        help="engine cost: a profile name (llama2-70b-tp8-h100, the default; llama2-70b-tp4-h100; "
-        "...-a100) or a JSON file from `llmfleet sim calibrate`",
-    )
-    p.add_argument("--max-running", type=_positive_int, default=64, help="engine max_num_seqs (default 64)")
-    p.add_argument(
-        "--token-budget",
-        type=_positive_int,
-        default=8192,
-        help="engine max_num_batched_tokens (default 8192)",
-    )
-    p.add_argument(
-        "--kv-tokens",
-        type=_positive_int,
-        default=None,
-        help="KV capacity per engine in tokens (default: the cost model's)",
-    )
-    p.add_argument(
-        "--tau", type=float, default=0.6, help="Kendall's tau of the stand-in length predictor (default 0.6)"
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the stand-in predictor's noise")
-    p.add_argument(
-        "--ranker", default=None, help="learned ranker artifact directory (replaces the noise stand-in)"
-    )
-    p.add_argument(
-        "--reestimate-tau", default=None, metavar="EVAL.json",
-        help="the noise stand-in takes its tau, and re-estimates at slice boundaries at the remaining-length tau per "
-        "generated tokens, from this `llmfleet ranker eval --generated-tokens` output",
-    )  # fmt: skip
-    p.add_argument(
-        "--no-reestimate", action="store_true",
-        help="estimate once at admission only, even with a ranker or --reestimate-tau that can re-estimate",
-    )  # fmt: skip
-    p.add_argument("--ttft-slo", type=_positive_float, default=2.0, help="SLO: time to first token, s (default 2)")
-    p.add_argument(
-        "--tpot-slo", type=_positive_float, default=0.1, help="SLO: time per output token, s (default 0.1)"
-    )
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+from llmfleet.sim.cli_args import add_sim_args, csv_list, floats, positive_float
 
 
 def register(parser: argparse.ArgumentParser) -> None:
@@ -147,9 +30,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         description="Replay a trace under each policy with identical engines and predictions; print a table "
         "and optionally write JSON.",
     )
-    _add_sim_args(p)
+    add_sim_args(p)
     p.add_argument(
-        "--rate-scale", type=_positive_float, default=1.0, help="replay speed-up (2 = twice the arrival rate)"
+        "--rate-scale", type=positive_float, default=1.0, help="replay speed-up (2 = twice the arrival rate)"
     )
     p.add_argument("--out", default=None, help="write results JSON here")
     p.add_argument("--cdf", default=None, help="also draw the latency CDF of each policy to this PNG")
@@ -160,8 +43,8 @@ def register(parser: argparse.ArgumentParser) -> None:
         help="run policies over a range of loads; plot latency vs load and CDFs",
         description="Run each policy at each rate scale; write sweep.json, latency_vs_load.png and latency_cdf.png.",
     )
-    _add_sim_args(p)
-    p.add_argument("--rate-scales", type=_floats, default=[1.0, 2.0, 3.0, 4.0], help="comma-separated loads")
+    add_sim_args(p)
+    p.add_argument("--rate-scales", type=floats, default=[1.0, 2.0, 3.0, 4.0], help="comma-separated loads")
     p.add_argument("--out-dir", required=True, help="folder for sweep.json and the PNG plots")
     p.set_defaults(func=cmd_sweep)
 
@@ -173,7 +56,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         "Also runs every policy at the overload point, the load where fcfs-rr meets the SLO for about half "
         "the requests. Writes JSON and, with --plot, SLO attainment against load.",
     )
-    _add_sim_args(p)
+    add_sim_args(p)
     p.add_argument("--attainment", type=float, default=0.9, help="share of requests that must meet the SLO")
     p.add_argument("--out", required=True, help="results JSON to write")
     p.add_argument("--plot", default=None, help="also draw SLO attainment against load to this PNG")
@@ -200,7 +83,7 @@ def _one_line(exc: Exception) -> str:
 def _policies(text: str) -> list[str]:
     from llmfleet.policies.registry import POLICIES
 
-    names = list(POLICIES) if text == "all" else _csv(text)
+    names = list(POLICIES) if text == "all" else csv_list(text)
     unknown = [n for n in names if n not in POLICIES]
     if unknown:
         raise SystemExit(f"error: unknown policies {unknown}; known: {', '.join(POLICIES)}")
