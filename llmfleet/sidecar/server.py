@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
 import grpc
-from tokenizers import Tokenizer
 
 from llmfleet.core.clock import Clock, RealClock
 from llmfleet.core.sampling import SamplingParams
@@ -35,21 +33,12 @@ from llmfleet.engine.metrics import EngineLoad
 from llmfleet.serving import DRAINING_KEY, set_health
 from llmfleet.sidecar.metrics import SidecarMetrics
 from llmfleet.sidecar.multiplex import Emit, multiplex
+from llmfleet.sidecar.tokenizing import EngineTokenizer
 from llmfleet.v1 import sidecar_pb2, sidecar_pb2_grpc
 
 log = logging.getLogger(__name__)
 SERVICE = "llmfleet.v1.Sidecar"
 DEFAULT_MAX_NUM_SEQS = 256
-# Texts the local tokenizer must tokenize exactly as the engine does before the sidecar
-# tokenizes prompts itself: leading and repeated whitespace, accents, CJK, emoji and strings
-# that look like special tokens are where tokenizer set-ups differ.
-TOKENIZE_PROBES = (
-    "hello world",
-    "  Leading spaces,\ttabs and\n\nnew lines ",
-    "Ünïcödé café, 数字 123, emoji 🙂",
-    "<s> </s> <|endoftext|> [INST] look special",
-)
-LOCAL_TOKENIZE_INLINE_CHARS = 8192  # longer prompts are tokenized off the event loop
 
 
 def sampling_from_proto(s: sidecar_pb2.Sampling, max_tokens: int) -> SamplingParams:
@@ -109,9 +98,7 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
         self._poller: asyncio.Task[None] | None = None
         self.health: object | None = None  # set by serve_sidecar
         self._published = False
-        self._tokenizer: Tokenizer | None = None
-        self._tokenizer_lock = asyncio.Lock()
-        self.tokenizes_locally: bool | None = None  # None until the probes have been compared
+        self.tokenizer = EngineTokenizer(self.engine)
 
     # ----- lifecycle ------------------------------------------------------------------------
     def start(self) -> None:
@@ -133,9 +120,7 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
                     self.kv_capacity_tokens, self.block_size = self.load.kv_capacity_tokens, self.load.block_size
                 if not self.max_model_len:
                     self.max_model_len = await self.engine.max_model_len()
-                await self.text_tokenizer()  # ready only once slices can be detokenized
-                if self.tokenizes_locally is None:
-                    self.tokenizes_locally = await self._local_tokenizer_agrees()
+                await self.tokenizer.compare_once()  # ready only once slices can be detokenized
             except EngineError as exc:
                 log.warning("load scrape of %s failed: %s", self.engine_url, exc)
                 healthy = False
@@ -150,34 +135,9 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
             self.engine_healthy = healthy
             await self._publish_health()
 
-    async def text_tokenizer(self) -> Tokenizer:
-        """The engine's own tokenizer, loaded once; every slice's text comes from it."""
-        if self._tokenizer is None:
-            async with self._tokenizer_lock:
-                if self._tokenizer is None:
-                    self._tokenizer = await self.engine.tokenizer()
-        return self._tokenizer
-
-    async def _local_tokenizer_agrees(self) -> bool | None:
-        """Whether the engine's tokenizer, run here, gives the engine's own ids for every probe.
-
-        Then prompts are tokenized here. vLLM's /tokenize shares its HTTP front with every token
-        it streams: under the demo's load it answered in 157 ms on average and 0.5 s at p90, on
-        every request's way to its first token; here it takes about 0.05 ms. Any disagreement
-        (special tokens, normalisation) keeps the engine's answer, which is the reference. None:
-        the engine could not answer a probe, so the comparison is left for the next poll."""
-        tokenizer = await self.text_tokenizer()
-        for text in TOKENIZE_PROBES:
-            try:
-                reference = await self.engine.tokenize(text)
-            except EngineError as exc:  # not a health signal: ask again at the next poll
-                log.info("could not compare tokenizers with %s yet: %s", self.engine_url, exc)
-                return None
-            if tokenizer.encode(text, add_special_tokens=True).ids != reference:
-                log.warning("the tokenizer of %s differs from the engine's on %r: prompts go to the engine", self.engine_url, text)
-                return False
-        log.info("tokenizing prompts here with the engine's tokenizer (it agrees on %d probes)", len(TOKENIZE_PROBES))
-        return True
+    @property
+    def tokenizes_locally(self) -> bool | None:
+        return self.tokenizer.tokenizes_locally
 
     async def _publish_health(self) -> None:
         self._published = True
@@ -284,7 +244,7 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
 
         try:
             # Our own text, not the engine's: vLLM's is wrong after a cut inside a character.
-            text = TextStream.resume(await self.text_tokenizer(), context, item.pending_text_tokens)
+            text = TextStream.resume(await self.tokenizer.get(), context, item.pending_text_tokens)
             keep_stop_text = item.sampling.include_stop_str_in_output
             stream = self.engine.stream(
                 context,
@@ -349,12 +309,8 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
         try:
             if request.messages:
                 ids = await self.engine.tokenize_chat([(m.role, m.content) for m in request.messages])
-            elif self.tokenizes_locally and self._tokenizer is not None:
-                encode = functools.partial(self._tokenizer.encode, request.text, add_special_tokens=True)
-                encoded = encode() if len(request.text) <= LOCAL_TOKENIZE_INLINE_CHARS else await asyncio.to_thread(encode)
-                ids = encoded.ids
             else:
-                ids = await self.engine.tokenize(request.text)
+                ids = await self.tokenizer.tokenize(request.text)
             if not self.max_model_len:
                 self.max_model_len = await self.engine.max_model_len()
         except EngineRequestError as exc:
@@ -372,9 +328,8 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
         model = ""
         with contextlib.suppress(EngineError):
             model = await self.engine.model()
-        vocab = self._tokenizer.get_vocab_size(with_added_tokens=True) if self._tokenizer is not None else 0
         return sidecar_pb2.InfoResponse(
-            vocab_size=vocab,
+            vocab_size=self.tokenizer.vocab_size,
             model=model,
             max_model_len=self.max_model_len,
             group=self.group,
@@ -400,7 +355,7 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
             kv_capacity_tokens=self.kv_capacity_tokens,
             max_num_seqs=self.max_num_seqs,
             group=self.group,
-            vocab_size=self._tokenizer.get_vocab_size(with_added_tokens=True) if self._tokenizer is not None else 0,
+            vocab_size=self.tokenizer.vocab_size,
         )
 
     async def StreamLoad(  # noqa: N802
