@@ -196,8 +196,8 @@ def main(argv: list[str] | None = None) -> int:
                 row[f"{label}_{metric}_error"] = abs(value - real[name][metric]) / real[name][metric]
         rows.append(row)
     ratios = {}
-    if len(policies) == 2:
-        a, b = policies[1], policies[0]
+    if len(policies) >= 2:  # the last policy against the first, as "of" says
+        a, b = policies[-1], policies[0]
         for metric in ("mean_ttft_s", "mean_latency_s"):
             ratios[metric] = {
                 "real": real[a][metric] / real[b][metric],
