@@ -41,8 +41,9 @@ class Admission:
     _no_pods_since: float | None
     _limits: tuple[int, PodLimits] | None
 
-    def healthy_pods(self) -> list[PodConnection]:  # the dispatcher's own: which pods count now
-        raise NotImplementedError
+    def healthy_pods(self) -> list[PodConnection]:
+        now = self.clock.now()
+        return [p for p in self.pods.values() if p.healthy(now)]
 
     def _slots(self) -> int:
         return sum(p.max_num_seqs for p in self.healthy_pods())

@@ -168,10 +168,6 @@ class Dispatcher(Admission, SliceExecution):
         self._update_pod_gauges()
         self.kick()
 
-    def healthy_pods(self) -> list[PodConnection]:
-        now = self.clock.now()
-        return [p for p in self.pods.values() if p.healthy(now)]
-
     async def submit(self, spec: GenerateSpec) -> LiveRequest:
         """Admit a request (or raise InvalidRequest / Overloaded / NoEngine)."""
         spec.validate()

@@ -135,10 +135,6 @@ class SidecarService(sidecar_pb2_grpc.SidecarServicer):
             self.engine_healthy = healthy
             await self._publish_health()
 
-    @property
-    def tokenizes_locally(self) -> bool | None:
-        return self.tokenizer.tokenizes_locally
-
     async def _publish_health(self) -> None:
         self._published = True
         if self.health is not None:

@@ -180,8 +180,8 @@ async def test_tokenize_info_and_too_long_prompts(engine, stub):
 
 
 async def test_prompts_are_tokenized_in_the_sidecar_exactly_as_vllm_does(engine, sidecar, stub):
-    await wait_for_condition(lambda: sidecar.service.tokenizes_locally is not None, 30, what="the tokenizer probes")
-    assert sidecar.service.tokenizes_locally, "the tiny model's tokenizer, run in the sidecar, disagrees with vLLM's"
+    await wait_for_condition(lambda: sidecar.service.tokenizer.tokenizes_locally is not None, 30, what="the tokenizer probes")
+    assert sidecar.service.tokenizer.tokenizes_locally, "the tiny model's tokenizer, run in the sidecar, disagrees with vLLM's"
     texts = ["How do I dice without slicing my finger", "  tabs\tand\nnew lines, café, 数字 🙂", "x" * 9000]
     async with EngineClient(engine.url) as direct:
         for text in texts:

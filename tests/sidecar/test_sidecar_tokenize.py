@@ -49,7 +49,7 @@ class CountingEngine(SimulatedEngineClient):
 async def _serve(engine: SimulatedEngineClient) -> AsyncIterator[tuple[SidecarHandle, sidecar_pb2_grpc.SidecarStub]]:
     handle = await serve_sidecar(engine, max_num_seqs=4, load_interval_s=0.05)
     try:
-        await wait_for_condition(lambda: handle.service.tokenizes_locally is not None, 10, what="the tokenizer probes")
+        await wait_for_condition(lambda: handle.service.tokenizer.tokenizes_locally is not None, 10, what="the tokenizer probes")
         async with grpc.aio.insecure_channel(handle.address) as channel:
             yield handle, sidecar_pb2_grpc.SidecarStub(channel)
     finally:
@@ -60,7 +60,7 @@ async def _serve(engine: SimulatedEngineClient) -> AsyncIterator[tuple[SidecarHa
 async def test_prompts_are_tokenized_locally_only_when_the_tokenizer_agrees(skew: bool) -> None:
     engine = CountingEngine(skew)
     async with _serve(engine) as (handle, stub):
-        assert handle.service.tokenizes_locally is (not skew)
+        assert handle.service.tokenizer.tokenizes_locally is (not skew)
         before = engine.tokenize_calls
         for text in TEXTS:
             got = list((await stub.Tokenize(sidecar_pb2.TokenizeRequest(text=text))).token_ids)
@@ -78,16 +78,16 @@ async def test_a_probe_the_engine_cannot_answer_is_retried_without_marking_it_un
     try:
         await wait_for_condition(lambda: handle.service.engine_healthy and engine.tokenize_calls >= 2, 10,
                                  what="healthy while the probes fail")  # fmt: skip
-        assert handle.service.tokenizes_locally is None
+        assert handle.service.tokenizer.tokenizes_locally is None
         engine.failing = False
-        await wait_for_condition(lambda: handle.service.tokenizes_locally is True, 10, what="the probes, answered")
+        await wait_for_condition(lambda: handle.service.tokenizer.tokenizes_locally is True, 10, what="the probes, answered")
     finally:
         await handle.stop()
 
 
 async def test_the_plain_simulated_engine_keeps_tokenizing_prompts() -> None:
     async with _serve(SimulatedEngineClient(SimulatedEngineConfig(max_num_seqs=4))) as (handle, _):
-        assert handle.service.tokenizes_locally is False
+        assert handle.service.tokenizer.tokenizes_locally is False
 
 
 async def test_a_long_prompt_is_tokenized_off_the_event_loop_with_the_same_ids() -> None:
