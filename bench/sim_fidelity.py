@@ -33,14 +33,20 @@ from dataclasses import asdict
 from pathlib import Path
 
 from llmfleet.core.config import SchedulingConfig
-from llmfleet.demo.workload import WorkloadSpec, build_workload
+from llmfleet.core.prediction import LengthPredictor
+from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker, policy_config
+from llmfleet.demo.workload import WorkloadRequest, WorkloadSpec, build_workload
+from llmfleet.dispatcher.model import prefix_hashes
+from llmfleet.dispatcher.predictor import load_predictor
+from llmfleet.engine.client import EngineClient
 from llmfleet.engine.process import free_port
 from llmfleet.fleet.cli import add_unconfined_engines
 from llmfleet.fleet.local import FleetSpec, LocalFleet
 from llmfleet.sim.calibrate import calibrate_engine
 from llmfleet.sim.fleet_calibrate import Window, calibrate_on_fleet, measure_window, with_dataplane
 from llmfleet.sim.instance import EngineConfig
-from llmfleet.sim.runner import load_predictor, run_policies
+from llmfleet.sim.live_predictions import ExactPredictor, PromptTextPredictor
+from llmfleet.sim.runner import run_policies
 from llmfleet.sim.simulator import SimConfig
 from llmfleet.sim.traces import TraceRequest
 
@@ -59,22 +65,68 @@ async def calibrate_pair(urls: list[str], repeats: int) -> object:
     return models[0]
 
 
-def measured_replay(fleet: LocalFleet, urls: list[str], config: SchedulingConfig, workload: list) -> Window:
+def measured_replay(
+    fleet: LocalFleet, urls: list[str], config: SchedulingConfig, workload: list, hidden_length: bool = False
+) -> Window:
     """Replay `workload` under `config` and read what the engines (each apart) and the data plane did.
     The engines' prefix caches are emptied first: the simulator replays the window with nothing
-    cached, and no replay should find the prompts of the one before it."""
+    cached, and no replay should find the prompts of the one before it. With a ranker in `config`,
+    its drift guard's state at the end is kept in `GUARDS` (the simulator never falls back)."""
     fleet.reset_prefix_caches()
     metrics_port = free_port()
     dispatcher = fleet.start_dispatcher(config, metrics_port=metrics_port)
     url = f"http://127.0.0.1:{metrics_port}"
-    window = asyncio.run(measure_window(dispatcher.address, urls, url, workload, one_slice_each=False))
+    window = asyncio.run(
+        measure_window(dispatcher.address, urls, url, workload, one_slice_each=False, hidden_length=hidden_length)
+    )
+    if config.ranker:
+        GUARDS.append({"policy": config.policy, **ranker_guard(url)})
     fleet.stop_dispatcher()
     return window
 
 
-def calibration_replay(fleet: LocalFleet, urls: list[str], calibration: list) -> Window:
+GUARDS: list[dict] = []
+
+
+def ranker_guard(url: str) -> dict[str, float]:
+    """The dispatcher's ranker gauges: its tau and the prompt-length baseline's on served requests,
+    and whether the baseline stands in for it."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    names = {"llmfleet_dispatcher_ranker_tau": "tau", "llmfleet_dispatcher_ranker_prompt_length_tau": "prompt_length_tau",
+             "llmfleet_dispatcher_ranker_fallback": "fallback"}  # fmt: skip
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as resp:
+        page = resp.read().decode()
+    return {names[f.name]: s.value for f in text_string_to_metric_families(page) if f.name in names for s in f.samples}
+
+
+def calibration_replay(fleet: LocalFleet, urls: list[str], calibration: list, hidden_length: bool) -> Window:
     """The calibration window, under `fcfs-rr`."""
-    return measured_replay(fleet, urls, SchedulingConfig(policy="fcfs-rr"), calibration)
+    return measured_replay(fleet, urls, SchedulingConfig(policy="fcfs-rr"), calibration, hidden_length)
+
+
+async def sim_trace(url: str, workload: list[WorkloadRequest]) -> tuple[list[TraceRequest], dict[str, str], int]:
+    """The workload as the simulator's trace, its prompt texts by request id, and the engine's KV
+    block size. Text prompts are tokenized by the engine, as the fleet tokenizes them, and their
+    full blocks named by the dispatcher's hash chain: the held-out pool has fewer prompts than a
+    window has requests, and a repeated prompt finds its blocks cached in vLLM, so it must in the
+    simulator too. Token-id prompts (the trace's random ones) are unique and stay as they were."""
+    client = EngineClient(url)
+    try:
+        block = (await client.load()).block_size or 16
+        trace, texts = [], {}
+        for r in workload:
+            if r.prompt_text is None:
+                trace.append(TraceRequest(r.request_id, r.arrival_s, len(r.prompt_token_ids), r.output_tokens))
+                continue
+            ids = await client.tokenize(r.prompt_text)
+            texts[r.request_id] = r.prompt_text
+            trace.append(TraceRequest(r.request_id, r.arrival_s, len(ids), r.output_tokens, prefix_hashes(ids, block)))
+    finally:
+        await client.aclose()
+    return trace, texts, block
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,28 +147,41 @@ def main(argv: list[str] | None = None) -> int:
         help="also replay the calibration window right before every evaluation replay, and simulate each "
         "replay with the model calibrated beside it (this machine's speed drifts within minutes)",
     )
+    ap.add_argument(
+        "--e2e-workload", action="store_true",
+        help="replay bench/dataplane_e2e.py's workload instead of the trace's random prompts: the ranker's held-out "
+        "alpaca_eval prompts with a real model's answer lengths, hidden from the scheduler (an EOS ends each "
+        "request), and the ranker in every policy's config. The simulator gets the prompts' token counts and KV "
+        "blocks from the engine's tokenizer and the dispatcher's own predictor on the prompt text",
+    )
+    ap.add_argument("--ranker", type=Path, default=DEFAULT_RANKER_DIR, help="with --e2e-workload; trained on first use if missing")
     add_unconfined_engines(ap)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     policies = args.policies.split(",")
-    workload = build_workload(WorkloadSpec(count=args.requests, rate=args.rate, start_index=args.start_index))
-    calibration = build_workload(
-        WorkloadSpec(count=args.requests, rate=args.rate, start_index=args.calibration_start_index)
+    hidden = args.e2e_workload
+    ranker = str(ensure_ranker(args.ranker)) if hidden else None
+    configs = [policy_config(p, args.slice_tokens, ranker) for p in policies]  # fails on a bad entry before the fleet starts
+    pool = str(Path(ranker) / "holdout_pool.jsonl") if ranker else None
+    workload = build_workload(WorkloadSpec(count=args.requests, rate=args.rate, start_index=args.start_index, prompt_pool=pool))
+    calibration = build_workload(  # another shuffle of the pool: other prompts in the same order of arrival
+        WorkloadSpec(count=args.requests, rate=args.rate, start_index=args.calibration_start_index, prompt_pool=pool, seed=1)
     )
     real: dict[str, dict] = {}
     spec = FleetSpec(engines=2, max_num_seqs=args.max_num_seqs, confine_engines=not args.unconfined_engines, engine_dev_endpoints=True)
     with LocalFleet(spec) as fleet:
         urls = [e.url for e in fleet.engines]
         probed = asyncio.run(calibrate_pair(urls, args.repeats))
-        window = calibration_replay(fleet, urls, calibration)
+        trace, texts, block = asyncio.run(sim_trace(urls[0], workload))
+        cal_trace, _, _ = asyncio.run(sim_trace(urls[0], calibration))
+        window = calibration_replay(fleet, urls, calibration, hidden)
         runs: dict[str, list[Window]] = {p: [] for p in policies}
         beside: dict[str, list[Window]] = {p: [] for p in policies}
         for rep in range(args.real_runs):  # the order alternates, so neither policy always goes first
-            for policy in policies if rep % 2 == 0 else policies[::-1]:
+            for policy, config in zip(*((policies, configs) if rep % 2 == 0 else (policies[::-1], configs[::-1])), strict=True):
                 if args.calibrate_beside_each:
-                    beside[policy].append(calibration_replay(fleet, urls, calibration))
-                config = SchedulingConfig(policy=policy, slice_tokens=args.slice_tokens)
-                runs[policy].append(measured_replay(fleet, urls, config, workload))
+                    beside[policy].append(calibration_replay(fleet, urls, calibration, hidden))
+                runs[policy].append(measured_replay(fleet, urls, config, workload, hidden))
         for policy, got in runs.items():
             real[policy] = {
                 "mean_ttft_s": statistics.fmean(w.client_ttft_s for w in got),
@@ -127,10 +192,9 @@ def main(argv: list[str] | None = None) -> int:
                     for w in got
                 ],  # fmt: skip
             }
-    trace = [TraceRequest(r.request_id, r.arrival_s, len(r.prompt_token_ids), r.output_tokens) for r in workload]
-    cfg = SimConfig(instances=2, engine=EngineConfig(max_running=args.max_num_seqs, token_budget=2048))
+    # The engine's KV block is also the prefix cache's unit, as in vLLM.
+    cfg = SimConfig(instances=2, engine=EngineConfig(max_running=args.max_num_seqs, token_budget=2048, prefix_block_tokens=block))
     # The engines' slowdown under traffic, fitted on the calibration window's requests.
-    cal_trace = [TraceRequest(r.request_id, r.arrival_s, len(r.prompt_token_ids), r.output_tokens) for r in calibration]
     source = f"probes + live fleet, trace window {args.calibration_start_index}"
     fcfs = SchedulingConfig(policy="fcfs-rr")
     fitted = calibrate_on_fleet(probed, window, cal_trace, cfg, fcfs, source)  # type: ignore[arg-type]
@@ -138,8 +202,8 @@ def main(argv: list[str] | None = None) -> int:
     one_speed = calibrate_on_fleet(probed, window, cal_trace, cfg, fcfs, source + ", one speed", per_engine=False)  # type: ignore[arg-type]
     calibrated, slowdown, terms = fitted.model, fitted.slowdown, window.terms
     flat_decode = with_dataplane(probed, terms, source + ", flat decode step")  # type: ignore[arg-type]
-    configs = [SchedulingConfig(policy=p, slice_tokens=args.slice_tokens) for p in policies]
-    predictor = load_predictor(None, trace, tau=0.6)
+    # What the dispatcher predicted: exact lengths where max_tokens fixed them, else its ranker on the text.
+    predictor: LengthPredictor = PromptTextPredictor(load_predictor(ranker), texts) if ranker else ExactPredictor()
     models = (
         ("probed", probed, cfg),
         ("flat_decode", flat_decode, cfg),
@@ -153,8 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     # A diagnostic, not a prediction: each real replay simulated with the engines' speed fitted on
     # that replay itself (in sample). What is left is the model's structure, not the machine's drift.
     in_replay: dict[str, list[dict]] = {}
-    for policy, windows in runs.items():
-        config = SchedulingConfig(policy=policy, slice_tokens=args.slice_tokens)
+    for (policy, windows), config in zip(runs.items(), configs, strict=True):
         for w in windows:
             if w.slices > w.requests:
                 continue  # sliced: the terms assume one engine request per request
@@ -171,8 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.calibrate_beside_each:
         # Each real replay against the simulator calibrated right before it; the mean over replays.
         sims["calibrated_beside"] = {}
-        for policy, cals in beside.items():
-            config = SchedulingConfig(policy=policy, slice_tokens=args.slice_tokens)
+        for (policy, cals), config in zip(beside.items(), configs, strict=True):
             per_replay = []
             for w in cals:
                 beside_fit = calibrate_on_fleet(probed, w, cal_trace, cfg, fcfs, source + ", calibrated beside the replay")  # type: ignore[arg-type]
@@ -210,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         "real_runs": real,  # each replay's means, in the order they ran
         "calibrated_beside_each": beside_report,
         "fitted_in_replay": in_replay,
+        "predictor": {"simulated": predictor.name, "ranker_guard_after_each_replay": GUARDS},
         "dataplane_terms": asdict(terms),
         "engine_slowdown": {"factor": slowdown, "engine_latency_s": window.engine_latency_s,
                             "engine_speeds": fitted.sim_config.instance_speeds, "one_speed_factor": one_speed.slowdown},

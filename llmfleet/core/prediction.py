@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Protocol
 
 
@@ -44,3 +45,10 @@ class LengthPredictor(Protocol):
     name: str
 
     def predict(self, items: Sequence[PredictionInput]) -> list[LengthEstimate]: ...
+
+
+@lru_cache(maxsize=4096)  # a frozen value, the same for every request of that length
+def exact_estimate(max_tokens: int) -> LengthEstimate:
+    """The estimate of a request whose length is fixed (`ignore_eos` with `max_tokens`): nothing to predict."""
+    n = float(max_tokens)
+    return LengthEstimate(score=n, expected_tokens=n, upper_tokens=n)

@@ -22,7 +22,7 @@ import uuid
 from dataclasses import replace
 
 from llmfleet.core.clock import Clock
-from llmfleet.core.prediction import LengthEstimate, LengthPredictor, PredictionInput
+from llmfleet.core.prediction import LengthEstimate, LengthPredictor, PredictionInput, exact_estimate
 from llmfleet.core.scheduling import Assignment, Deferred, Policy, Preempt, SchedulerView
 from llmfleet.dispatcher.admission import Admission
 from llmfleet.dispatcher.estimates import Reestimator, forget_estimate, learn_from, learns, reestimates
@@ -39,7 +39,6 @@ from llmfleet.dispatcher.model import (
     prefix_hashes,
 )
 from llmfleet.dispatcher.pods import PodConnection
-from llmfleet.dispatcher.predictor import exact_estimate
 from llmfleet.dispatcher.slices import SliceExecution
 from llmfleet.serving import Token
 

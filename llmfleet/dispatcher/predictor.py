@@ -2,7 +2,7 @@
 model) again at slice boundaries (`estimates.py`).
 
 * A request with `ignore_eos` generates exactly `max_tokens` tokens: its length is known, so
-  it gets an exact estimate and no predictor is asked (`exact_estimate`).
+  it gets an exact estimate and no predictor is asked (`llmfleet.core.prediction.exact_estimate`).
 * Otherwise the learned ranker answers: `llmfleet.ranker.load_predictor(path)` with the
   scheduling config's `ranker:` artifact, or the ranker's cold-start prompt-length predictor
   when no artifact is configured.
@@ -17,18 +17,11 @@ model) again at slice boundaries (`estimates.py`).
 from __future__ import annotations
 
 import logging
-from functools import lru_cache
 
 from llmfleet.core.clock import Clock
-from llmfleet.core.prediction import LengthEstimate, LengthPredictor
+from llmfleet.core.prediction import LengthPredictor
 
 log = logging.getLogger(__name__)
-
-
-@lru_cache(maxsize=4096)  # a frozen value, the same for every request of that length
-def exact_estimate(max_tokens: int) -> LengthEstimate:
-    n = float(max_tokens)
-    return LengthEstimate(score=n, expected_tokens=n, upper_tokens=n)
 
 
 def load_predictor(path: str | None, *, clock: Clock | None = None, online_every_s: float = 0.0) -> LengthPredictor:

@@ -244,6 +244,7 @@ async def measure_window(
     dispatcher_metrics_url: str,
     workload: Sequence[object],
     one_slice_each: bool = True,
+    hidden_length: bool = False,
 ) -> Window:
     """Replay `workload` (`llmfleet.demo.workload` requests, exact lengths) through the dispatcher
     at `dispatcher` and read the engines' and the dispatcher's histograms around it.
@@ -251,7 +252,9 @@ async def measure_window(
     Nothing else may use the fleet meanwhile: the histograms count every request. Raises
     `CalibrationError` when a request fails, when a histogram is absent, or, with
     `one_slice_each`, when the dispatcher ran more than one slice per request (the terms of a
-    calibration assume each request is one engine request)."""
+    calibration assume each request is one engine request). With `hidden_length` an EOS ends each
+    request at its length and the scheduler must predict it (as in the e2e benchmark); otherwise
+    `max_tokens` fixes it and the scheduler knows it."""
     from llmfleet.demo.replay import replay
 
     def scrape() -> tuple[list[dict[str, tuple[float, float]]], dict[str, tuple[float, float]]]:
@@ -259,7 +262,7 @@ async def measure_window(
         return engines, scrape_histograms([dispatcher_metrics_url], DISPATCHER_HISTOGRAMS)
 
     each0, d0 = await asyncio.to_thread(scrape)
-    outcomes = await replay(dispatcher, workload, hidden_length=False)  # type: ignore[arg-type]
+    outcomes = await replay(dispatcher, workload, hidden_length=hidden_length)  # type: ignore[arg-type]
     each1, d1 = await asyncio.to_thread(scrape)
     e0, e1 = summed(each0), summed(each1)
     failed = [o for o in outcomes if not o.ok or o.first_token_s is None or o.finish_s is None]
