@@ -11,12 +11,11 @@ Children of fleet NAME (all namespaced, each with a controller ownerReference to
                                    dispatcher discovers pods and their group
   PodDisruptionBudget NAME-engines at most one engine pod down at a time
   ServiceAccount/Role/RoleBinding  NAME-dispatcher: watch EndpointSlices, nothing else
-  Deployment + Service             NAME-dispatcher: the gRPC front door
+  Deployment + Service             NAME-dispatcher: the gRPC front door (`render_dispatcher`)
 """
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,10 +45,19 @@ from llmfleet.operator.names import (  # noqa: F401 - re-exported: the fleet's s
     sidecar_tls_server_name,
     sidecar_token_secret,
 )
-from llmfleet.operator.security import TOKEN_KEY, render_network_policies
-
-SIDECAR_AUTH_DIR = f"{CONFIG_DIR}/sidecar-auth"
-SIDECAR_TLS_DIR = f"{CONFIG_DIR}/sidecar-tls"
+from llmfleet.operator.render_dispatcher import (
+    render_dispatcher_deployment,
+    render_dispatcher_rbac,
+    render_dispatcher_service,
+)
+from llmfleet.operator.security import (
+    RESTRICTED,
+    SIDECAR_AUTH_DIR,
+    SIDECAR_TLS_DIR,
+    TOKEN_KEY,
+    render_network_policies,
+    token_volume,
+)
 
 
 @dataclass(frozen=True)
@@ -62,26 +70,6 @@ class Defaults:
 
 class InvalidFleet(ValueError):
     """A spec that passed the schema but cannot be rendered; the message says why."""
-
-
-def _resources(res: s.ContainerResources, gpus: int = 0) -> dict[str, Any]:
-    amounts = {k: v for k, v in (("cpu", res.cpu), ("memory", res.memory)) if v}
-    limits: dict[str, Any] = dict(amounts)
-    if gpus:
-        limits["nvidia.com/gpu"] = gpus
-    out: dict[str, Any] = {}
-    if amounts:
-        out["requests"] = dict(amounts)
-    if limits:
-        out["limits"] = limits
-    return out
-
-
-_RESTRICTED = {
-    "allowPrivilegeEscalation": False,
-    "capabilities": {"drop": ["ALL"]},
-    "seccompProfile": {"type": "RuntimeDefault"},
-}
 
 
 def group_replicas(spec: s.FleetSpec) -> dict[str, int]:
@@ -181,13 +169,13 @@ def render_engine_deployment(
         "args": _engine_args(spec),
         "ports": [{"name": "http", "containerPort": ENGINE_PORT}],
         "env": _env(spec),
-        "resources": _resources(spec.resources, spec.resources.gpus),
+        "resources": spec.resources.manifest(spec.resources.gpus),
         # Loading weights can take many minutes; the startup probe holds liveness off until then.
         "startupProbe": {**http_probe, "periodSeconds": 10, "failureThreshold": 180},
         "readinessProbe": {**http_probe, "periodSeconds": 5, "failureThreshold": 3},
         "livenessProbe": {**http_probe, "periodSeconds": 10, "failureThreshold": 6},
         "volumeMounts": [{"name": "shm", "mountPath": "/dev/shm"}, {"name": "home", "mountPath": ENGINE_HOME}],
-        "securityContext": {**_RESTRICTED, "runAsUser": ENGINE_UID, "runAsGroup": ENGINE_UID},
+        "securityContext": {**RESTRICTED, "runAsUser": ENGINE_UID, "runAsGroup": ENGINE_UID},
     }
     sidecar = {
         "name": "sidecar",
@@ -207,7 +195,7 @@ def render_engine_deployment(
             {"name": "metrics", "containerPort": SIDECAR_METRICS_PORT},
             *([{"name": "health", "containerPort": SIDECAR_HEALTH_PORT}] if tls else []),
         ],
-        "resources": _resources(spec.sidecar.resources),
+        "resources": spec.sidecar.resources.manifest(),
         # The sidecar detokenizes sliced requests itself, with the model's tokenizer from the
         # Hugging Face cache vLLM fills in the shared home (read-only here, never downloaded).
         "env": [{"name": "HF_HOME", "value": f"{ENGINE_HOME}/.cache/huggingface"}, {"name": "HF_HUB_OFFLINE", "value": "1"}],
@@ -224,7 +212,7 @@ def render_engine_deployment(
         "lifecycle": {"preStop": {"exec": {"command": [
             "llmfleet", "sidecar", "drain", "--port", str(SIDECAR_PORT), "--auth-token-file", token_file, *drain_tls,
         ]}}},  # fmt: skip
-        "securityContext": {**_RESTRICTED, "runAsNonRoot": True, "readOnlyRootFilesystem": True},
+        "securityContext": {**RESTRICTED, "runAsNonRoot": True, "readOnlyRootFilesystem": True},
     }
     pod_spec: dict[str, Any] = {
         "containers": [vllm, sidecar],
@@ -235,7 +223,7 @@ def render_engine_deployment(
         "volumes": [
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": spec.engine.shm_size}},
             {"name": "home", "emptyDir": {}},
-            _token_volume(ref),
+            token_volume(ref),
             *([{"name": "sidecar-tls", "secret": {"secretName": tls}}] if tls else []),
         ],
     }
@@ -257,11 +245,6 @@ def render_engine_deployment(
             "template": {"metadata": {"labels": dict(labels)}, "spec": pod_spec},
         },
     }
-
-
-def _token_volume(ref: FleetRef) -> dict[str, Any]:
-    items = [{"key": TOKEN_KEY, "path": TOKEN_KEY}]
-    return {"name": "sidecar-auth", "secret": {"secretName": sidecar_token_secret(ref), "items": items}}
 
 
 def render_engine_service(ref: FleetRef, group: str) -> dict[str, Any]:
@@ -290,146 +273,6 @@ def render_pdb(ref: FleetRef) -> dict[str, Any]:
     }
 
 
-def render_dispatcher_rbac(ref: FleetRef) -> list[dict[str, Any]]:
-    name = f"{ref.name}-dispatcher"
-    labels = names.labels(ref, "dispatcher")
-    return [
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": names.meta(ref, name, labels)},
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "Role",
-            "metadata": names.meta(ref, name, labels),
-            "rules": [
-                {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": ["get", "list", "watch"]}
-            ],
-        },
-        {
-            "apiVersion": "rbac.authorization.k8s.io/v1",
-            "kind": "RoleBinding",
-            "metadata": names.meta(ref, name, labels),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
-            "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": ref.namespace}],
-        },
-    ]
-
-
-def _dispatcher_args(ref: FleetRef, spec: s.FleetSpec) -> list[str]:
-    args = [
-        "llmfleet", "dispatcher",
-        "--host", ALL_INTERFACES,
-        "--port", str(DISPATCHER_PORT),
-        "--metrics-port", str(DISPATCHER_METRICS_PORT),
-        "--config", f"{CONFIG_DIR}/scheduling.yaml",
-        "--discovery", "kubernetes",
-        "--namespace", "$(POD_NAMESPACE)",
-        "--selector", f"{FLEET_LABEL}={ref.name},{COMPONENT_LABEL}=engine",
-        "--sidecar-port", str(SIDECAR_PORT),
-        "--sidecar-token-file", f"{SIDECAR_AUTH_DIR}/{TOKEN_KEY}",
-    ]  # fmt: skip
-    if spec.sidecar.tls_secret:
-        args += ["--sidecar-tls-ca", f"{SIDECAR_TLS_DIR}/ca.crt", "--sidecar-tls-server-name", sidecar_tls_server_name(ref)]
-    if spec.dispatcher.tls_secret:
-        args += ["--tls-cert", f"{CONFIG_DIR}/tls/tls.crt", "--tls-key", f"{CONFIG_DIR}/tls/tls.key",
-                 "--health-port", str(DISPATCHER_HEALTH_PORT)]  # fmt: skip
-    if spec.dispatcher.auth_secret:
-        args += ["--auth-token-file", f"{CONFIG_DIR}/auth/token"]
-    if spec.dispatcher.openai_port is not None:
-        args += ["--openai-port", str(DISPATCHER_OPENAI_PORT)]
-    return args
-
-
-def render_dispatcher_deployment(ref: FleetRef, spec: s.FleetSpec, defaults: Defaults) -> dict[str, Any]:
-    name = f"{ref.name}-dispatcher"
-    labels = names.labels(ref, "dispatcher")
-    d = spec.dispatcher
-    config_text = scheduling_config(spec).to_yaml()
-    mounts = [{"name": "config", "mountPath": f"{CONFIG_DIR}/scheduling.yaml", "subPath": "scheduling.yaml", "readOnly": True}]
-    volumes: list[dict[str, Any]] = [{"name": "config", "configMap": {"name": f"{ref.name}-scheduling"}}, _token_volume(ref)]
-    mounts.append({"name": "sidecar-auth", "mountPath": SIDECAR_AUTH_DIR, "readOnly": True})
-    if spec.sidecar.tls_secret:  # the CA only: the dispatcher verifies sidecars, it holds no sidecar key
-        mounts.append({"name": "sidecar-tls", "mountPath": SIDECAR_TLS_DIR, "readOnly": True})
-        volumes.append({"name": "sidecar-tls", "secret": {"secretName": spec.sidecar.tls_secret,
-                                                          "items": [{"key": "ca.crt", "path": "ca.crt"}]}})  # fmt: skip
-    if d.tls_secret:
-        mounts.append({"name": "tls", "mountPath": f"{CONFIG_DIR}/tls", "readOnly": True})
-        volumes.append({"name": "tls", "secret": {"secretName": d.tls_secret}})
-    if d.auth_secret:
-        mounts.append({"name": "auth", "mountPath": f"{CONFIG_DIR}/auth", "readOnly": True})
-        volumes.append({"name": "auth", "secret": {"secretName": d.auth_secret, "items": [{"key": "token", "path": "token"}]}})
-    ranker = spec.scheduling.ranker
-    if ranker is not None and ranker.config_map:
-        mounts.append({"name": "ranker", "mountPath": RANKER_DIR, "readOnly": True})
-        volumes.append({"name": "ranker", "configMap": {"name": ranker.config_map}})
-    grpc_probe = {"grpc": {"port": DISPATCHER_HEALTH_PORT if d.tls_secret else DISPATCHER_PORT}}
-    container = {
-        "name": "dispatcher",
-        "image": d.image or defaults.dispatcher_image,
-        "command": _dispatcher_args(ref, spec),
-        "env": [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
-        "ports": [
-            {"name": "grpc", "containerPort": DISPATCHER_PORT},
-            {"name": "metrics", "containerPort": DISPATCHER_METRICS_PORT},
-            *([{"name": "http", "containerPort": DISPATCHER_OPENAI_PORT}] if d.openai_port is not None else []),
-            *([{"name": "health", "containerPort": DISPATCHER_HEALTH_PORT}] if d.tls_secret else []),
-        ],
-        "resources": _resources(d.resources),
-        "readinessProbe": {**grpc_probe, "periodSeconds": 5},
-        # Liveness asks the "liveness" health service, which serves while the process runs; the
-        # default service means "ready" and is off while no engine is up, which is no reason to restart.
-        "livenessProbe": {"grpc": {**grpc_probe["grpc"], "service": "liveness"}, "periodSeconds": 10, "failureThreshold": 6},
-        "volumeMounts": mounts,
-        "securityContext": {**_RESTRICTED, "runAsNonRoot": True, "readOnlyRootFilesystem": True},
-    }
-    # A ConfigMap change does not restart pods by itself; the hash in the template does.
-    config_hash = hashlib.sha256(config_text.encode()).hexdigest()[:16]
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": names.meta(ref, name, labels),
-        "spec": {
-            "replicas": d.replicas,
-            "selector": {"matchLabels": selector_labels(ref.name, "dispatcher")},
-            "template": {
-                "metadata": {"labels": dict(labels), "annotations": {CONFIG_HASH: config_hash}},
-                "spec": {
-                    "serviceAccountName": name,
-                    "containers": [container],
-                    "volumes": volumes,
-                    "enableServiceLinks": False,
-                    "securityContext": {"runAsNonRoot": True, "seccompProfile": {"type": "RuntimeDefault"}},
-                },
-            },
-        },
-    }
-
-
-def render_dispatcher_service(ref: FleetRef, spec: s.FleetSpec) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": names.meta(ref, f"{ref.name}-dispatcher", names.labels(ref, "dispatcher")),
-        "spec": {
-            "type": spec.dispatcher.service_type,
-            "selector": selector_labels(ref.name, "dispatcher"),
-            "ports": [
-                {"name": "grpc", "port": spec.dispatcher.port, "targetPort": DISPATCHER_PORT, "appProtocol": "grpc"},
-                *([{"name": "http", "port": spec.dispatcher.openai_port, "targetPort": DISPATCHER_OPENAI_PORT,
-                    "appProtocol": "http"}] if spec.dispatcher.openai_port is not None else []),  # fmt: skip
-                {"name": "metrics", "port": DISPATCHER_METRICS_PORT, "targetPort": DISPATCHER_METRICS_PORT},
-            ],
-        },
-    }
-
-
-def dispatcher_endpoint(ref: FleetRef, spec: s.FleetSpec) -> str:
-    return f"{ref.name}-dispatcher.{ref.namespace}.svc:{spec.dispatcher.port}"
-
-
-def openai_base_url(ref: FleetRef, spec: s.FleetSpec) -> str | None:
-    port = spec.dispatcher.openai_port
-    return f"http://{ref.name}-dispatcher.{ref.namespace}.svc:{port}/v1" if port is not None else None
-
-
 def render_children(ref: FleetRef, spec: s.FleetSpec, defaults: Defaults | None = None) -> list[dict[str, Any]]:
     """Every object the fleet needs, in apply order. Raises InvalidFleet for specs that cannot run."""
     defaults = defaults or Defaults()
@@ -442,5 +285,6 @@ def render_children(ref: FleetRef, spec: s.FleetSpec, defaults: Defaults | None 
     children.append(render_pdb(ref))
     children.extend(render_network_policies(ref, spec))
     children.extend(render_engine_deployment(ref, spec, group, count, defaults) for group, count in replicas.items())
-    children.append(render_dispatcher_deployment(ref, spec, defaults))
+    image = spec.dispatcher.image or defaults.dispatcher_image
+    children.append(render_dispatcher_deployment(ref, spec, image, scheduling_config(spec).to_yaml()))
     return children

@@ -12,6 +12,9 @@ The sidecar API runs slices and drains pods, so only the fleet's own dispatcher 
 - NetworkPolicy NAME-dispatcher: the gRPC and OpenAI ports (and the plaintext health port, with
   TLS) from `networkPolicy.clientsFrom` (default anyone), metrics only from `metricsFrom`.
 Kubelet probes come from the node, which network plugins allow whatever the policies say.
+
+Also here, for the pod templates of both: the containers' `restricted` security context, the
+token Secret's volume and where the token and the sidecar TLS files are mounted.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any
 
 from llmfleet.operator import spec as s
 from llmfleet.operator.names import (
+    CONFIG_DIR,
     DISPATCHER_HEALTH_PORT,
     DISPATCHER_METRICS_PORT,
     DISPATCHER_OPENAI_PORT,
@@ -35,6 +39,14 @@ from llmfleet.operator.names import (
 )
 
 TOKEN_KEY = "token"
+SIDECAR_AUTH_DIR = f"{CONFIG_DIR}/sidecar-auth"
+SIDECAR_TLS_DIR = f"{CONFIG_DIR}/sidecar-tls"
+# Every container's security context: Pod Security's `restricted` profile asks for these.
+RESTRICTED = {
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 def new_sidecar_token_secret(ref: FleetRef, token: str | None = None) -> dict[str, Any]:
@@ -46,6 +58,12 @@ def new_sidecar_token_secret(ref: FleetRef, token: str | None = None) -> dict[st
         "type": "Opaque",
         "stringData": {TOKEN_KEY: token or secrets.token_urlsafe(32)},
     }
+
+
+def token_volume(ref: FleetRef) -> dict[str, Any]:
+    """The sidecar token Secret as a volume (mounted at SIDECAR_AUTH_DIR by sidecars and the dispatcher)."""
+    items = [{"key": TOKEN_KEY, "path": TOKEN_KEY}]
+    return {"name": "sidecar-auth", "secret": {"secretName": sidecar_token_secret(ref), "items": items}}
 
 
 def _peers(peers: list[s.NetworkPeer]) -> list[dict[str, Any]]:

@@ -90,6 +90,19 @@ class ContainerResources(_Spec):
     cpu: str | None = Field(default=None, pattern=QUANTITY, max_length=32, description="CPU request and limit.")
     memory: str | None = Field(default=None, pattern=QUANTITY, max_length=32, description="Memory request and limit.")
 
+    def manifest(self, gpus: int = 0) -> dict[str, Any]:
+        """The container's `resources`: requests equal to limits, GPUs as limits only."""
+        amounts = {k: v for k, v in (("cpu", self.cpu), ("memory", self.memory)) if v}
+        limits: dict[str, Any] = dict(amounts)
+        if gpus:
+            limits["nvidia.com/gpu"] = gpus
+        out: dict[str, Any] = {}
+        if amounts:
+            out["requests"] = dict(amounts)
+        if limits:
+            out["limits"] = limits
+        return out
+
 
 class EngineResources(ContainerResources):
     gpus: int = Field(default=1, ge=0, le=16, description="nvidia.com/gpu per engine pod.")

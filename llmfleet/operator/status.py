@@ -10,15 +10,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from llmfleet.operator import spec as s
-from llmfleet.operator.render import (
-    COMPONENT_LABEL,
-    FLEET_LABEL,
-    GROUP_LABEL,
-    FleetRef,
-    dispatcher_endpoint,
-    group_replicas,
-    openai_base_url,
-)
+from llmfleet.operator.render import COMPONENT_LABEL, FLEET_LABEL, GROUP_LABEL, FleetRef, group_replicas
+from llmfleet.operator.render_dispatcher import dispatcher_endpoint, openai_base_url
 
 
 @dataclass(frozen=True)
