@@ -318,25 +318,35 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plot(rows: list[dict], path: Path) -> None:
+    """Real against simulated, per policy: the probes alone, the calibrated prediction, and the
+    two diagnostics where the run has them; the calibrated model's error above each group."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
+    series = [(label, name) for label, name in (
+        ("real", "real fleet"), ("probed", "simulator, probes only"), ("calibrated", "simulator, calibrated on the fleet"),
+        ("fitted_on_the_others", "simulator, speed fitted on the other policies' replays"),
+        ("fitted_in_replay", "simulator, speed fitted on the replay itself (in sample)"),
+    ) if f"{label}_mean_latency_s" in rows[0]]  # fmt: skip
+    width = 0.8 / len(series)
     x = np.arange(len(rows))
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
     for ax, metric, title in zip(axes, ("mean_ttft_s", "mean_latency_s"), ("mean TTFT (s)", "mean latency (s)"), strict=True):
-        for k, (label, name) in enumerate((("real", "real fleet"), ("probed", "simulator, probes only"), ("calibrated", "simulator, calibrated on the fleet"))):
-            ax.bar(x + (k - 1) * 0.27, [r[f"{label}_{metric}"] for r in rows], 0.27, label=name)
+        for k, (label, name) in enumerate(series):
+            ax.bar(x + (k - (len(series) - 1) / 2) * width, [r[f"{label}_{metric}"] for r in rows], width, label=name)
+        top = max(r[f"{label}_{metric}"] for r in rows for label, _ in series)
         for i, r in enumerate(rows):
-            top = max(r[f"real_{metric}"], r[f"probed_{metric}"], r[f"calibrated_{metric}"])
-            ax.text(i + 0.27, top * 1.02, f"err {r[f'calibrated_{metric}_error']:.0%}", ha="center")
+            ax.text(i, top * 1.04, f"calibrated: err {r[f'calibrated_{metric}_error']:.0%}", ha="center", fontsize=8)
+        ax.set_ylim(0, top * 1.12)
         ax.set_xticks(x, [r["policy"] for r in rows])
         ax.set_ylabel(title)
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(3, len(series)), fontsize=8)
     fig.suptitle("Simulator vs real vLLM-CPU fleet, same requests")
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
