@@ -202,7 +202,8 @@ def main(argv: list[str] | None = None) -> int:
                 "mean_latency_s": statistics.fmean(w.client_e2e_s for w in got),
                 "runs": [
                     {"mean_ttft_s": w.client_ttft_s, "mean_latency_s": w.client_e2e_s, "engine_speeds": w.engine_speeds,
-                     "engine_latency_s": w.engine_latency_s, "slices": w.slices, "requests": w.requests}
+                     "engine_latency_s": w.engine_latency_s, "engine_ttft_s": w.engine_ttft_s,
+                     "slices": w.slices, "requests": w.requests}
                     for w in got
                 ],  # fmt: skip
             }
@@ -218,44 +219,60 @@ def main(argv: list[str] | None = None) -> int:
     flat_decode = with_dataplane(probed, terms, source + ", flat decode step")  # type: ignore[arg-type]
     # What the dispatcher predicted: exact lengths where max_tokens fixed them, else its ranker on the text.
     predictor: LengthPredictor = PromptTextPredictor(load_predictor(ranker), texts) if ranker else ExactPredictor()
+    # The same calibration with prefill's slowdown fitted apart from decode's (on the engines'
+    # TTFT), side by side with the one shared factor.
+    apart = calibrate_on_fleet(probed, window, cal_trace, cfg, fcfs, source + ", prefill apart", prefill_apart=True)  # type: ignore[arg-type]
     models = (
         ("probed", probed, cfg),
         ("flat_decode", flat_decode, cfg),
         ("one_speed", one_speed.model, cfg),
         ("calibrated", calibrated, fitted.sim_config),
+        ("calibrated_prefill_apart", apart.model, apart.sim_config),
     )
     sims = {
         label: {run.summary["policy"]: run.summary for run in run_policies(trace, configs, cost, sim_cfg, predictor)}  # type: ignore[arg-type]
         for label, cost, sim_cfg in models
     }
-    # A diagnostic, not a prediction: each real replay simulated with the engines' speed fitted on
-    # that replay itself (in sample). What is left is the model's structure, not the machine's drift.
     in_replay: dict[str, list[dict]] = {}
-    for (policy, windows), config in zip(runs.items(), configs, strict=True):
-        for w in windows:
-            if w.slices > w.requests:
-                continue  # sliced: the terms assume one engine request per request
-            own = calibrate_on_fleet(probed, w, trace, cfg, config, source + ", fitted on the replay itself")  # type: ignore[arg-type]
-            summary = run_policies(trace, [config], own.model, own.sim_config, predictor)[0].summary
-            in_replay.setdefault(policy, []).append(
-                {"slowdown": own.slowdown, "mean_ttft_s": summary["mean_ttft_s"], "mean_latency_s": summary["mean_latency_s"]}
-            )
-    if len(in_replay) == len(policies):
-        sims["fitted_in_replay"] = {
-            p: {m: statistics.fmean(r[m] for r in rs) for m in ("mean_ttft_s", "mean_latency_s")} for p, rs in in_replay.items()
+    for suffix, prefill_apart in (("", False), ("_prefill_apart", True)):
+        # A diagnostic, not a prediction: each real replay simulated with the engines' speed fitted on
+        # that replay itself (in sample). What is left is the model's structure, not the machine's drift.
+        own_fits: dict[str, list[dict]] = {}
+        for (policy, windows), config in zip(runs.items(), configs, strict=True):
+            for w in windows:
+                if w.slices > w.requests:
+                    continue  # sliced: the terms assume one engine request per request
+                own = calibrate_on_fleet(probed, w, trace, cfg, config, source + ", fitted on the replay itself",  # type: ignore[arg-type]
+                                         prefill_apart=prefill_apart)  # fmt: skip
+                summary = run_policies(trace, [config], own.model, own.sim_config, predictor)[0].summary
+                own_fits.setdefault(policy, []).append({"slowdown": own.slowdown, "prefill_slowdown": own.prefill_slowdown,
+                                                        "mean_ttft_s": summary["mean_ttft_s"],
+                                                        "mean_latency_s": summary["mean_latency_s"]})  # fmt: skip
+        if prefill_apart:
+            in_replay.update({f"{p}{suffix}": rs for p, rs in own_fits.items()})
+        else:
+            in_replay.update(own_fits)
+        if len(own_fits) != len(policies):
+            continue
+        sims[f"fitted_in_replay{suffix}"] = {
+            p: {m: statistics.fmean(r[m] for r in rs) for m in ("mean_ttft_s", "mean_latency_s")} for p, rs in own_fits.items()
         }
-    if len(in_replay) == len(policies) >= 2:
+        if len(policies) < 2:
+            continue
         # Out of sample, from the same minutes: each policy at the engines' slowdown fitted on the
         # *other* policies' replays (their mean). No replay's own latency enters its prediction,
         # but the machine's speed while the policies ran does, which a calibration minutes
         # earlier cannot know (near the engines' capacity a few percent of speed moves TTFT a lot).
-        sims["fitted_on_the_others"] = {}
+        sims[f"fitted_on_the_others{suffix}"] = {}
         for policy, config in zip(policies, configs, strict=True):
-            k = statistics.fmean(r["slowdown"] for p, rs in in_replay.items() if p != policy for r in rs)
-            others = with_slowdown(probed, terms, k, source + ", slowdown fitted on the other policies' replays")  # type: ignore[arg-type]
+            theirs = [r for p, rs in own_fits.items() if p != policy for r in rs]
+            k = statistics.fmean(r["slowdown"] for r in theirs)
+            pk = statistics.fmean(r["prefill_slowdown"] for r in theirs) if prefill_apart else None
+            others = with_slowdown(probed, terms, k, source + ", slowdown fitted on the other policies' replays", pk)  # type: ignore[arg-type]
             summary = run_policies(trace, [config], others, fitted.sim_config, predictor)[0].summary
-            sims["fitted_on_the_others"][policy] = {"slowdown": k, "mean_ttft_s": summary["mean_ttft_s"],
-                                                    "mean_latency_s": summary["mean_latency_s"]}  # fmt: skip
+            sims[f"fitted_on_the_others{suffix}"][policy] = {"slowdown": k, "prefill_slowdown": pk,
+                                                             "mean_ttft_s": summary["mean_ttft_s"],
+                                                             "mean_latency_s": summary["mean_latency_s"]}  # fmt: skip
     beside_report: dict[str, list[dict]] = {}
     if args.calibrate_beside_each:
         # Each real replay against the simulator calibrated right before it; the mean over replays.
@@ -301,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
         "predictor": {"simulated": predictor.name, "ranker_guard_after_each_replay": GUARDS},
         "dataplane_terms": asdict(terms),
         "engine_slowdown": {"factor": slowdown, "engine_latency_s": window.engine_latency_s,
-                            "engine_speeds": fitted.sim_config.instance_speeds, "one_speed_factor": one_speed.slowdown},
+                            "engine_speeds": fitted.sim_config.instance_speeds, "one_speed_factor": one_speed.slowdown,
+                            "prefill_apart": {"factor": apart.slowdown, "prefill_factor": apart.prefill_slowdown,
+                                              "engine_ttft_s": window.engine_ttft_s}},
         "cost_model": {
             "probed": asdict(probed),  # type: ignore[call-overload]
             "calibrated": asdict(calibrated),
@@ -318,8 +337,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plot(rows: list[dict], path: Path) -> None:
-    """Real against simulated, per policy: the probes alone, the calibrated prediction, and the
-    two diagnostics where the run has them; the calibrated model's error above each group."""
+    """Real against simulated, per policy: the calibrated predictions with one slowdown and with
+    prefill's apart, and the same fitted on each replay itself where the run has them; the
+    calibrated models' errors above each group."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -327,9 +347,10 @@ def _plot(rows: list[dict], path: Path) -> None:
     import numpy as np
 
     series = [(label, name) for label, name in (
-        ("real", "real fleet"), ("probed", "simulator, probes only"), ("calibrated", "simulator, calibrated on the fleet"),
-        ("fitted_on_the_others", "simulator, speed fitted on the other policies' replays"),
-        ("fitted_in_replay", "simulator, speed fitted on the replay itself (in sample)"),
+        ("real", "real fleet"), ("calibrated", "calibrated: one slowdown"),
+        ("calibrated_prefill_apart", "calibrated: prefill's slowdown apart"),
+        ("fitted_in_replay", "in sample: one slowdown"),
+        ("fitted_in_replay_prefill_apart", "in sample: prefill's slowdown apart"),
     ) if f"{label}_mean_latency_s" in rows[0]]  # fmt: skip
     width = 0.8 / len(series)
     x = np.arange(len(rows))
@@ -339,7 +360,9 @@ def _plot(rows: list[dict], path: Path) -> None:
             ax.bar(x + (k - (len(series) - 1) / 2) * width, [r[f"{label}_{metric}"] for r in rows], width, label=name)
         top = max(r[f"{label}_{metric}"] for r in rows for label, _ in series)
         for i, r in enumerate(rows):
-            ax.text(i, top * 1.04, f"calibrated: err {r[f'calibrated_{metric}_error']:.0%}", ha="center", fontsize=8)
+            errors = " / ".join(f"{r[f'{label}_{metric}_error']:.0%}" for label in ("calibrated", "calibrated_prefill_apart")
+                                if f"{label}_{metric}_error" in r)  # fmt: skip
+            ax.text(i, top * 1.04, f"calibrated err {errors}", ha="center", fontsize=8)
         ax.set_ylim(0, top * 1.12)
         ax.set_xticks(x, [r["policy"] for r in rows])
         ax.set_ylabel(title)

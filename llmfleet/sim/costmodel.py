@@ -137,12 +137,13 @@ class CostModel:
         x = self.prefill_knots_tokens[-1]
         return self.prefill_s(x) / x
 
-    def slowed(self, k: float) -> CostModel:
-        """The engine `k` times slower: prefill, decode and their overlap alike (the data plane's
-        delays are not the engine's and stay)."""
+    def slowed(self, k: float, prefill_k: float | None = None) -> CostModel:
+        """The engine `k` times slower: decode and the per-pass overlap by `k`, prefill by
+        `prefill_k` (default `k`: all alike). The data plane's delays are not the engine's and stay."""
+        pk = k if prefill_k is None else prefill_k
         return replace(
             self,
-            prefill_knots_s=tuple(s * k for s in self.prefill_knots_s),
+            prefill_knots_s=tuple(s * pk for s in self.prefill_knots_s),
             decode_base_s=self.decode_base_s * k,
             decode_per_seq_s=self.decode_per_seq_s * k,
             decode_per_ctx_token_s=self.decode_per_ctx_token_s * k,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import math
 import statistics
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from llmfleet.core.config import SchedulingConfig
@@ -129,6 +129,7 @@ def fit_engine_slowdown(
     engine_latency_s: float,
     iterations: int = 40,
     config: SchedulingConfig | None = None,
+    prefill_k: float | None = None,
 ) -> float:
     """How many times slower the engines ran under the fleet's traffic than their probes say.
 
@@ -136,31 +137,73 @@ def fit_engine_slowdown(
     token leaving the engine (vLLM's TTFT plus decode time, plus the time it was held at the
     dispatcher), is matched by the simulator replaying the same requests under the same policy
     (`config`; default `fcfs-rr`, which holds nothing) with no data plane, and the probed model
-    slowed by k; k is found by bisection (latency grows with k). Prefill and decode slow
-    together, so the simulator still charges each prefill chunk to the decode steps it joins:
-    the measured inter-token latency already contains those stalls, and a decode step set to it
-    counted them twice (section 5 of bench/DATAPLANE.md)."""
+    slowed by k; k is found by bisection (latency grows with k). Prefill slows by the same k
+    unless `prefill_k` is given (`fit_engine_speeds` fits it apart). Either way the simulator
+    still charges each prefill chunk to the decode steps it joins: the measured inter-token
+    latency already contains those stalls, and a decode step set to it counted them twice
+    (section 5 of bench/DATAPLANE.md)."""
+    return _bisect(lambda k: _mean_sim(model, trace, cfg, config, k, prefill_k, "latency_s"), engine_latency_s, iterations)
+
+
+def fit_engine_speeds(
+    model: CostModel,
+    trace: Sequence[TraceRequest],
+    cfg: SimConfig,
+    engine_latency_s: float,
+    engine_ttft_s: float,
+    config: SchedulingConfig | None = None,
+    iterations: int = 18,
+) -> tuple[float, float]:
+    """Decode and prefill slowdowns `(k, prefill_k)`, fitted apart: the pair at which the
+    simulator gives both the mean latency and the mean time to the first token leaving the engine
+    (vLLM's TTFT plus the time held at the dispatcher). For each prefill factor tried, `k` is
+    fitted on the latency (as `fit_engine_slowdown`); the prefill factor is then bisected on the
+    TTFT, which grows with it along that curve. (Alternating the two fits converges slowly: where
+    requests wait for slots, the TTFT moves with the decode speed as much as with prefill.)
+
+    Why apart: the probes time prefill directly at the prompt lengths traffic has, while decode
+    under traffic runs at longer contexts and fuller, mixed batches than the probes', so one
+    factor fitted on decode-dominated latency also slowed every prefill (section 5 of
+    bench/DATAPLANE.md)."""
+
+    def ttft_at(prefill_k: float) -> float:
+        k = fit_engine_slowdown(model, trace, cfg, engine_latency_s, iterations, config, prefill_k)
+        return _mean_sim(model, trace, cfg, config, k, prefill_k, "ttft_s")
+
+    prefill_k = _bisect(ttft_at, engine_ttft_s, iterations)
+    return fit_engine_slowdown(model, trace, cfg, engine_latency_s, iterations, config, prefill_k), prefill_k
+
+
+def _mean_sim(
+    model: CostModel, trace: Sequence[TraceRequest], cfg: SimConfig, config: SchedulingConfig | None,
+    k: float, prefill_k: float | None, field: str,
+) -> float:
+    """The mean of a record field over the simulator's replay of `trace` with no data plane."""
     bare = replace(model, dispatch_delay_s=0.0, first_token_relay_s=0.0, finish_relay_s=0.0, end_notice_s=0.0)
-    config = config or SchedulingConfig(policy="fcfs-rr")
+    policy = make_policy(config or SchedulingConfig(policy="fcfs-rr"))
+    records = Simulator(list(trace), policy, bare.slowed(k, prefill_k), cfg).run().records
+    return statistics.fmean(getattr(r, field) for r in records)
 
-    def latency(k: float) -> float:
-        records = Simulator(list(trace), make_policy(config), bare.slowed(k), cfg).run().records
-        return statistics.fmean(r.latency_s for r in records)
 
+def _bisect(measure: Callable[[float], float], target: float, iterations: int) -> float:
+    """The factor in [0.05, 50] at which `measure`, increasing in it, reaches `target` (geometric)."""
     lo, hi = 0.05, 50.0
     for _ in range(iterations):
         mid = math.sqrt(lo * hi)
-        if latency(mid) < engine_latency_s:
+        if measure(mid) < target:
             lo = mid
         else:
             hi = mid
     return math.sqrt(lo * hi)
 
 
-def with_slowdown(model: CostModel, terms: DataPlaneTerms, k: float, source: str) -> CostModel:
-    """The probed model slowed by `k` (see `fit_engine_slowdown`), with the data plane's delays."""
+def with_slowdown(
+    model: CostModel, terms: DataPlaneTerms, k: float, source: str, prefill_k: float | None = None
+) -> CostModel:
+    """The probed model slowed by `k` (prefill by `prefill_k`, default `k`; see
+    `fit_engine_speeds`), with the data plane's delays."""
     return replace(
-        model.slowed(k),
+        model.slowed(k, prefill_k),
         dispatch_delay_s=terms.dispatch_delay_s,
         first_token_relay_s=terms.first_token_relay_s,
         finish_relay_s=terms.finish_relay_s,
@@ -231,6 +274,12 @@ class Window:
         return dataplane_terms(self.engine_means, self.dispatcher_means, self.client_ttft_s, self.client_e2e_s)
 
     @property
+    def engine_ttft_s(self) -> float:
+        """Arrival to the first token leaving the engine: held at the dispatcher, then vLLM's TTFT."""
+        queued = self.dispatcher_means.get("llmfleet_dispatcher_queue_seconds", 0.0)
+        return self.engine_means["vllm:time_to_first_token_seconds"] + queued
+
+    @property
     def engine_latency_s(self) -> float:
         """Arrival to the last token leaving the engine: held at the dispatcher, then in vLLM."""
         e = self.engine_means
@@ -297,6 +346,7 @@ class FleetCalibration:
     slowdown: float
     window: Window
     sim_config: SimConfig  # the simulator's fleet: the given one, with each engine's speed when measured
+    prefill_slowdown: float | None = None  # fitted apart from `slowdown`; None: prefill slowed alike
 
 
 def calibrate_on_fleet(
@@ -307,13 +357,18 @@ def calibrate_on_fleet(
     config: SchedulingConfig,
     source: str,
     per_engine: bool = True,
+    prefill_apart: bool = False,
 ) -> FleetCalibration:
     """The cost model for the fleet `window` was measured on (`trace`: the same requests;
     `config`: the policy the dispatcher ran). With `per_engine`, and one engine measured per
     simulated instance, each instance runs at its engine's measured speed (`Window.engine_speeds`)
-    and the slowdown is fitted around them."""
+    and the slowdown is fitted around them. With `prefill_apart`, prefill's slowdown is fitted
+    on its own (`fit_engine_speeds`)."""
     speeds = window.engine_speeds
     if per_engine and len(speeds) == cfg.instances:
         cfg = replace(cfg, instance_speeds=speeds)
+    if prefill_apart:
+        k, pk = fit_engine_speeds(probed, trace, cfg, window.engine_latency_s, window.engine_ttft_s, config=config)
+        return FleetCalibration(with_slowdown(probed, window.terms, k, source, pk), k, window, cfg, pk)
     k = fit_engine_slowdown(probed, trace, cfg, window.engine_latency_s, config=config)
     return FleetCalibration(with_slowdown(probed, window.terms, k, source), k, window, cfg)

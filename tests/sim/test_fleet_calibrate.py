@@ -177,6 +177,40 @@ def test_under_a_held_queue_the_slowdown_fit_counts_the_time_held() -> None:
     assert fit_engine_slowdown(probed, trace, cfg, measured, config=held) == pytest.approx(1.7, rel=0.02)
 
 
+def test_prefill_and_decode_slowdowns_are_recovered_apart() -> None:
+    """Engines whose decode runs 1.8x slower than probed while prefill runs 0.7x: the mean
+    latency and the mean time to the first token recover both factors, and the calibration
+    builds the model with them; one shared factor cannot fit both (its TTFT is too long)."""
+    import statistics
+
+    from llmfleet.core.config import SchedulingConfig
+    from llmfleet.policies.registry import make_policy
+    from llmfleet.sim.costmodel import linear_cost_model
+    from llmfleet.sim.fleet_calibrate import DataPlaneTerms, fit_engine_slowdown, fit_engine_speeds, with_slowdown
+    from llmfleet.sim.instance import EngineConfig
+    from llmfleet.sim.simulator import SimConfig, Simulator
+    from llmfleet.sim.traces import TraceRequest
+
+    probed = linear_cost_model(0.0005, 0.004, decode_per_seq_s=0.0005)
+    trace = [TraceRequest(f"r{i}", i * 0.15, 200 + 137 * (i % 9), 20 + 13 * (i % 7)) for i in range(60)]
+    cfg = SimConfig(instances=2, engine=EngineConfig(max_running=4))
+    fcfs = SchedulingConfig(policy="fcfs-rr")
+
+    def means(model):  # type: ignore[no-untyped-def]
+        records = Simulator(trace, make_policy(fcfs), model, cfg).run().records
+        return statistics.fmean(r.latency_s for r in records), statistics.fmean(r.ttft_s for r in records)
+
+    latency, ttft = means(probed.slowed(1.8, prefill_k=0.7))
+    k, pk = fit_engine_speeds(probed, trace, cfg, latency, ttft, config=fcfs)
+    assert (k, pk) == (pytest.approx(1.8, rel=0.03), pytest.approx(0.7, rel=0.05))
+    model = with_slowdown(probed, DataPlaneTerms(0.01, 0.1, 0.02, 0.03), k, "fleet", prefill_k=pk)
+    assert model.prefill_s(300) == pytest.approx(pk * probed.prefill_s(300))
+    assert model.decode_step_s(4, 0) == pytest.approx(k * probed.decode_step_s(4, 0))
+    assert means(probed.slowed(k, pk)) == (pytest.approx(latency, rel=0.01), pytest.approx(ttft, rel=0.01))
+    shared = fit_engine_slowdown(probed, trace, cfg, latency, config=fcfs)
+    assert means(probed.slowed(shared))[1] > 1.05 * ttft  # one factor slows prefill like decode
+
+
 # ------------------------------------------------------------ the command, on simulated engines
 def _calibrate(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
