@@ -202,7 +202,7 @@ def main(argv: list[str] | None = None) -> int:
                 "mean_latency_s": statistics.fmean(w.client_e2e_s for w in got),
                 "runs": [
                     {"mean_ttft_s": w.client_ttft_s, "mean_latency_s": w.client_e2e_s, "engine_speeds": w.engine_speeds,
-                     "engine_latency_s": w.engine_latency_s, "engine_ttft_s": w.engine_ttft_s,
+                     "engine_latency_s": w.engine_latency_s, "engine_prefill_s": w.engine_prefill_s,
                      "slices": w.slices, "requests": w.requests}
                     for w in got
                 ],  # fmt: skip
@@ -220,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
     # What the dispatcher predicted: exact lengths where max_tokens fixed them, else its ranker on the text.
     predictor: LengthPredictor = PromptTextPredictor(load_predictor(ranker), texts) if ranker else ExactPredictor()
     # The same calibration with prefill's slowdown fitted apart from decode's (on the engines'
-    # TTFT), side by side with the one shared factor.
+    # prefill time), side by side with the one shared factor.
     apart = calibrate_on_fleet(probed, window, cal_trace, cfg, fcfs, source + ", prefill apart", prefill_apart=True)  # type: ignore[arg-type]
     models = (
         ("probed", probed, cfg),
@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         "engine_slowdown": {"factor": slowdown, "engine_latency_s": window.engine_latency_s,
                             "engine_speeds": fitted.sim_config.instance_speeds, "one_speed_factor": one_speed.slowdown,
                             "prefill_apart": {"factor": apart.slowdown, "prefill_factor": apart.prefill_slowdown,
-                                              "engine_ttft_s": window.engine_ttft_s}},
+                                              "engine_prefill_s": window.engine_prefill_s}},
         "cost_model": {
             "probed": asdict(probed),  # type: ignore[call-overload]
             "calibrated": asdict(calibrated),

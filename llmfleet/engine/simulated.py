@@ -78,6 +78,7 @@ class _Seq:
     generated: int = 0
     aborted: bool = False
     arrived_s: float = 0.0
+    scheduled_s: float = 0.0  # when it left the waiting queue for a batch
     first_token_s: float = 0.0
     last_token_s: float = 0.0
 
@@ -130,11 +131,15 @@ class SimulatedEngineMetrics:
         self.decode = Histogram(
             "vllm:request_decode_time_seconds", "A request's first token to its last", **labels  # type: ignore[arg-type]
         ).labels(model_name)
+        self.prefill = Histogram(
+            "vllm:request_prefill_time_seconds", "A request's scheduling to its first token", **labels  # type: ignore[arg-type]
+        ).labels(model_name)
 
     def token(self, seq: _Seq, now: float, last: bool) -> None:
         if seq.generated == 1:
             seq.first_token_s = now
             self.ttft.observe(now - seq.arrived_s)
+            self.prefill.observe(now - seq.scheduled_s)
         else:
             self.itl.observe(now - seq.last_token_s)
         seq.last_token_s = now
@@ -297,6 +302,7 @@ class SimulatedEngineClient:
             while self._waiting and len(self._running) < cfg.max_num_seqs:
                 _, _, seq = heapq.heappop(self._waiting)
                 if not seq.aborted:
+                    seq.scheduled_s = self.clock.now()
                     self._running.append(seq)
                     prefill += len(seq.history)
             if not self._running:

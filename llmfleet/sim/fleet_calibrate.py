@@ -29,6 +29,7 @@ ENGINE_HISTOGRAMS = (
     "vllm:time_to_first_token_seconds",
     "vllm:request_decode_time_seconds",
     "vllm:inter_token_latency_seconds",
+    "vllm:request_prefill_time_seconds",  # scheduled into a batch to the first token: no queue in it
 )
 DISPATCHER_HISTOGRAMS = (
     "llmfleet_dispatcher_ttft_seconds",
@@ -150,27 +151,27 @@ def fit_engine_speeds(
     trace: Sequence[TraceRequest],
     cfg: SimConfig,
     engine_latency_s: float,
-    engine_ttft_s: float,
+    engine_prefill_s: float,
     config: SchedulingConfig | None = None,
     iterations: int = 18,
 ) -> tuple[float, float]:
     """Decode and prefill slowdowns `(k, prefill_k)`, fitted apart: the pair at which the
-    simulator gives both the mean latency and the mean time to the first token leaving the engine
-    (vLLM's TTFT plus the time held at the dispatcher). For each prefill factor tried, `k` is
-    fitted on the latency (as `fit_engine_slowdown`); the prefill factor is then bisected on the
-    TTFT, which grows with it along that curve. (Alternating the two fits converges slowly: where
-    requests wait for slots, the TTFT moves with the decode speed as much as with prefill.)
+    simulator gives both the engines' mean latency (as `fit_engine_slowdown`) and their mean
+    prefill time (vLLM's `request_prefill_time`: from a request's first batch to its first token,
+    so no wait for a slot is in it, which would make the fit chase the queueing instead). For each
+    prefill factor tried, `k` is fitted on the latency; the prefill factor is bisected on the
+    prefill time, which grows with it.
 
     Why apart: the probes time prefill directly at the prompt lengths traffic has, while decode
     under traffic runs at longer contexts and fuller, mixed batches than the probes', so one
-    factor fitted on decode-dominated latency also slowed every prefill (section 5 of
-    bench/DATAPLANE.md)."""
+    factor fitted on decode-dominated latency also slowed every prefill, and first tokens came
+    out late (section 5 of bench/DATAPLANE.md)."""
 
-    def ttft_at(prefill_k: float) -> float:
+    def prefill_at(prefill_k: float) -> float:
         k = fit_engine_slowdown(model, trace, cfg, engine_latency_s, iterations, config, prefill_k)
-        return _mean_sim(model, trace, cfg, config, k, prefill_k, "ttft_s")
+        return _mean_sim(model, trace, cfg, config, k, prefill_k, "engine_prefill_s")
 
-    prefill_k = _bisect(ttft_at, engine_ttft_s, iterations)
+    prefill_k = _bisect(prefill_at, engine_prefill_s, iterations)
     return fit_engine_slowdown(model, trace, cfg, engine_latency_s, iterations, config, prefill_k), prefill_k
 
 
@@ -274,10 +275,9 @@ class Window:
         return dataplane_terms(self.engine_means, self.dispatcher_means, self.client_ttft_s, self.client_e2e_s)
 
     @property
-    def engine_ttft_s(self) -> float:
-        """Arrival to the first token leaving the engine: held at the dispatcher, then vLLM's TTFT."""
-        queued = self.dispatcher_means.get("llmfleet_dispatcher_queue_seconds", 0.0)
-        return self.engine_means["vllm:time_to_first_token_seconds"] + queued
+    def engine_prefill_s(self) -> float:
+        """A request's first batch to its first token in vLLM: its prefill, with no wait in it."""
+        return self.engine_means["vllm:request_prefill_time_seconds"]
 
     @property
     def engine_latency_s(self) -> float:
@@ -368,7 +368,7 @@ def calibrate_on_fleet(
     if per_engine and len(speeds) == cfg.instances:
         cfg = replace(cfg, instance_speeds=speeds)
     if prefill_apart:
-        k, pk = fit_engine_speeds(probed, trace, cfg, window.engine_latency_s, window.engine_ttft_s, config=config)
+        k, pk = fit_engine_speeds(probed, trace, cfg, window.engine_latency_s, window.engine_prefill_s, config=config)
         return FleetCalibration(with_slowdown(probed, window.terms, k, source, pk), k, window, cfg, pk)
     k = fit_engine_slowdown(probed, trace, cfg, window.engine_latency_s, config=config)
     return FleetCalibration(with_slowdown(probed, window.terms, k, source), k, window, cfg)

@@ -279,6 +279,8 @@ class Instance:
                 break
             self.waiting.popleft()
             self._wait_remove(req)
+            if req.scheduled_s is None:
+                req.scheduled_s = t
             self.running.append(req)
             self._run_add(req)
         if not self.running:

@@ -23,6 +23,7 @@ class SimRequest:
         "pod",
         "slices",
         "migrations",
+        "scheduled_s",
         "first_token_s",
         "finish_s",
         "target",
@@ -57,6 +58,7 @@ class SimRequest:
         self.pod = -1
         self.slices = 0
         self.migrations = 0
+        self.scheduled_s: float | None = None  # first moved into a batch (vLLM ignores later preemptions too)
         self.first_token_s: float | None = None
         self.finish_s: float | None = None
         self.target = 0

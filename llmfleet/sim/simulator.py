@@ -61,6 +61,8 @@ class RequestRecord:
     slices: int
     migrations: int
     preemptions: int
+    # When the engine first batched it; NaN if never. First token minus this is vLLM's prefill time.
+    scheduled_s: float = math.nan
 
     @property
     def latency_s(self) -> float:
@@ -69,6 +71,11 @@ class RequestRecord:
     @property
     def ttft_s(self) -> float:
         return self.first_token_s - self.arrival_s
+
+    @property
+    def engine_prefill_s(self) -> float:
+        """First batched to the first token (with no data plane, vLLM's `request_prefill_time`)."""
+        return self.first_token_s - self.scheduled_s
 
 
 @dataclass
@@ -373,6 +380,7 @@ class Simulator:
                 slices=r.slices,
                 migrations=r.migrations,
                 preemptions=r.engine_preemptions + r.policy_preemptions,
+                scheduled_s=r.scheduled_s if r.scheduled_s is not None else math.nan,
             )
             for r in self.done
         ]

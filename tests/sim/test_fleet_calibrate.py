@@ -179,14 +179,20 @@ def test_under_a_held_queue_the_slowdown_fit_counts_the_time_held() -> None:
 
 def test_prefill_and_decode_slowdowns_are_recovered_apart() -> None:
     """Engines whose decode runs 1.8x slower than probed while prefill runs 0.7x: the mean
-    latency and the mean time to the first token recover both factors, and the calibration
-    builds the model with them; one shared factor cannot fit both (its TTFT is too long)."""
+    latency and the mean prefill time (first batch to first token) recover both factors, and
+    the calibration builds the model with them. One shared factor fits the latency but slows
+    prefill like decode, so its first tokens come late."""
     import statistics
 
     from llmfleet.core.config import SchedulingConfig
     from llmfleet.policies.registry import make_policy
     from llmfleet.sim.costmodel import linear_cost_model
-    from llmfleet.sim.fleet_calibrate import DataPlaneTerms, fit_engine_slowdown, fit_engine_speeds, with_slowdown
+    from llmfleet.sim.fleet_calibrate import (
+        DataPlaneTerms,
+        fit_engine_slowdown,
+        fit_engine_speeds,
+        with_slowdown,
+    )
     from llmfleet.sim.instance import EngineConfig
     from llmfleet.sim.simulator import SimConfig, Simulator
     from llmfleet.sim.traces import TraceRequest
@@ -198,17 +204,19 @@ def test_prefill_and_decode_slowdowns_are_recovered_apart() -> None:
 
     def means(model):  # type: ignore[no-untyped-def]
         records = Simulator(trace, make_policy(fcfs), model, cfg).run().records
-        return statistics.fmean(r.latency_s for r in records), statistics.fmean(r.ttft_s for r in records)
+        return tuple(statistics.fmean(getattr(r, f) for r in records) for f in ("latency_s", "engine_prefill_s", "ttft_s"))
 
-    latency, ttft = means(probed.slowed(1.8, prefill_k=0.7))
-    k, pk = fit_engine_speeds(probed, trace, cfg, latency, ttft, config=fcfs)
+    latency, prefill, ttft = means(probed.slowed(1.8, prefill_k=0.7))
+    assert 0 < prefill < ttft  # the prefill time leaves out the wait for a slot
+    k, pk = fit_engine_speeds(probed, trace, cfg, latency, prefill, config=fcfs)
     assert (k, pk) == (pytest.approx(1.8, rel=0.03), pytest.approx(0.7, rel=0.05))
     model = with_slowdown(probed, DataPlaneTerms(0.01, 0.1, 0.02, 0.03), k, "fleet", prefill_k=pk)
     assert model.prefill_s(300) == pytest.approx(pk * probed.prefill_s(300))
     assert model.decode_step_s(4, 0) == pytest.approx(k * probed.decode_step_s(4, 0))
-    assert means(probed.slowed(k, pk)) == (pytest.approx(latency, rel=0.01), pytest.approx(ttft, rel=0.01))
+    assert means(probed.slowed(k, pk)) == tuple(pytest.approx(x, rel=0.01) for x in (latency, prefill, ttft))
     shared = fit_engine_slowdown(probed, trace, cfg, latency, config=fcfs)
-    assert means(probed.slowed(shared))[1] > 1.05 * ttft  # one factor slows prefill like decode
+    _, shared_prefill, shared_ttft = means(probed.slowed(shared))
+    assert shared_prefill > 1.2 * prefill and shared_ttft > 1.05 * ttft
 
 
 # ------------------------------------------------------------ the command, on simulated engines
