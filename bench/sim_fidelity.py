@@ -7,8 +7,10 @@
    Prometheus histograms and the client's clock, what the data plane adds
    (`llmfleet.sim.fleet_calibrate`, as `llmfleet sim calibrate --fleet` does): the way to the engine, the first token's and the
    last token's way back, and the slice's end reaching the dispatcher; and how much slower the
-   engines ran than their probes (`fit_engine_slowdown`: the factor at which the simulator,
-   replaying the calibration window, gives the engines' measured mean latency).
+   engines decoded and prefilled than their probes said (`fit_engine_speeds`: the factors at
+   which the simulator, replaying the calibration window, gives the engines' measured mean
+   latency and mean prefill time; `calibrated_one_slowdown`, beside it, is the earlier single
+   factor fitted on the latency alone).
 4. Replay the evaluation window through the real fleet under each policy.
 5. Simulate the very same requests (arrival times, prompt and output tokens) with 2 instances and
    the engines' sequence limit: with the probed model alone; calibrated (the probed model slowed
@@ -219,22 +221,21 @@ def main(argv: list[str] | None = None) -> int:
     flat_decode = with_dataplane(probed, terms, source + ", flat decode step")  # type: ignore[arg-type]
     # What the dispatcher predicted: exact lengths where max_tokens fixed them, else its ranker on the text.
     predictor: LengthPredictor = PromptTextPredictor(load_predictor(ranker), texts) if ranker else ExactPredictor()
-    # The same calibration with prefill's slowdown fitted apart from decode's (on the engines'
-    # prefill time), side by side with the one shared factor.
-    apart = calibrate_on_fleet(probed, window, cal_trace, cfg, fcfs, source + ", prefill apart", prefill_apart=True)  # type: ignore[arg-type]
+    # The earlier calibration, side by side: one factor slows prefill and decode alike.
+    shared = calibrate_on_fleet(probed, window, cal_trace, cfg, fcfs, source + ", one slowdown", prefill_apart=False)  # type: ignore[arg-type]
     models = (
         ("probed", probed, cfg),
         ("flat_decode", flat_decode, cfg),
         ("one_speed", one_speed.model, cfg),
         ("calibrated", calibrated, fitted.sim_config),
-        ("calibrated_prefill_apart", apart.model, apart.sim_config),
+        ("calibrated_one_slowdown", shared.model, shared.sim_config),
     )
     sims = {
         label: {run.summary["policy"]: run.summary for run in run_policies(trace, configs, cost, sim_cfg, predictor)}  # type: ignore[arg-type]
         for label, cost, sim_cfg in models
     }
     in_replay: dict[str, list[dict]] = {}
-    for suffix, prefill_apart in (("", False), ("_prefill_apart", True)):
+    for suffix, prefill_apart in (("", True), ("_one_slowdown", False)):
         # A diagnostic, not a prediction: each real replay simulated with the engines' speed fitted on
         # that replay itself (in sample). What is left is the model's structure, not the machine's drift.
         own_fits: dict[str, list[dict]] = {}
@@ -248,10 +249,7 @@ def main(argv: list[str] | None = None) -> int:
                 own_fits.setdefault(policy, []).append({"slowdown": own.slowdown, "prefill_slowdown": own.prefill_slowdown,
                                                         "mean_ttft_s": summary["mean_ttft_s"],
                                                         "mean_latency_s": summary["mean_latency_s"]})  # fmt: skip
-        if prefill_apart:
-            in_replay.update({f"{p}{suffix}": rs for p, rs in own_fits.items()})
-        else:
-            in_replay.update(own_fits)
+        in_replay.update({f"{p}{suffix}": rs for p, rs in own_fits.items()})
         if len(own_fits) != len(policies):
             continue
         sims[f"fitted_in_replay{suffix}"] = {
@@ -319,8 +317,8 @@ def main(argv: list[str] | None = None) -> int:
         "dataplane_terms": asdict(terms),
         "engine_slowdown": {"factor": slowdown, "engine_latency_s": window.engine_latency_s,
                             "engine_speeds": fitted.sim_config.instance_speeds, "one_speed_factor": one_speed.slowdown,
-                            "prefill_apart": {"factor": apart.slowdown, "prefill_factor": apart.prefill_slowdown,
-                                              "engine_prefill_s": window.engine_prefill_s}},
+                            "prefill_factor": fitted.prefill_slowdown, "engine_prefill_s": window.engine_prefill_s,
+                            "one_slowdown_factor": shared.slowdown},
         "cost_model": {
             "probed": asdict(probed),  # type: ignore[call-overload]
             "calibrated": asdict(calibrated),
@@ -337,9 +335,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _plot(rows: list[dict], path: Path) -> None:
-    """Real against simulated, per policy: the calibrated predictions with one slowdown and with
-    prefill's apart, and the same fitted on each replay itself where the run has them; the
-    calibrated models' errors above each group."""
+    """Real against simulated, per policy: the calibrated predictions with prefill's slowdown
+    apart and with one slowdown, and the same fitted on each replay itself where the run has
+    them; the calibrated models' errors above each group."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -347,10 +345,10 @@ def _plot(rows: list[dict], path: Path) -> None:
     import numpy as np
 
     series = [(label, name) for label, name in (
-        ("real", "real fleet"), ("calibrated", "calibrated: one slowdown"),
-        ("calibrated_prefill_apart", "calibrated: prefill's slowdown apart"),
-        ("fitted_in_replay", "in sample: one slowdown"),
-        ("fitted_in_replay_prefill_apart", "in sample: prefill's slowdown apart"),
+        ("real", "real fleet"), ("calibrated", "calibrated: prefill's slowdown apart"),
+        ("calibrated_one_slowdown", "calibrated: one slowdown"),
+        ("fitted_in_replay", "in sample: prefill's slowdown apart"),
+        ("fitted_in_replay_one_slowdown", "in sample: one slowdown"),
     ) if f"{label}_mean_latency_s" in rows[0]]  # fmt: skip
     width = 0.8 / len(series)
     x = np.arange(len(rows))
@@ -360,7 +358,7 @@ def _plot(rows: list[dict], path: Path) -> None:
             ax.bar(x + (k - (len(series) - 1) / 2) * width, [r[f"{label}_{metric}"] for r in rows], width, label=name)
         top = max(r[f"{label}_{metric}"] for r in rows for label, _ in series)
         for i, r in enumerate(rows):
-            errors = " / ".join(f"{r[f'{label}_{metric}_error']:.0%}" for label in ("calibrated", "calibrated_prefill_apart")
+            errors = " / ".join(f"{r[f'{label}_{metric}_error']:.0%}" for label in ("calibrated", "calibrated_one_slowdown")
                                 if f"{label}_{metric}_error" in r)  # fmt: skip
             ax.text(i, top * 1.04, f"calibrated err {errors}", ha="center", fontsize=8)
         ax.set_ylim(0, top * 1.12)

@@ -176,8 +176,9 @@ def _calibrate_on_fleet(args: argparse.Namespace, probed):  # type: ignore[no-un
     fitted = calibrate_on_fleet(probed, window, trace, cfg, config, source)
     t = window.terms
     print(
-        f"the engines ran {fitted.slowdown:.2f}x the starting model's time (arrival to the engine's last token "
-        f"{window.engine_latency_s:.3f} s, of which held at the dispatcher {window.dispatcher_means['llmfleet_dispatcher_queue_seconds']:.3f} s); "
+        f"the engines decoded at {fitted.slowdown:.2f}x the starting model's time (arrival to the engine's last token "
+        f"{window.engine_latency_s:.3f} s, of which held at the dispatcher {window.dispatcher_means['llmfleet_dispatcher_queue_seconds']:.3f} s) "
+        f"and prefilled at {fitted.prefill_slowdown or fitted.slowdown:.2f}x (first batch to first token {window.engine_prefill_s * 1000:.0f} ms); "
         f"data plane: dispatch {t.dispatch_delay_s * 1000:.0f} ms, first token back {t.first_token_relay_s * 1000:.0f} ms, "
         f"last token back {t.finish_relay_s * 1000:.0f} ms, end notice {t.end_notice_s * 1000:.0f} ms; "
         f"clients saw TTFT {window.client_ttft_s:.3f} s, latency {window.client_e2e_s:.3f} s"

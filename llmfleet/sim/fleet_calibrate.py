@@ -357,13 +357,13 @@ def calibrate_on_fleet(
     config: SchedulingConfig,
     source: str,
     per_engine: bool = True,
-    prefill_apart: bool = False,
+    prefill_apart: bool = True,
 ) -> FleetCalibration:
     """The cost model for the fleet `window` was measured on (`trace`: the same requests;
     `config`: the policy the dispatcher ran). With `per_engine`, and one engine measured per
     simulated instance, each instance runs at its engine's measured speed (`Window.engine_speeds`)
-    and the slowdown is fitted around them. With `prefill_apart`, prefill's slowdown is fitted
-    on its own (`fit_engine_speeds`)."""
+    and the slowdown is fitted around them. With `prefill_apart` (the default), prefill's slowdown
+    is fitted on its own (`fit_engine_speeds`); without, one factor slows both."""
     speeds = window.engine_speeds
     if per_engine and len(speeds) == cfg.instances:
         cfg = replace(cfg, instance_speeds=speeds)
