@@ -88,8 +88,9 @@ def _histogram(engine: SimulatedEngineClient, name: str) -> tuple[float, float]:
 
 async def test_vllms_request_histograms_time_each_request_as_vllm_does() -> None:
     """One slot, steps of exactly 1 s: the second request waits 3 steps behind the first, so its
-    TTFT is 4 s; each request's decode time is its last token less its first, and the gaps
-    between its tokens are the inter-token latencies (`llmfleet sim calibrate --fleet` reads these)."""
+    TTFT is 4 s; each request's decode time is its last token less its first, its prefill time is
+    its first token less its batching, and the gaps between its tokens are the inter-token
+    latencies (`llmfleet sim calibrate --fleet` reads these)."""
     clock = FakeClock()
     config = SimulatedEngineConfig(max_num_seqs=1, step_base_s=1.0, step_per_seq_s=0.0, prefill_per_token_s=0.0)
     engine = SimulatedEngineClient(config, clock=clock)
@@ -101,4 +102,7 @@ async def test_vllms_request_histograms_time_each_request_as_vllm_does() -> None
     assert _histogram(engine, "vllm:time_to_first_token_seconds") == (1.0 + 4.0, 2)
     assert _histogram(engine, "vllm:request_decode_time_seconds") == (2.0 + 2.0, 2)
     assert _histogram(engine, "vllm:inter_token_latency_seconds") == (4 * 1.0, 4)
+    # Prefill time leaves the wait for the slot out: each request's first token is one step
+    # after it was batched, the second's wait behind the first included in its TTFT only.
+    assert _histogram(engine, "vllm:request_prefill_time_seconds") == (1.0 + 1.0, 2)
     await engine.aclose()
