@@ -27,7 +27,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
         "against a vLLM OpenAI-compatible server and fit the simulator's cost model. With --fleet, also replay a "
         "window of a trace through a running fleet's dispatcher (exact lengths; nothing else may use the fleet "
         "meanwhile), read the engines' and the dispatcher's Prometheus histograms around it, and fit how many "
-        "times slower the engines ran than the probed model says, plus the data plane's delays. The dispatcher "
+        "times slower the engines decoded and prefilled than the probed model says, plus the data plane's delays. The dispatcher "
         "must run each request as one engine request (a policy that neither slices nor preempts).",
         allow_abbrev=False,
     )

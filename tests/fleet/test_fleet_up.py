@@ -122,7 +122,8 @@ def _run(args: list[str], tmp_path: Path, start_timeout_s: float) -> None:
         run = subprocess.run([sys.executable, "-m", "llmfleet.cli", *argv[1:], *short], cwd=tmp_path,
                              capture_output=True, text=True, timeout=300)  # fmt: skip
         assert run.returncode == 0, run.stderr
-        assert "the engines ran" in run.stdout and (tmp_path / "fleet-cost.json").exists()
+        assert "the engines decoded at" in run.stdout and "prefilled at" in run.stdout
+        assert (tmp_path / "fleet-cost.json").exists()
         sidecars = _sidecar_addresses(log_dir)
         assert len(sidecars) == int(args[args.index("--engines") + 1])
         _stop_and_check(proc, log_dir, sidecars)
