@@ -129,6 +129,12 @@ def _run(args: list[str], tmp_path: Path, start_timeout_s: float) -> None:
         _stop_and_check(proc, log_dir, sidecars)
     finally:
         if proc.poll() is None:
+            # A failed check leaves the fleet up: stop it as a user would, so that it stops its
+            # engines, sidecars and dispatcher (each in its own session, out of this group's reach).
+            proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=60)
+        if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
 
 
