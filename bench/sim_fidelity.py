@@ -170,13 +170,19 @@ def main(argv: list[str] | None = None) -> int:
         "request), and the ranker in every policy's config. The simulator gets the prompts' token counts and KV "
         "blocks from the engine's tokenizer and the dispatcher's own predictor on the prompt text",
     )
-    ap.add_argument("--ranker", type=Path, default=DEFAULT_RANKER_DIR, help="with --e2e-workload; trained on first use if missing")
+    ap.add_argument(
+        "--ranker", type=Path, default=None,
+        help=f"with --e2e-workload: the ranker artifact (default {DEFAULT_RANKER_DIR}; trained on first use if missing)",
+    )
     add_unconfined_engines(ap)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     policies = args.policies.split(",")
     hidden = args.e2e_workload
-    ranker = str(ensure_ranker(args.ranker)) if hidden else None
+    if args.ranker is not None and not hidden:
+        ap.error("--ranker only applies with --e2e-workload (the trace's random prompts carry no text to rank)")
+    ranker = str(ensure_ranker(args.ranker or DEFAULT_RANKER_DIR)) if hidden else None
+    args.ranker = ranker  # the setup recorded with the results names the artifact used
     configs = [policy_config(p, args.slice_tokens, ranker) for p in policies]  # fails on a bad entry before the fleet starts
     pool = str(Path(ranker) / "holdout_pool.jsonl") if ranker else None
     workload = build_workload(WorkloadSpec(count=args.requests, rate=args.rate, start_index=args.start_index, prompt_pool=pool))
