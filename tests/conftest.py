@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from llmfleet.engine.process import EngineProcess, default_model_dir
+from llmfleet.fleet.local import engine_cores, usable_cpus
 from llmfleet.operator.crd import crd_manifest
 from llmfleet.operator.kube import KubeClient
 from llmfleet.sim.costmodel import DATA_DIR as SHARED_DATA
@@ -36,7 +37,16 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _start_engine(model: Path, log_dir: Path, name: str, extra: list[str]) -> EngineProcess:
-    proc = EngineProcess(model, extra_args=extra, log_path=log_dir / f"{name}.log")
+    # The engine gets half the cores, as `llmfleet fleet up` gives each engine its share: its
+    # OpenMP threads bound to them and its whole process tree confined there. Left to float, vLLM
+    # starts a spinning thread per core, and on 2 cores the test process (the dispatcher and
+    # sidecars under test) and vLLM's own front then got tokens seconds late and sent aborts
+    # seconds late, while the engine generated on (requests of 1500 tokens ran whole).
+    cores = engine_cores(0, 2, usable_cpus())
+    proc = EngineProcess(
+        model, extra_args=extra, log_path=log_dir / f"{name}.log",
+        env={"VLLM_CPU_OMP_THREADS_BIND": ",".join(map(str, cores))}, cpus=cores,
+    )  # fmt: skip
     proc.start()
     try:
         proc.wait_healthy(timeout=240)
