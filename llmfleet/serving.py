@@ -4,6 +4,7 @@ process, e.g. in tests and in `llmfleet demo`)."""
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -190,7 +191,12 @@ class MetricsServer:
         self.port = int(self._httpd.server_port)
         self.addr = str(self._httpd.server_address[0])
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
+        # In a thread: shutdown() waits for the server's next poll, up to half a second, and the
+        # event loop has other servers' work to do meanwhile (in tests and the demo, several share it).
+        await asyncio.to_thread(self._stop)
+
+    def _stop(self) -> None:
         self._httpd.shutdown()
         self._httpd.server_close()
         self._thread.join(timeout=5)

@@ -288,7 +288,7 @@ class DispatcherHandle:
         if self._health_server is not None:
             await self._health_server.stop(None)
         if self._metrics_server:
-            self._metrics_server.stop()
+            await self._metrics_server.stop()
 
     async def wait_for_termination(self) -> None:
         await self.server.wait_for_termination()

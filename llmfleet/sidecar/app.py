@@ -51,7 +51,7 @@ class SidecarHandle:
             await self._health_server.stop(None)
         await self.service.close()
         if self._metrics_server:
-            self._metrics_server.stop()
+            await self._metrics_server.stop()
 
     async def wait_for_termination(self) -> None:
         await self.server.wait_for_termination()
