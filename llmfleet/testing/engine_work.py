@@ -22,19 +22,19 @@ async def generated_when_idle(engine_url: str, timeout_s: float = 60.0) -> float
 
     A scrape that times out (the engine busy on a shared machine) is a "not yet"."""
     seen: list[float] = []
+    async with EngineClient(engine_url) as client:
 
-    async def idle() -> bool:
-        async with EngineClient(engine_url) as client:
+        async def idle() -> bool:
             try:
                 load = await client.load()
             except EngineTimeout:
                 return False
-        if load.running or load.waiting:
-            return False
-        seen.append(load.generation_tokens)
-        return True
+            if load.running or load.waiting:
+                return False
+            seen.append(load.generation_tokens)
+            return True
 
-    await wait_for_condition(idle, timeout_s, what="vLLM running and queueing nothing")
+        await wait_for_condition(idle, timeout_s, what="vLLM running and queueing nothing")
     return seen[-1]
 
 

@@ -18,10 +18,9 @@ from llmfleet.core.clock import wait_for_condition
 from llmfleet.core.config import SchedulingConfig
 from llmfleet.dispatcher import serve_dispatcher
 from llmfleet.engine.client import EngineClient
-from llmfleet.engine.errors import EngineTimeout
 from llmfleet.engine.process import free_port
 from llmfleet.sidecar import serve_sidecar
-from llmfleet.testing.engine_work import generated_during
+from llmfleet.testing.engine_work import generated_during, generated_when_idle
 
 pytestmark = pytest.mark.engine
 PROMPTS = [[100 + i, 200 + i, 300 + i, 400 + i, 17, 29] for i in range(6)]
@@ -94,17 +93,6 @@ async def test_killing_a_sidecar_mid_stream_loses_nothing(engine, sidecar_a):
             victim.kill()
         await victim.wait()
         await handle.stop()
-
-
-async def _engine_load(engine):
-    """vLLM's load gauges, or None when a scrape times out (the engine is busy aborting or
-    decoding on a shared machine): the callers poll until a deadline, so one slow scrape is a
-    "not yet", not a failure."""
-    async with EngineClient(engine.url) as direct:
-        try:
-            return await direct.load()
-        except EngineTimeout:
-            return None
 
 
 async def test_cancellation_and_deadlines_free_the_engine(engine, sidecar_a):
@@ -201,7 +189,7 @@ async def _drain_mid_slice(engine, sidecar_a, n: int):
     Returns the reference tokens, the streamed tokens, the final usage and the drain's counts."""
     # Nothing else may run on the engine: vLLM-CPU's numbers depend on the batch, and the
     # reference must be what this request alone would generate.
-    await wait_for_condition(_engine_idle(engine), 60, what="the engine is idle before the reference")
+    await generated_when_idle(engine.url)  # the engine is idle before the reference
     (ref,) = await _references(engine, n, PROMPTS[:1])
     leaving = await serve_sidecar(engine.url, max_num_seqs=4, load_interval_s=0.1)
     handle = await serve_dispatcher(pods={"leaving": leaving.address}, config=SchedulingConfig(policy="fcfs-rr"))
@@ -224,14 +212,6 @@ async def _drain_mid_slice(engine, sidecar_a, n: int):
     finally:
         await handle.stop()
         await leaving.stop()
-
-
-def _engine_idle(engine):
-    async def idle() -> bool:
-        load = await _engine_load(engine)
-        return load is not None and load.running == 0 and load.waiting == 0
-
-    return idle
 
 
 async def test_a_draining_sidecar_hands_its_slice_back_and_the_request_completes(engine, sidecar_a):
