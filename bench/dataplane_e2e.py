@@ -42,6 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--policies", default="fcfs-rr,least-load,llmfleet")
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--rate", type=float, default=3.0)
+    ap.add_argument(
+        "--load", type=float, default=None,
+        help="instead of --rate: offered load as a fraction of the capacity measured before each window's replays",
+    )  # fmt: skip
     ap.add_argument("--repeats", type=int, default=2, help="replays of each window, alternating the policy order")
     ap.add_argument("--windows", default="2000,3000,4000", help="first trace request of each repetition")
     ap.add_argument("--max-num-seqs", type=int, default=4, help="each engine's slots (4: the slots, not the CPU, are the bottleneck)")
@@ -64,11 +68,14 @@ def main(argv: list[str] | None = None) -> int:
             ),
             slice_tokens=args.slice_tokens,
             ranker=str(ranker),
+            load=args.load,
         )
         out = run_demo(options)
         results = out["results"]
-        run = results_json(f"azure-conv window {start}, repeat {repeat + 1} (live fleet)", 2, args.rate, results)
+        run = results_json(f"azure-conv window {start}, repeat {repeat + 1} (live fleet)", 2, out["payload"]["rate_scale"], results)
         run["window"], run["repeat"], run["order"] = start, repeat + 1, options.policies
+        if "load" in out["payload"]:
+            run["load"] = out["payload"]["load"]
         run["ratios_vs_fcfs_rr"] = ratio_rows(results, "fcfs-rr", out["outcomes"])
         run["ratios_vs_least_load"] = ratio_rows(results, "least-load", out["outcomes"])
         run["diagnostics"] = {r["policy"]: {k: r[k] for k in ("failed", "wrong_length", "retries", "prefix_cache_hit_rate")} for r in results}
@@ -81,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         "summary": summarize_runs(runs),
         "setup": {
             "requests": args.requests,
-            "rate": args.rate,
+            "rate": args.rate if args.load is None else None,
+            "load": args.load,
             "windows": args.windows,
             "repeats": args.repeats,
             "max_num_seqs": args.max_num_seqs,

@@ -21,7 +21,16 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engines", type=int, default=2, help="vLLM engines in the fleet (default: %(default)s)")
     parser.add_argument("--max-num-seqs", type=int, default=4, help="each engine's --max-num-seqs (default: %(default)s)")
     parser.add_argument("--requests", type=int, default=200, help="requests to replay per policy (default: %(default)s)")
-    parser.add_argument("--rate", type=float, default=3.0, help="mean arrival rate, requests/s (default: %(default)s)")
+    rate = parser.add_mutually_exclusive_group()
+    rate.add_argument("--rate", type=float, default=3.0, help="mean arrival rate, requests/s (default: %(default)s)")
+    rate.add_argument(
+        "--load",
+        type=float,
+        default=None,
+        help="instead of --rate: offered output tokens as a fraction of the fleet's capacity, measured right "
+        "before the replays by a burst that keeps every slot busy (e.g. 0.9); the rate follows from it, so "
+        "every run is at the same load however fast the machine is that minute",
+    )
     parser.add_argument("--trace", default="conv", help="trace for arrival times: conv, code, mooncake or a path")
     parser.add_argument("--start-index", type=int, default=2000, help="first trace request of the window")
     parser.add_argument(
@@ -63,6 +72,8 @@ def _run(args: argparse.Namespace) -> int:
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     if not policies:
         raise SystemExit("error: --policies is empty")
+    if args.load is not None and not 0 < args.load <= 2:
+        raise SystemExit(f"error: --load is a fraction of the fleet's capacity, in (0, 2]; got {args.load}")
     from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker, policy_config
 
     for entry in policies:
@@ -86,6 +97,7 @@ def _run(args: argparse.Namespace) -> int:
         hidden_length=not args.exact_lengths,
         out_dir=args.out,
         log_dir=args.log_dir,
+        load=args.load,
     )
     try:
         run_demo(options)

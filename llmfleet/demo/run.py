@@ -22,6 +22,7 @@ import yaml
 from pydantic import ValidationError
 
 from llmfleet.core.config import SchedulingConfig
+from llmfleet.demo.load import rate_for_load, saturated_throughput
 from llmfleet.demo.replay import Outcome, replay
 from llmfleet.demo.report import (
     plot,
@@ -45,6 +46,9 @@ class DemoOptions:
     hidden_length: bool = True
     out_dir: Path | None = None
     log_dir: Path | None = None
+    # Offered load as a fraction of the fleet's capacity, measured right before the replays; the
+    # arrival rate follows from it and `workload.rate` is ignored (None: use `workload.rate`).
+    load: float | None = None
 
 
 def policy_config(entry: str, slice_tokens: int | None = None, ranker: str | None = None) -> SchedulingConfig:
@@ -147,6 +151,25 @@ def warm_up(fleet: LocalFleet, workload: Sequence[WorkloadRequest]) -> None:
     fleet.stop_dispatcher()
 
 
+CAPACITY_BURST_PER_SLOT = 4
+
+
+def measure_capacity(fleet: LocalFleet, workload: Sequence[WorkloadRequest], hidden_length: bool = True) -> float:
+    """Output tokens per second the fleet serves with every slot busy (`saturated_throughput`):
+    a burst of the workload's requests, four per slot, sent at once through `fcfs-rr`, answers at
+    their real lengths as in the replays. Unmeasured by the results; takes about 10-20 s."""
+    slots = fleet.spec.engines * fleet.spec.max_num_seqs
+    n = CAPACITY_BURST_PER_SLOT * slots
+    burst = [replace(workload[-1 - i % len(workload)], arrival_s=0.0, request_id=f"capacity-{i}") for i in range(n)]
+    fleet.reset_prefix_caches()  # the replays start without cached prompts; so does this
+    dispatcher = fleet.start_dispatcher(SchedulingConfig(policy="fcfs-rr"))
+    try:
+        outcomes = asyncio.run(replay(dispatcher.address, burst, hidden_length=hidden_length))
+    finally:
+        fleet.stop_dispatcher()
+    return saturated_throughput(outcomes, slots)
+
+
 def run_demo(options: DemoOptions) -> dict[str, Any]:
     """Start the fleet, replay the workload under each policy, print and return the results."""
     from rich.console import Console
@@ -170,11 +193,21 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
     results: list[dict[str, Any]] = []
     outcomes_by_policy: dict[str, list[Outcome]] = {}
+    rate, capacity = options.workload.rate, 0.0
     try:
         with console.status(f"starting {options.fleet.engines} vLLM engines and sidecars (logs in {fleet.log_dir})"):
             fleet.start()
         with console.status("warming the engines up"):
             warm_up(fleet, workload)
+        if options.load is not None:
+            with console.status("measuring the fleet's capacity (a burst that keeps every slot busy)"):
+                capacity = measure_capacity(fleet, workload, options.hidden_length)
+            rate = rate_for_load(options.load, capacity, workload)
+            workload = build_workload(replace(options.workload, rate=rate))
+            console.print(
+                f"capacity {capacity:.0f} output tokens/s with every slot busy; load {options.load:g} of it is "
+                f"{rate:.2f} requests/s"
+            )
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
         ) as progress:
@@ -200,7 +233,9 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
         with console.status("stopping the fleet"):
             fleet.stop()
     print_table(results, outcomes_by_policy=outcomes_by_policy)
-    payload = results_json(f"azure-{options.workload.trace} (live fleet)", options.fleet.engines, options.workload.rate, results)
+    payload = results_json(f"azure-{options.workload.trace} (live fleet)", options.fleet.engines, rate, results)
+    if options.load is not None:
+        payload["load"] = {"fraction_of_capacity": options.load, "capacity_tok_s": round(capacity, 1), "rate": round(rate, 3)}
     payload["ratios_vs_fcfs_rr"] = ratio_rows(results, "fcfs-rr", outcomes_by_policy)
     if options.out_dir:
         path = write_results(options.out_dir, payload)

@@ -1,0 +1,59 @@
+"""Offered load as a fraction of what the fleet serves: the arrival rate from a measured capacity.
+
+A fixed arrival rate means a different load on every run of a shared machine: its speed drifts
+by up to 2x within minutes, and at a fixed 3.0 requests/s the same window left `fcfs-rr` queueing
+for seconds in one run and hardly at all in another (bench/DATAPLANE.md, "Targets still
+missed"). A comparison of schedulers is a comparison at a load where requests queue, so the demo
+and the e2e benchmark can instead measure the fleet's capacity right before the replays (a burst
+that keeps every slot busy) and set the rate to a chosen fraction of it.
+
+Pure functions over replay outcomes, so that they are tested without a fleet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from llmfleet.demo.replay import Outcome
+from llmfleet.demo.workload import WorkloadRequest
+
+
+def saturated_throughput(outcomes: Sequence[Outcome], slots: int) -> float:
+    """Output tokens per second while every slot was busy, from a burst sent all at once.
+
+    The burst keeps all `slots` busy until fewer than `slots` requests are left unfinished, so
+    the span measured runs from the burst's start to the moment the (n - slots + 1)-th request
+    finished; a request's tokens are taken to come evenly between its first token and its finish
+    (each slice streams as it decodes). Raises ValueError when the burst cannot fill the slots or
+    a request failed, since a capacity measured that way would be wrong.
+    """
+    if slots < 1:
+        raise ValueError("slots must be at least 1")
+    if any(not o.ok or o.first_token_s is None or o.finish_s is None for o in outcomes):
+        raise ValueError("a request of the capacity burst failed; its capacity is unknown")
+    if len(outcomes) <= slots:
+        raise ValueError(f"a burst of {len(outcomes)} requests cannot keep {slots} slots busy")
+    finishes = sorted(o.finish_s for o in outcomes if o.finish_s is not None)
+    start = min(o.arrival_s for o in outcomes)
+    end = finishes[len(outcomes) - slots]
+    if end <= start:
+        raise ValueError("the capacity burst finished before it started")
+    tokens = 0.0
+    for o in outcomes:
+        assert o.first_token_s is not None and o.finish_s is not None
+        if o.finish_s <= end:
+            tokens += o.tokens
+        elif o.first_token_s < end:  # part of its tokens came before the span ended
+            tokens += o.tokens * (end - o.first_token_s) / (o.finish_s - o.first_token_s)
+    return tokens / (end - start)
+
+
+def rate_for_load(load: float, capacity_tok_s: float, workload: Sequence[WorkloadRequest]) -> float:
+    """Requests per second that offer `load` times `capacity_tok_s` output tokens per second,
+    given the workload's mean answer length."""
+    if not 0 < load:
+        raise ValueError("load must be positive")
+    if capacity_tok_s <= 0 or not workload:
+        raise ValueError("need a positive capacity and a workload")
+    mean_tokens = sum(r.output_tokens for r in workload) / len(workload)
+    return load * capacity_tok_s / mean_tokens

@@ -1,0 +1,81 @@
+"""Offered load from a measured capacity: the burst's saturated throughput and the rate it gives."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmfleet.demo.load import rate_for_load, saturated_throughput
+from llmfleet.demo.replay import Outcome
+from llmfleet.demo.workload import WorkloadRequest
+
+
+def _o(first: float, finish: float, tokens: int, status: str = "ok") -> Outcome:
+    return Outcome(f"r{first}-{finish}", 0.0, first, finish, tokens, tokens, status)
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "slots", "expected"),
+    [
+        # 2 slots, 3 requests: the span ends when the 2nd finishes (one left); every token before it counts.
+        ([_o(0.0, 1.0, 100), _o(0.0, 2.0, 200), _o(1.0, 3.0, 200)], 2, (100 + 200 + 100) / 2.0),
+        # 1 slot, served one after another: 100 tokens/s throughout, the last one's tokens excluded.
+        ([_o(0.0, 1.0, 100), _o(1.0, 2.0, 100), _o(2.0, 3.0, 100)], 1, 200 / 2.0),
+        # a request whose first token comes after the span adds nothing.
+        ([_o(0.0, 1.0, 50), _o(0.0, 1.0, 50), _o(1.5, 2.0, 999)], 2, 100 / 1.0),
+    ],
+)
+def test_saturated_throughput_counts_tokens_while_every_slot_was_busy(outcomes, slots, expected) -> None:
+    assert saturated_throughput(outcomes, slots) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("outcomes", "slots", "message"),
+    [
+        ([_o(0.0, 1.0, 10), _o(0.0, 1.0, 10)], 2, "cannot keep 2 slots busy"),
+        ([_o(0.0, 1.0, 10), _o(0.0, 1.0, 10, status="UNAVAILABLE"), _o(0.0, 1.0, 10)], 1, "failed"),
+        ([_o(0.0, 1.0, 10)], 0, "slots must be at least 1"),
+    ],
+)
+def test_a_capacity_that_cannot_be_measured_is_an_error(outcomes, slots, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        saturated_throughput(outcomes, slots)
+
+
+def test_the_rate_offers_the_fraction_of_capacity_for_the_workloads_answer_lengths() -> None:
+    work = [WorkloadRequest(f"r{i}", 0.0, (5,), n) for i, n in enumerate((100, 300))]  # mean 200 tokens
+    assert rate_for_load(0.9, 1000.0, work) == pytest.approx(0.9 * 1000 / 200)
+    with pytest.raises(ValueError):
+        rate_for_load(0.0, 1000.0, work)
+
+
+def test_a_simulated_fleets_capacity_is_its_slots_decoding_at_its_step_time(tmp_path: Path) -> None:
+    """Two simulated engines of 2 slots, each step 10 ms + 0.5 ms per sequence: at most 4 tokens
+    per 11 ms. The burst through the dispatcher measures close to that, never above it."""
+    from llmfleet.demo.run import measure_capacity
+    from llmfleet.fleet.local import FleetSpec, LocalFleet
+
+    work = [WorkloadRequest(f"r{i}", 0.0, tuple(range(4, 20)), 60) for i in range(4)]
+    with LocalFleet(FleetSpec(engines=2, engine="simulated", max_num_seqs=2), tmp_path) as fleet:
+        capacity = measure_capacity(fleet, work, hidden_length=False)
+    bound = 4 / (0.010 + 0.0005 * 2)
+    assert 0.5 * bound < capacity <= 1.02 * bound, (capacity, bound)
+
+
+def test_demo_load_replaces_the_rate_and_cannot_be_given_with_it(monkeypatch, tmp_path: Path) -> None:
+    import llmfleet.demo.run as run
+    from llmfleet.cli import main
+
+    started = []
+    monkeypatch.setattr(run, "ensure_ranker", lambda path: tmp_path)
+    monkeypatch.setattr(run, "run_demo", started.append)
+    assert main(["demo", "--prompts", "trace", "--load", "0.9"]) == 0
+    assert started[0].load == 0.9
+    assert main(["demo", "--prompts", "trace"]) == 0
+    assert started[1].load is None and started[1].workload.rate == 3.0
+    with pytest.raises(SystemExit):
+        main(["demo", "--prompts", "trace", "--load", "0.9", "--rate", "2"])
+    with pytest.raises(SystemExit, match="--load"):
+        main(["demo", "--prompts", "trace", "--load", "0"])
+    assert len(started) == 2
