@@ -94,10 +94,12 @@ def main() -> int:
     ranker = ensure_ranker(DEFAULT_RANKER_DIR)
     workload = build_workload(WorkloadSpec(trace="conv", start_index=args.start_index, count=args.requests, rate=args.rate,
                                            prompt_pool=str(ranker / "holdout_pool.jsonl")))  # fmt: skip
-    with LocalFleet(FleetSpec(engines=2, max_num_seqs=args.max_num_seqs, engine_nice=args.engine_nice)) as fleet:
+    spec = FleetSpec(engines=2, max_num_seqs=args.max_num_seqs, engine_nice=args.engine_nice, engine_dev_endpoints=True)
+    with LocalFleet(spec) as fleet:
         urls = [e.url for e in fleet.engines]
         warm_up(fleet, workload)
         for variant in args.variants.split(","):
+            fleet.reset_prefix_caches()  # as the demo does: no variant finds the ones before it cached
             metrics_port = free_port()
             dispatcher = fleet.start_dispatcher(variant_config(variant, str(ranker)), metrics_port=metrics_port)
             murl = [f"http://127.0.0.1:{metrics_port}"]
