@@ -157,7 +157,8 @@ CAPACITY_BURST_PER_SLOT = 4
 def measure_capacity(fleet: LocalFleet, workload: Sequence[WorkloadRequest], hidden_length: bool = True) -> float:
     """Output tokens per second the fleet serves with every slot busy (`saturated_throughput`):
     a burst of the workload's requests, four per slot, sent at once through `fcfs-rr`, answers at
-    their real lengths as in the replays. Unmeasured by the results; takes about 10-20 s."""
+    their real lengths as in the replays. Its requests are not part of the results; it takes about
+    10-20 s."""
     slots = fleet.spec.engines * fleet.spec.max_num_seqs
     n = CAPACITY_BURST_PER_SLOT * slots
     burst = [replace(workload[-1 - i % len(workload)], arrival_s=0.0, request_id=f"capacity-{i}") for i in range(n)]
