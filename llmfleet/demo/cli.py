@@ -28,8 +28,9 @@ def register(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="instead of --rate: offered output tokens as a fraction of the fleet's capacity, measured right "
-        "before the replays by a burst that keeps every slot busy (e.g. 0.9); the rate follows from it, so "
-        "every run is at the same load however fast the machine is that minute",
+        "before the replays by a burst that keeps every slot busy (e.g. 0.9); the rate follows from it. The "
+        "load follows the machine's speed during the burst, not during the replays, which on a shared machine "
+        "drifts within minutes (bench/DATAPLANE.md, section 4)",
     )
     parser.add_argument("--trace", default="conv", help="trace for arrival times: conv, code, mooncake or a path")
     parser.add_argument("--start-index", type=int, default=2000, help="first trace request of the window")

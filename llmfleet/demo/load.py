@@ -5,7 +5,9 @@ by up to 2x within minutes, and at a fixed 3.0 requests/s the same window left `
 for seconds in one run and hardly at all in another (bench/DATAPLANE.md, "Targets still
 missed"). A comparison of schedulers is a comparison at a load where requests queue, so the demo
 and the e2e benchmark can instead measure the fleet's capacity right before the replays (a burst
-that keeps every slot busy) and set the rate to a chosen fraction of it.
+that keeps every slot busy) and set the rate to a chosen fraction of it. Measured on the 2-core
+box, this did not make `fcfs-rr` queue in every replay either: an open-loop trace sustains only
+85-95% of the burst's rate, and the machine's speed moves between the burst and the replays.
 
 Pure functions over replay outcomes, so that they are tested without a fleet.
 """
