@@ -28,6 +28,7 @@ import platform
 import sys
 from pathlib import Path
 
+from llmfleet.demo.load import check_load
 from llmfleet.demo.report import plot, ratio_rows, results_json
 from llmfleet.demo.run import DEFAULT_RANKER_DIR, DemoOptions, ensure_ranker, run_demo
 from llmfleet.demo.workload import WorkloadSpec
@@ -54,6 +55,11 @@ def main(argv: list[str] | None = None) -> int:
     add_unconfined_engines(ap)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
+    if args.load is not None:
+        try:
+            check_load(args.load)
+        except ValueError as exc:
+            ap.error(f"--{exc}")
     ranker = ensure_ranker(args.ranker)
     runs = []
     args.out.mkdir(parents=True, exist_ok=True)

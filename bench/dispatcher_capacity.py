@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         for phase, step_s in (("streams", args.step_s), ("decisions", 0.001)):
             ports_file = log_dir / f"ports-{phase}"
             ports_file.unlink(missing_ok=True)
-            host = _Script(
+            host = BenchScript(
                 f"sidecars-{phase}",
                 [__file__, "--serve-sidecars", str(args.engines), "--ports-file", str(ports_file),
                  "--max-num-seqs", str(args.max_num_seqs), "--step-s", str(step_s)],
@@ -337,7 +337,7 @@ def decisions_and_floor(
     speed drifts by 2x within minutes, so only the per-pair ratio is compared, never runs apart."""
     port_file = log_dir / "relay-port"
     port_file.unlink(missing_ok=True)
-    relay = _Script("relay", [__file__, "--serve-relay", pods, "--ports-file", str(port_file)], log_dir / "relay.log")
+    relay = BenchScript("relay", [__file__, "--serve-relay", pods, "--ports-file", str(port_file)], log_dir / "relay.log")
     if args.pin:
         os.sched_setaffinity(0, cpus[-1:])
     relay.start()
@@ -418,8 +418,9 @@ def _own_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-class _Script(LlmfleetProcess):
-    """This script itself, in a child process (the sidecar host)."""
+class BenchScript(LlmfleetProcess):
+    """This script itself, in a child process (the sidecar host, the bare relay; the overhead
+    bench starts the relay through it too)."""
 
     def command(self) -> tuple[list[str], dict[str, str]]:
         return [sys.executable, *self.args], {}

@@ -25,7 +25,6 @@ import contextlib
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import time
@@ -123,23 +122,18 @@ async def measure(
 def bare_relay(sidecar: str) -> Iterator[str]:
     """The bare relay of dispatcher_capacity.py in front of `sidecar`, in its own process on this
     process's cores (as the dispatcher): yields its address."""
+    from dispatcher_capacity import BenchScript
+
     with tempfile.TemporaryDirectory() as tmp:
         port_file = Path(tmp) / "port"
-        script = Path(__file__).with_name("dispatcher_capacity.py")
-        with open(Path(tmp) / "relay.log", "w") as log:
-            proc = subprocess.Popen(
-                [sys.executable, str(script), "--serve-relay", sidecar, "--ports-file", str(port_file)], stdout=log, stderr=log
-            )
+        script = str(Path(__file__).with_name("dispatcher_capacity.py"))
+        relay = BenchScript("relay", [script, "--serve-relay", sidecar, "--ports-file", str(port_file)], Path(tmp) / "relay.log")
+        relay.start()
         try:
-            deadline = time.monotonic() + 60
-            while not (port_file.exists() and port_file.read_text()):
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"the bare relay did not start: {(Path(tmp) / 'relay.log').read_text()[-2000:]}")
-                time.sleep(0.05)
+            relay.wait_until(lambda: port_file.exists() and port_file.read_text() != "", 60, "serving")
             yield f"127.0.0.1:{port_file.read_text()}"
         finally:
-            proc.terminate()
-            proc.wait(10)
+            relay.stop()
 
 
 def main(argv: list[str] | None = None) -> int:

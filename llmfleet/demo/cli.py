@@ -73,8 +73,13 @@ def _run(args: argparse.Namespace) -> int:
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     if not policies:
         raise SystemExit("error: --policies is empty")
-    if args.load is not None and not 0 < args.load <= 2:
-        raise SystemExit(f"error: --load is a fraction of the fleet's capacity, in (0, 2]; got {args.load}")
+    if args.load is not None:
+        from llmfleet.demo.load import check_load
+
+        try:
+            check_load(args.load)
+        except ValueError as exc:
+            raise SystemExit(f"error: --{exc}") from None
     from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker, policy_config
 
     for entry in policies:

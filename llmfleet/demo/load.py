@@ -50,11 +50,21 @@ def saturated_throughput(outcomes: Sequence[Outcome], slots: int) -> float:
     return tokens / (end - start)
 
 
+MAX_LOAD = 2.0  # twice the capacity: past it a replay measures only its growing backlog
+
+
+def check_load(load: float) -> float:
+    """`load` if it is a usable fraction of capacity, else ValueError saying what is: checked by
+    the CLIs before a fleet starts, and again where the rate is computed."""
+    if not 0 < load <= MAX_LOAD:
+        raise ValueError(f"load is a fraction of the fleet's capacity, in (0, {MAX_LOAD:g}]; got {load:g}")
+    return load
+
+
 def rate_for_load(load: float, capacity_tok_s: float, workload: Sequence[WorkloadRequest]) -> float:
     """Requests per second that offer `load` times `capacity_tok_s` output tokens per second,
     given the workload's mean answer length."""
-    if not 0 < load:
-        raise ValueError("load must be positive")
+    check_load(load)
     if capacity_tok_s <= 0 or not workload:
         raise ValueError("need a positive capacity and a workload")
     mean_tokens = sum(r.output_tokens for r in workload) / len(workload)

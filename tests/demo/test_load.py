@@ -46,8 +46,9 @@ def test_a_capacity_that_cannot_be_measured_is_an_error(outcomes, slots, message
 def test_the_rate_offers_the_fraction_of_capacity_for_the_workloads_answer_lengths() -> None:
     work = [WorkloadRequest(f"r{i}", 0.0, (5,), n) for i, n in enumerate((100, 300))]  # mean 200 tokens
     assert rate_for_load(0.9, 1000.0, work) == pytest.approx(0.9 * 1000 / 200)
-    with pytest.raises(ValueError):
-        rate_for_load(0.0, 1000.0, work)
+    for load in (0.0, -1.0, 2.5):
+        with pytest.raises(ValueError, match="fraction of the fleet's capacity"):
+            rate_for_load(load, 1000.0, work)
 
 
 def test_a_simulated_fleets_capacity_is_its_slots_decoding_at_its_step_time(tmp_path: Path) -> None:
@@ -76,6 +77,21 @@ def test_demo_load_replaces_the_rate_and_cannot_be_given_with_it(monkeypatch, tm
     assert started[1].load is None and started[1].workload.rate == 3.0
     with pytest.raises(SystemExit):
         main(["demo", "--prompts", "trace", "--load", "0.9", "--rate", "2"])
-    with pytest.raises(SystemExit, match="--load"):
-        main(["demo", "--prompts", "trace", "--load", "0"])
+    for bad in ("0", "2.5"):
+        with pytest.raises(SystemExit, match="--load is a fraction of the fleet's capacity"):
+            main(["demo", "--prompts", "trace", "--load", bad])
     assert len(started) == 2
+
+
+def test_the_e2e_bench_refuses_a_bad_load_before_it_starts_a_fleet(monkeypatch, capsys) -> None:
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "dataplane_e2e.py"
+    spec = importlib.util.spec_from_file_location("dataplane_e2e", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench, "ensure_ranker", lambda path: pytest.fail("started before checking --load"))
+    with pytest.raises(SystemExit):
+        bench.main(["--load", "0"])
+    assert "--load is a fraction of the fleet's capacity" in capsys.readouterr().err
