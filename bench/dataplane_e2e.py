@@ -6,6 +6,10 @@ alpaca_eval prompts held out from the ranker's training, each with the length of
 answer, hidden from the scheduler (max_tokens is only a cap), exactly as in `llmfleet demo`. Reports mean and p99 latency as ratios of
 fcfs-rr's, measured in the same run.
 
+`llmfleet-oracle` runs beside them: llmfleet's mechanism with every request's true length told to
+the dispatcher (the same requests and engine work; `llmfleet.demo.run.ORACLE`), so each replay
+also measures how far a perfect ranker could take llmfleet's ratios on that same replay.
+
 Three windows of the trace, each replayed `--repeats` times with every policy, the policy order
 reversed on every other repeat so that no policy always runs first on a fresh fleet. The
 default rate, 3.0/s, is just below what the two engines serve (about 680-740 output tokens/s
@@ -16,7 +20,7 @@ Each engine has 4 slots: at 8, Little's law gives about 4 requests per engine at
 slots rarely fill and there is little queue for any policy to order (the 8-slot runs are kept as
 bench/results/dataplane_e2e_8slots.json).
 
-Reproduce (writes bench/results/dataplane_e2e.{json,png}; about 35 minutes on 2 cores):
+Reproduce (writes bench/results/dataplane_e2e.{json,png}; about 45 minutes on 2 cores):
     .venv/bin/python bench/dataplane_e2e.py
 """
 
@@ -40,7 +44,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    ap.add_argument("--policies", default="fcfs-rr,least-load,llmfleet")
+    ap.add_argument("--policies", default="fcfs-rr,least-load,llmfleet,llmfleet-oracle")
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--rate", type=float, default=3.0)
     ap.add_argument(

@@ -17,7 +17,8 @@ def register(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policies", default="fcfs-rr,least-load,llmfleet",
                         help="comma-separated policies: vanilla vLLM behind round robin, the peers' least-load routing, "
                              "llmfleet (default: %(default)s). A policy may carry settings by their CRD names, "
-                             "e.g. llmfleet:engineLookahead=1, to compare two settings side by side")  # fmt: skip
+                             "e.g. llmfleet:engineLookahead=1, to compare two settings side by side; llmfleet-oracle is llmfleet "
+                             "told every request's true length (the bound on what a better ranker could add)")  # fmt: skip
     parser.add_argument("--engines", type=int, default=2, help="vLLM engines in the fleet (default: %(default)s)")
     parser.add_argument("--max-num-seqs", type=int, default=4, help="each engine's --max-num-seqs (default: %(default)s)")
     parser.add_argument("--requests", type=int, default=200, help="requests to replay per policy (default: %(default)s)")

@@ -36,13 +36,17 @@ class Outcome:
         return self.status == "ok"
 
 
-def generate_request(req: WorkloadRequest, hidden_length: bool, max_tokens_cap: int):  # type: ignore[no-untyped-def]
+def generate_request(req: WorkloadRequest, hidden_length: bool, max_tokens_cap: int, tell_length: bool = False):  # type: ignore[no-untyped-def]
     """The GenerateRequest for one workload request.
 
     With `hidden_length`, the answer's length is a property of the generation (vLLM's
     `min_tokens` plus an EOS bias, which the scheduler never reads) and `max_tokens` is only a
     generous cap, as in production. Otherwise `ignore_eos` + `max_tokens` fixes the length, and
     the scheduler sees the exact length in `max_tokens`.
+
+    `tell_length` (the demo's `llmfleet-oracle` entry) keeps the hidden request's sampling, so the engine
+    does the same work, and also fixes the length with `ignore_eos` + `max_tokens`, which the
+    dispatcher reads as an exact estimate: the same request, with the scheduler told its length.
     """
     from llmfleet.v1 import dispatcher_pb2
 
@@ -55,6 +59,10 @@ def generate_request(req: WorkloadRequest, hidden_length: bool, max_tokens_cap: 
         sampling = dispatcher_pb2.SamplingParams(
             temperature=0.0, min_tokens=max(0, req.output_tokens - 1), logit_bias={EOS_TOKEN_ID: 100.0}
         )
+        if tell_length:
+            return dispatcher_pb2.GenerateRequest(
+                **prompt, request_id=req.request_id, max_tokens=req.output_tokens, ignore_eos=True, sampling=sampling
+            )
         return dispatcher_pb2.GenerateRequest(
             **prompt, request_id=req.request_id, max_tokens=max(max_tokens_cap, req.output_tokens), sampling=sampling
         )
@@ -68,6 +76,7 @@ async def replay(
     workload: Sequence[WorkloadRequest],
     *,
     hidden_length: bool = True,
+    tell_lengths: bool = False,
     max_tokens_cap: int = 512,
     on_done: Callable[[Outcome], None] | None = None,
     max_retries: int = 50,
@@ -90,7 +99,7 @@ async def replay(
             retries = 0
             while True:
                 try:
-                    call = stub.Generate(generate_request(req, hidden_length, max_tokens_cap), timeout=timeout_s)
+                    call = stub.Generate(generate_request(req, hidden_length, max_tokens_cap, tell_lengths), timeout=timeout_s)
                     async for msg in call:
                         if msg.token_ids and first is None:
                             first = time.monotonic() - t0

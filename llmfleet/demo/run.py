@@ -51,14 +51,32 @@ class DemoOptions:
     load: float | None = None
 
 
+# The `llmfleet-oracle` entry: llmfleet told every request's true length, with nothing holding the shortest
+# back (the overtake guard off), so it orders by exact remaining work. The requests and the
+# engines' work are the same as the other entries' (`replay`'s `tell_lengths`); only the
+# scheduler's knowledge differs. Beside llmfleet it bounds what any length ranker could add to
+# llmfleet's mechanism on the same replay. (The simulator's `oracle-srpt` is another bound: preemptive
+# SRPT in slices, which needs every length inside the policy.)
+ORACLE = "llmfleet-oracle"
+ORACLE_SETTINGS: dict[str, Any] = {"policy": "llmfleet", "starvationOvertakeTurns": None}
+
+
+def is_oracle(entry: str) -> bool:
+    """Whether a `--policies` entry is the oracle, whose replay tells the dispatcher each length."""
+    return entry.split(":")[0] == ORACLE
+
+
 def policy_config(entry: str, slice_tokens: int | None = None, ranker: str | None = None) -> SchedulingConfig:
     """The scheduling config one `--policies` entry names: a policy, optionally with settings by
     their CRD names after colons, such as `llmfleet:engineLookahead=1` (YAML values; `null` unsets).
+    `llmfleet-oracle` names llmfleet with every length known (`ORACLE_SETTINGS`; settings may follow too).
 
     The entry itself labels the results, so two settings of one policy can run side by side.
     Raises ValueError naming the problem (an unknown policy or setting, a bad value)."""
     name, *settings = entry.split(":")
     data: dict[str, Any] = {"policy": name, "sliceTokens": slice_tokens, "ranker": ranker}
+    if name == ORACLE:
+        data.update(ORACLE_SETTINGS)
     for setting in settings:
         key, sep, value = setting.partition("=")
         if not sep or not key:
@@ -122,12 +140,16 @@ async def busy_sampler(address: str, stop: asyncio.Event, interval_s: float = 0.
 
 
 async def run_policy(
-    address: str, workload: Sequence[WorkloadRequest], hidden_length: bool, on_done: Callable[[Outcome], None]
+    address: str,
+    workload: Sequence[WorkloadRequest],
+    hidden_length: bool,
+    on_done: Callable[[Outcome], None],
+    tell_lengths: bool = False,
 ) -> tuple[list[Outcome], dict[str, float]]:
     stop = asyncio.Event()
     sampler = asyncio.create_task(busy_sampler(address, stop))
     try:
-        outcomes = await replay(address, workload, hidden_length=hidden_length, on_done=on_done)
+        outcomes = await replay(address, workload, hidden_length=hidden_length, tell_lengths=tell_lengths, on_done=on_done)
     finally:
         stop.set()
         busy = await sampler
@@ -222,7 +244,9 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
                 def advance(_outcome: Outcome, task_id: Any = task) -> None:
                     progress.advance(task_id)
 
-                outcomes, busy = asyncio.run(run_policy(dispatcher.address, workload, options.hidden_length, advance))
+                outcomes, busy = asyncio.run(
+                    run_policy(dispatcher.address, workload, options.hidden_length, advance, is_oracle(policy))
+                )
                 fleet.stop_dispatcher()
                 outcomes_by_policy[policy] = outcomes
                 results.append(summarize_outcomes(policy, outcomes, list(busy.values()) or [0.0]))

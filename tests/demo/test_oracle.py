@@ -1,0 +1,58 @@
+"""The demo's `llmfleet-oracle` entry: the same requests, with the dispatcher told each length."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from llmfleet.demo.replay import generate_request
+from llmfleet.demo.run import is_oracle, policy_config, run_policy
+from llmfleet.demo.workload import WorkloadRequest, WorkloadSpec, build_workload
+
+
+def test_a_told_length_keeps_the_hidden_requests_sampling_and_fixes_the_length() -> None:
+    """The engine does the same work as for the hidden request (same min_tokens and EOS bias);
+    only `ignore_eos` + `max_tokens`, which the dispatcher reads as an exact estimate, differ."""
+    req = build_workload(WorkloadSpec(count=1))[0]
+    hidden = generate_request(req, hidden_length=True, max_tokens_cap=512)
+    told = generate_request(req, hidden_length=True, max_tokens_cap=512, tell_length=True)
+    assert told.sampling == hidden.sampling
+    assert (told.ignore_eos, told.max_tokens) == (True, req.output_tokens)
+    assert (hidden.ignore_eos, hidden.max_tokens) == (False, 512)
+
+
+@pytest.mark.parametrize(
+    ("entry", "oracle", "expected"),
+    [
+        ("llmfleet-oracle", True, {"policy": "llmfleet", "starvation_overtake_turns": None, "engine_lookahead": 0}),
+        ("llmfleet-oracle:engineLookahead=1", True, {"policy": "llmfleet", "engine_lookahead": 1}),
+        ("llmfleet", False, {"policy": "llmfleet", "starvation_overtake_turns": 1.0}),
+        ("fcfs-rr", False, {"policy": "fcfs-rr"}),
+    ],
+)
+def test_the_oracle_entry_is_llmfleet_with_the_guard_off(entry: str, oracle: bool, expected: dict) -> None:
+    config = policy_config(entry, ranker="/r")
+    assert {k: getattr(config, k) for k in expected} == expected
+    assert is_oracle(entry) is oracle
+
+
+def test_told_lengths_let_the_dispatcher_serve_the_shortest_first(tmp_path: Path) -> None:
+    """One simulated engine with one slot: a long request takes the slot, three more queue at the
+    dispatcher, and with every length told they are served shortest first, not in arrival order."""
+    from llmfleet.fleet.local import FleetSpec, LocalFleet
+
+    prompt = tuple(range(4, 20))
+    lengths = {"first": 60, "long": 50, "short": 5, "mid": 20}
+    work = [WorkloadRequest("first", 0.0, prompt, 60)] + [
+        WorkloadRequest(rid, 0.1 + 0.01 * i, prompt, lengths[rid]) for i, rid in enumerate(("long", "short", "mid"))
+    ]
+    with LocalFleet(FleetSpec(engines=1, engine="simulated", max_num_seqs=1), tmp_path) as fleet:
+        dispatcher = fleet.start_dispatcher(policy_config("llmfleet-oracle"))
+        outcomes, _busy = asyncio.run(
+            run_policy(dispatcher.address, work, hidden_length=True, on_done=lambda _o: None, tell_lengths=True)
+        )
+    assert all(o.ok and o.tokens == o.expected_tokens for o in outcomes), outcomes
+    finished = [o.request_id for o in sorted(outcomes, key=lambda o: o.finish_s or 0.0)]
+    assert finished == ["first", "short", "mid", "long"]
