@@ -34,7 +34,7 @@ from pathlib import Path
 
 from llmfleet.demo.load import check_load
 from llmfleet.demo.report import plot, ratio_rows, results_json
-from llmfleet.demo.run import DEFAULT_RANKER_DIR, DemoOptions, ensure_ranker, run_demo
+from llmfleet.demo.run import DEFAULT_RANKER_DIR, ORACLE, DemoOptions, ensure_ranker, run_demo
 from llmfleet.demo.workload import WorkloadSpec
 from llmfleet.fleet.cli import add_unconfined_engines
 from llmfleet.fleet.local import FleetSpec
@@ -96,6 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "runs": runs,
         "summary": summarize_runs(runs),
+        "targets_beside_oracle": targets_beside_oracle(runs),
         "setup": {
             "requests": args.requests,
             "rate": args.rate if args.load is None else None,
@@ -113,7 +114,42 @@ def main(argv: list[str] | None = None) -> int:
     }
     (args.out / "dataplane_e2e.json").write_text(json.dumps(payload, indent=2) + "\n")
     print(json.dumps(payload["summary"], indent=2))
+    print(json.dumps(payload["targets_beside_oracle"]))
     return 0
+
+
+# The issue's targets for llmfleet, as (name, table, ratio, bound, sense, the CI must exclude 1).
+TARGETS = (
+    ("mean TTFT <= 0.70 vs fcfs-rr, CI below 1", "ratios_vs_fcfs_rr", "mean_ttft_ratio", 0.70, "le", True),
+    ("mean <= 0.85 vs fcfs-rr, CI below 1", "ratios_vs_fcfs_rr", "mean_latency_ratio", 0.85, "le", True),
+    ("p99 <= 1.10 vs fcfs-rr", "ratios_vs_fcfs_rr", "p99_latency_ratio", 1.10, "le", False),
+    ("throughput >= 0.98 vs fcfs-rr", "ratios_vs_fcfs_rr", "throughput_ratio", 0.98, "ge", False),
+    ("mean <= 0.90 vs least-load", "ratios_vs_least_load", "mean_latency_ratio", 0.90, "le", False),
+)
+
+
+def target_met(run: dict, policy: str, target: tuple) -> bool | None:
+    """Whether `policy` met one target in one replay (None: the replay lacks the policy or its baseline)."""
+    _name, table, ratio, bound, sense, ci_below_1 = target
+    row = run.get(table, {}).get(policy)
+    if row is None:
+        return None
+    value = row[ratio]
+    met = value <= bound if sense == "le" else value >= bound
+    if met and ci_below_1:
+        ci = row.get("ci95", {}).get(ratio)
+        met = ci is not None and ci[1] < 1.0
+    return met
+
+
+def targets_beside_oracle(runs: list[dict], policy: str = "llmfleet", oracle: str = ORACLE) -> dict[str, dict[str, list]]:
+    """Per target, in replay order: whether `policy` met it, and whether the oracle (the same
+    mechanism told every length) met it in the same replay. Where the oracle misses, no ranker
+    reaches the target on that replay; where it meets it and `policy` does not, the ranker is short."""
+    return {
+        t[0]: {policy: [target_met(r, policy, t) for r in runs], oracle: [target_met(r, oracle, t) for r in runs]}
+        for t in TARGETS
+    }
 
 
 def summarize_runs(runs: list[dict]) -> dict[str, dict[str, list[float]]]:

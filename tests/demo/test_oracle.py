@@ -56,3 +56,48 @@ def test_told_lengths_let_the_dispatcher_serve_the_shortest_first(tmp_path: Path
     assert all(o.ok and o.tokens == o.expected_tokens for o in outcomes), outcomes
     finished = [o.request_id for o in sorted(outcomes, key=lambda o: o.finish_s or 0.0)]
     assert finished == ["first", "short", "mid", "long"]
+
+
+def _bench():  # type: ignore[no-untyped-def]
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[2] / "bench" / "dataplane_e2e.py"
+    spec = importlib.util.spec_from_file_location("dataplane_e2e", path)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    return bench
+
+
+def _row(mean: float, ttft: float = 1.0, p99: float = 1.0, tput: float = 1.0, ci_hi: float = 0.95) -> dict:
+    ci = {"mean_latency_ratio": [mean - 0.1, ci_hi], "mean_ttft_ratio": [ttft - 0.1, ci_hi]}
+    return {"mean_latency_ratio": mean, "mean_ttft_ratio": ttft, "p99_latency_ratio": p99, "throughput_ratio": tput, "ci95": ci}
+
+
+@pytest.mark.parametrize(
+    ("row", "target", "met"),
+    [
+        (_row(0.80), 1, True),  # mean <= 0.85 with the interval below 1
+        (_row(0.80, ci_hi=1.02), 1, False),  # the ratio is met but its interval reaches 1
+        (_row(0.86), 1, False),
+        (_row(1.0, ttft=0.70), 0, True),  # the bound itself meets it
+        (_row(1.0, p99=1.11), 2, False),
+        (_row(1.0, tput=0.98), 3, True),
+        (_row(1.0, tput=0.97), 3, False),
+    ],
+)
+def test_a_target_is_met_only_by_its_ratio_and_interval(row: dict, target: int, met: bool) -> None:
+    bench = _bench()
+    assert bench.target_met({"ratios_vs_fcfs_rr": {"llmfleet": row}}, "llmfleet", bench.TARGETS[target]) is met
+
+
+def test_targets_are_listed_beside_the_oracles_replay_by_replay() -> None:
+    bench = _bench()
+    runs = [
+        {"ratios_vs_fcfs_rr": {"llmfleet": _row(0.80), "llmfleet-oracle": _row(0.75)}, "ratios_vs_least_load": {
+            "llmfleet": _row(0.95), "llmfleet-oracle": _row(0.89)}},
+        {"ratios_vs_fcfs_rr": {"llmfleet": _row(1.01), "llmfleet-oracle": _row(1.02)}},  # no least-load in this one
+    ]
+    table = bench.targets_beside_oracle(runs)
+    assert table["mean <= 0.85 vs fcfs-rr, CI below 1"] == {"llmfleet": [True, False], "llmfleet-oracle": [True, False]}
+    assert table["mean <= 0.90 vs least-load"] == {"llmfleet": [False, None], "llmfleet-oracle": [True, None]}
