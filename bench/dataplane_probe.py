@@ -8,8 +8,10 @@ inter-token latency, and the dispatcher's TTFT and queue time. With `--probe-tok
 side client also calls the first sidecar's Tokenize every 100 ms during each replay and reports
 its latency (the data plane's responsiveness under load).
 
-A variant is a policy with optional scheduling fields, e.g. `llmfleet:engine_lookahead=64` or
-`llmfleet:prefill_pace_tokens=none`. Give the same variants in ABBA order to pair them in time.
+A variant is a `--policies` entry of `llmfleet demo` (`llmfleet.demo.run.policy_config`): a policy
+with optional settings by their CRD names, e.g. `llmfleet:engineLookahead=64` or
+`llmfleet:starvationOvertakeTurns=null`, or `llmfleet-oracle`, whose replay tells the dispatcher
+each request's length. Give the same variants in ABBA order to pair them in time.
 
     .venv/bin/python bench/dataplane_probe.py --max-num-seqs 4 --rate 3.0 \\
         --variants least-load,llmfleet,llmfleet,least-load --engine-nice 10
@@ -25,10 +27,10 @@ import sys
 import time
 
 import grpc
+import numpy as np
 
-from llmfleet.core.config import SchedulingConfig
 from llmfleet.demo.replay import replay
-from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker, warm_up
+from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker, is_oracle, policy_config, warm_up
 from llmfleet.demo.workload import WorkloadSpec, build_workload
 from llmfleet.engine.process import free_port
 from llmfleet.fleet.local import FleetSpec, LocalFleet
@@ -50,15 +52,6 @@ def means(before: dict, after: dict) -> dict[str, float]:
             for name, value in histogram_means(before, after).items()}  # fmt: skip
 
 
-def variant_config(variant: str, ranker: str) -> SchedulingConfig:
-    name, *fields = variant.split(":")
-    kw: dict[str, object] = {"policy": name, "ranker": ranker}
-    for field in fields:
-        key, value = field.split("=")
-        kw[key] = None if value == "none" else int(value)
-    return SchedulingConfig(**kw)  # type: ignore[arg-type]
-
-
 async def tokenize_probe(address: str, text: str, stop: asyncio.Event) -> list[float]:
     from llmfleet.v1 import sidecar_pb2, sidecar_pb2_grpc
 
@@ -73,10 +66,10 @@ async def tokenize_probe(address: str, text: str, stop: asyncio.Event) -> list[f
     return out
 
 
-async def run_variant(address: str, workload: list, sidecar: str | None) -> tuple[list, list[float]]:
+async def run_variant(address: str, workload: list, sidecar: str | None, tell_lengths: bool) -> tuple[list, list[float]]:
     stop = asyncio.Event()
     probe = asyncio.create_task(tokenize_probe(sidecar, workload[0].prompt_text or "hello", stop)) if sidecar else None
-    outcomes = await replay(address, workload, hidden_length=True)
+    outcomes = await replay(address, workload, hidden_length=True, tell_lengths=tell_lengths)
     stop.set()
     return outcomes, (await probe if probe else [])
 
@@ -91,6 +84,12 @@ def main() -> int:
     ap.add_argument("--engine-nice", type=int, default=0)
     ap.add_argument("--probe-tokenize", action="store_true", help="also time the first sidecar's Tokenize under load")
     args = ap.parse_args()
+    variants = args.variants.split(",")
+    for variant in variants:  # a mistyped variant fails before the fleet starts
+        try:
+            policy_config(variant)
+        except ValueError as exc:
+            ap.error(f"--variants: {exc}")
     ranker = ensure_ranker(DEFAULT_RANKER_DIR)
     workload = build_workload(WorkloadSpec(trace="conv", start_index=args.start_index, count=args.requests, rate=args.rate,
                                            prompt_pool=str(ranker / "holdout_pool.jsonl")))  # fmt: skip
@@ -98,21 +97,23 @@ def main() -> int:
     with LocalFleet(spec) as fleet:
         urls = [e.url for e in fleet.engines]
         warm_up(fleet, workload)
-        for variant in args.variants.split(","):
+        for variant in variants:
             fleet.reset_prefix_caches()  # as the demo does: no variant finds the ones before it cached
             metrics_port = free_port()
-            dispatcher = fleet.start_dispatcher(variant_config(variant, str(ranker)), metrics_port=metrics_port)
+            dispatcher = fleet.start_dispatcher(policy_config(variant, ranker=str(ranker)), metrics_port=metrics_port)
             murl = [f"http://127.0.0.1:{metrics_port}"]
             e0, d0 = scrape_histograms(urls, ENGINE), scrape_histograms(murl, DISPATCHER)
             sidecar = fleet.sidecars[0].address if args.probe_tokenize else None
-            outcomes, tokenize_ms = asyncio.run(run_variant(dispatcher.address, workload, sidecar))
+            outcomes, tokenize_ms = asyncio.run(run_variant(dispatcher.address, workload, sidecar, is_oracle(variant)))
             e1, d1 = scrape_histograms(urls, ENGINE), scrape_histograms(murl, DISPATCHER)
             fleet.stop_dispatcher()
             ok = [o for o in outcomes if o.ok]
+            latency = sorted(o.finish_s - o.arrival_s for o in ok)
             row: dict[str, object] = {
                 "variant": variant, "completed": len(ok),
                 "client_ttft_s": round(statistics.fmean(o.first_token_s - o.arrival_s for o in ok), 3),
-                "client_latency_s": round(statistics.fmean(o.finish_s - o.arrival_s for o in ok), 3),
+                "client_latency_s": round(statistics.fmean(latency), 3),
+                "client_p99_latency_s": round(float(np.percentile(latency, 99)), 3),
                 **means(e0, e1), **means(d0, d1),
             }  # fmt: skip
             if tokenize_ms:

@@ -152,7 +152,34 @@ def print_table(
         )  # fmt: skip
     table.caption = (f"ratios are to {baseline}, measured in the same run, with paired bootstrap 95% intervals over "
                      "the same requests; TTFT is the mean time to first token")  # fmt: skip
-    Console(width=max(150, Console().width)).print(table)
+    console = Console(width=max(150, Console().width))
+    console.print(table)
+    note = queue_note(results, baseline)
+    if note:
+        console.print(note)
+
+
+# Below this share of the baseline's latency spent before the first token, the baseline hardly
+# queued and no order can shorten much. In the e2e runs of bench/DATAPLANE.md section 3, llmfleet
+# met its mean and TTFT targets in every replay where fcfs-rr's share was 0.34 or more, and lost
+# or tied at 0.13-0.22; in the run with the oracle beside it (shares 0.07-0.12), even every
+# length known gave a mean of 0.90-1.03 of fcfs-rr's.
+LITTLE_QUEUE_SHARE = 0.25
+
+
+def queue_note(results: Sequence[dict[str, Any]], baseline: str = "fcfs-rr") -> str | None:
+    """One line on how much the baseline queued, which bounds what any order can gain; a hint
+    when it hardly queued. None without the baseline."""
+    base = next((r for r in results if r["policy"] == baseline), None)
+    if base is None or not base["mean_latency_s"]:
+        return None
+    share = base["mean_ttft_s"] / base["mean_latency_s"]
+    line = (f"{baseline}'s first tokens took {base['mean_ttft_s']:.2f} s of its {base['mean_latency_s']:.2f} s mean "
+            f"latency ({share:.0%}): the wait that any order of the requests can shorten.")  # fmt: skip
+    if share < LITTLE_QUEUE_SHARE:
+        line += (" That is little queue, so the policies can only tie here; a higher --rate (or --load) gives "
+                 "them a queue to differ on.")  # fmt: skip
+    return line
 
 
 def plot(outcomes_by_policy: Mapping[str, Sequence[Outcome]], results: Sequence[dict[str, Any]], path: Path, title: str) -> None:

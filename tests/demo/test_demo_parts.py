@@ -175,3 +175,17 @@ def test_two_settings_of_one_policy_run_side_by_side_under_their_own_labels(monk
     monkeypatch.setattr(run, "run_demo", started.append)
     assert main(["demo", "--prompts", "trace", "--policies", "llmfleet,llmfleet:engineLookahead=1"]) == 0
     assert started[0].policies == ["llmfleet", "llmfleet:engineLookahead=1"]
+
+
+@pytest.mark.parametrize(
+    ("ttft", "mean", "share", "hint"),
+    [(0.13, 1.95, "7%", True), (0.6, 2.5, "24%", True), (1.3, 3.8, "34%", False), (2.5, 5.0, "50%", False)],
+)
+def test_the_queue_note_says_how_much_the_baseline_waited_and_hints_when_little(ttft, mean, share, hint) -> None:
+    from llmfleet.demo.report import queue_note
+
+    results = [{"policy": "fcfs-rr", "mean_ttft_s": ttft, "mean_latency_s": mean}, {"policy": "llmfleet"}]
+    note = queue_note(results)
+    assert note is not None and f"({share})" in note
+    assert ("higher --rate" in note) is hint
+    assert queue_note(results[1:]) is None  # no baseline, nothing to say
