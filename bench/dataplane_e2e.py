@@ -32,7 +32,7 @@ import platform
 import sys
 from pathlib import Path
 
-from llmfleet.demo.load import check_load
+from llmfleet.demo.load import check_load, check_queue_share
 from llmfleet.demo.report import plot, ratio_rows, results_json
 from llmfleet.demo.run import DEFAULT_RANKER_DIR, ORACLE, DemoOptions, ensure_ranker, run_demo
 from llmfleet.demo.workload import WorkloadSpec
@@ -51,6 +51,11 @@ def main(argv: list[str] | None = None) -> int:
         "--load", type=float, default=None,
         help="instead of --rate: offered load as a fraction of the capacity measured before each window's replays",
     )  # fmt: skip
+    ap.add_argument(
+        "--queue-share", type=float, default=None,
+        help="instead of --rate: before each window's replays, find the rate at which fcfs-rr spends this share of "
+        "its latency before the first token (`llmfleet demo --queue-share`), starting at --rate",
+    )  # fmt: skip
     ap.add_argument("--repeats", type=int, default=2, help="replays of each window, alternating the policy order")
     ap.add_argument("--windows", default="2000,3000,4000", help="first trace request of each repetition")
     ap.add_argument("--max-num-seqs", type=int, default=4, help="each engine's slots (4: the slots, not the CPU, are the bottleneck)")
@@ -59,11 +64,15 @@ def main(argv: list[str] | None = None) -> int:
     add_unconfined_engines(ap)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    if args.load is not None:
-        try:
+    if args.load is not None and args.queue_share is not None:
+        ap.error("--load and --queue-share each set the rate; give one")
+    try:
+        if args.load is not None:
             check_load(args.load)
-        except ValueError as exc:
-            ap.error(f"--{exc}")
+        if args.queue_share is not None:
+            check_queue_share(args.queue_share)
+    except ValueError as exc:
+        ap.error(f"--{exc}")
     ranker = ensure_ranker(args.ranker)
     runs = []
     args.out.mkdir(parents=True, exist_ok=True)
@@ -79,13 +88,15 @@ def main(argv: list[str] | None = None) -> int:
             slice_tokens=args.slice_tokens,
             ranker=str(ranker),
             load=args.load,
+            queue_share=args.queue_share,
         )
         out = run_demo(options)
         results = out["results"]
         run = results_json(f"azure-conv window {start}, repeat {repeat + 1} (live fleet)", 2, out["payload"]["rate_scale"], results)
         run["window"], run["repeat"], run["order"] = start, repeat + 1, options.policies
-        if "load" in out["payload"]:
-            run["load"] = out["payload"]["load"]
+        for key in ("load", "queue_share"):
+            if key in out["payload"]:
+                run[key] = out["payload"][key]
         run["ratios_vs_fcfs_rr"] = ratio_rows(results, "fcfs-rr", out["outcomes"])
         run["ratios_vs_least_load"] = ratio_rows(results, "least-load", out["outcomes"])
         run["diagnostics"] = {r["policy"]: {k: r[k] for k in ("failed", "wrong_length", "retries", "prefix_cache_hit_rate")} for r in results}
@@ -99,8 +110,10 @@ def main(argv: list[str] | None = None) -> int:
         "targets_beside_oracle": targets_beside_oracle(runs),
         "setup": {
             "requests": args.requests,
-            "rate": args.rate if args.load is None else None,
+            "rate": args.rate if args.load is None and args.queue_share is None else None,
+            "start_rate": args.rate if args.queue_share is not None else None,
             "load": args.load,
+            "queue_share": args.queue_share,
             "windows": args.windows,
             "repeats": args.repeats,
             "max_num_seqs": args.max_num_seqs,

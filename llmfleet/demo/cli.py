@@ -33,6 +33,15 @@ def register(parser: argparse.ArgumentParser) -> None:
         "load follows the machine's speed during the burst, not during the replays, which on a shared machine "
         "drifts within minutes (bench/DATAPLANE.md, section 4)",
     )
+    rate.add_argument(
+        "--queue-share",
+        type=float,
+        default=None,
+        help="instead of a fixed rate: the share of fcfs-rr's latency to be spent before the first token "
+        "(e.g. 0.4). The window is replayed under fcfs-rr from 3.0 requests/s up or down (a few replays, "
+        "not counted) until it queues that much, then every policy is replayed afresh at that rate. With no "
+        "queue there is nothing for any order to shorten",
+    )
     parser.add_argument("--trace", default="conv", help="trace for arrival times: conv, code, mooncake or a path")
     parser.add_argument("--start-index", type=int, default=2000, help="first trace request of the window")
     parser.add_argument(
@@ -74,11 +83,14 @@ def _run(args: argparse.Namespace) -> int:
     policies = [p.strip() for p in args.policies.split(",") if p.strip()]
     if not policies:
         raise SystemExit("error: --policies is empty")
-    if args.load is not None:
-        from llmfleet.demo.load import check_load
+    if args.load is not None or args.queue_share is not None:
+        from llmfleet.demo.load import check_load, check_queue_share
 
         try:
-            check_load(args.load)
+            if args.load is not None:
+                check_load(args.load)
+            if args.queue_share is not None:
+                check_queue_share(args.queue_share)
         except ValueError as exc:
             raise SystemExit(f"error: --{exc}") from None
     from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker, policy_config
@@ -105,6 +117,7 @@ def _run(args: argparse.Namespace) -> int:
         out_dir=args.out,
         log_dir=args.log_dir,
         load=args.load,
+        queue_share=args.queue_share,
     )
     try:
         run_demo(options)

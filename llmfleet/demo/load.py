@@ -9,6 +9,12 @@ that keeps every slot busy) and set the rate to a chosen fraction of it. Measure
 box, this did not make `fcfs-rr` queue in every replay either: an open-loop trace sustains only
 85-95% of the burst's rate, and the machine's speed moves between the burst and the replays.
 
+The other way, `--queue-share`, aims at the regime itself: the demo replays the window under
+`fcfs-rr` and raises or lowers the rate until `fcfs-rr`'s requests spend about the chosen share of
+their latency before their first token (`queue_share`, `next_rate`). Those replays only find the
+rate; the policies, `fcfs-rr` included, are then replayed afresh at it, so the baseline compared
+is not the one picked for having queued.
+
 Pure functions over replay outcomes, so that they are tested without a fleet.
 """
 
@@ -69,3 +75,49 @@ def rate_for_load(load: float, capacity_tok_s: float, workload: Sequence[Workloa
         raise ValueError("need a positive capacity and a workload")
     mean_tokens = sum(r.output_tokens for r in workload) / len(workload)
     return load * capacity_tok_s / mean_tokens
+
+
+QUEUE_SHARE_TOLERANCE = 0.1  # a share within this of the target is close enough: stop searching
+MAX_QUEUE_REPLAYS = 4  # replays spent finding the rate; then the closest one tried is used
+
+
+def check_queue_share(share: float) -> float:
+    """`share` if it is a usable target (a fraction of latency spent before the first token)."""
+    if not 0 < share < 1:
+        raise ValueError(f"queue-share is the fraction of fcfs-rr's latency spent before the first token, in (0, 1); got {share:g}")
+    return share
+
+
+def queue_share(outcomes: Sequence[Outcome]) -> float:
+    """The share of the requests' mean latency that came before their first token: the wait any
+    order of the requests can shorten (ValueError when no request completed)."""
+    done = [o for o in outcomes if o.ok and o.first_token_s is not None and o.finish_s is not None]
+    if not done:
+        raise ValueError("no request completed; the queue share is unknown")
+    ttft = sum(o.first_token_s - o.arrival_s for o in done if o.first_token_s is not None)
+    latency = sum(o.finish_s - o.arrival_s for o in done if o.finish_s is not None)
+    return ttft / latency if latency > 0 else 0.0
+
+
+def next_rate(tried: Sequence[tuple[float, float]], target: float, tolerance: float = QUEUE_SHARE_TOLERANCE) -> float | None:
+    """The next rate to try, given the (rate, queue share) pairs tried so far; None once the last
+    one is within `tolerance` of `target`. Once the target is bracketed, the geometric middle of
+    the closest rates either side; before that, a step of 20% (8% when within twice the
+    tolerance), since the queue grows steeply with the rate near capacity."""
+    check_queue_share(target)
+    if not tried:
+        raise ValueError("try a rate first")
+    rate, share = tried[-1]
+    if abs(share - target) <= tolerance:
+        return None
+    low = [r for r, s in tried if s < target - tolerance]
+    high = [r for r, s in tried if s > target + tolerance]
+    if low and high and max(low) < min(high):
+        return (max(low) * min(high)) ** 0.5
+    step = 1.08 if abs(share - target) <= 2 * tolerance else 1.2
+    return rate * step if share < target else rate / step
+
+
+def closest_rate(tried: Sequence[tuple[float, float]], target: float) -> float:
+    """The rate whose share came closest to `target`, when the search ran out of replays."""
+    return min(tried, key=lambda t: abs(t[1] - target))[0]

@@ -22,7 +22,14 @@ import yaml
 from pydantic import ValidationError
 
 from llmfleet.core.config import SchedulingConfig
-from llmfleet.demo.load import rate_for_load, saturated_throughput
+from llmfleet.demo.load import (
+    MAX_QUEUE_REPLAYS,
+    closest_rate,
+    next_rate,
+    queue_share,
+    rate_for_load,
+    saturated_throughput,
+)
 from llmfleet.demo.replay import Outcome, replay
 from llmfleet.demo.report import (
     plot,
@@ -49,6 +56,9 @@ class DemoOptions:
     # Offered load as a fraction of the fleet's capacity, measured right before the replays; the
     # arrival rate follows from it and `workload.rate` is ignored (None: use `workload.rate`).
     load: float | None = None
+    # Instead: the share of fcfs-rr's latency to be spent before the first token; the rate is found
+    # by replaying the window under fcfs-rr, starting at `workload.rate` (None: use the rate as is).
+    queue_share: float | None = None
 
 
 # The `llmfleet-oracle` entry: llmfleet told every request's true length, with nothing holding the shortest
@@ -193,6 +203,31 @@ def measure_capacity(fleet: LocalFleet, workload: Sequence[WorkloadRequest], hid
     return saturated_throughput(outcomes, slots)
 
 
+def find_queue_rate(
+    fleet: LocalFleet, spec: WorkloadSpec, target: float, hidden_length: bool = True,
+    on_try: Callable[[float, float], None] | None = None,
+) -> tuple[float, list[tuple[float, float]]]:  # fmt: skip
+    """The arrival rate at which `fcfs-rr`'s requests spend about `target` of their latency before
+    the first token (`llmfleet.demo.load.next_rate`), and every (rate, share) tried. Each try is a
+    whole replay of the window from `spec.rate` on, caches emptied as for the policies; none of
+    them is a result."""
+    tried: list[tuple[float, float]] = []
+    rate: float | None = spec.rate
+    while rate is not None and len(tried) < MAX_QUEUE_REPLAYS:
+        workload = build_workload(replace(spec, rate=rate))
+        fleet.reset_prefix_caches()
+        dispatcher = fleet.start_dispatcher(SchedulingConfig(policy="fcfs-rr"))
+        try:
+            outcomes = asyncio.run(replay(dispatcher.address, workload, hidden_length=hidden_length))
+        finally:
+            fleet.stop_dispatcher()
+        tried.append((rate, queue_share(outcomes)))
+        if on_try:
+            on_try(*tried[-1])
+        rate = next_rate(tried, target)
+    return (tried[-1][0] if rate is None else closest_rate(tried, target)), tried
+
+
 def run_demo(options: DemoOptions) -> dict[str, Any]:
     """Start the fleet, replay the workload under each policy, print and return the results."""
     from rich.console import Console
@@ -217,6 +252,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     results: list[dict[str, Any]] = []
     outcomes_by_policy: dict[str, list[Outcome]] = {}
     rate, capacity = options.workload.rate, 0.0
+    queue_tries: list[tuple[float, float]] = []
     try:
         with console.status(f"starting {options.fleet.engines} vLLM engines and sidecars (logs in {fleet.log_dir})"):
             fleet.start()
@@ -231,6 +267,15 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
                 f"capacity {capacity:.0f} output tokens/s with every slot busy; load {options.load:g} of it is "
                 f"{rate:.2f} requests/s"
             )
+        if options.queue_share is not None:
+
+            def tried(rate: float, share: float) -> None:
+                console.print(f"  fcfs-rr at {rate:.2f} requests/s: {share:.0%} of its latency before the first token")
+
+            with console.status(f"finding the rate at which fcfs-rr queues for {options.queue_share:.0%} of its latency"):
+                rate, queue_tries = find_queue_rate(fleet, options.workload, options.queue_share, options.hidden_length, tried)
+            workload = build_workload(replace(options.workload, rate=rate))
+            console.print(f"replaying every policy at {rate:.2f} requests/s (those replays are not results)")
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
         ) as progress:
@@ -261,6 +306,11 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     payload = results_json(f"azure-{options.workload.trace} (live fleet)", options.fleet.engines, rate, results)
     if options.load is not None:
         payload["load"] = {"fraction_of_capacity": options.load, "capacity_tok_s": round(capacity, 1), "rate": round(rate, 3)}
+    if options.queue_share is not None:
+        payload["queue_share"] = {
+            "target": options.queue_share, "rate": round(rate, 3),
+            "tried": [{"rate": round(r, 3), "share": round(q, 3)} for r, q in queue_tries],
+        }  # fmt: skip
     payload["ratios_vs_fcfs_rr"] = ratio_rows(results, "fcfs-rr", outcomes_by_policy)
     if options.out_dir:
         path = write_results(options.out_dir, payload)

@@ -95,3 +95,59 @@ def test_the_e2e_bench_refuses_a_bad_load_before_it_starts_a_fleet(monkeypatch, 
     with pytest.raises(SystemExit):
         bench.main(["--load", "0"])
     assert "--load is a fraction of the fleet's capacity" in capsys.readouterr().err
+
+
+def _q(arrival: float, first: float, finish: float) -> Outcome:
+    return Outcome(f"q{arrival}", arrival, first, finish, 10, 10, "ok")
+
+
+def test_the_queue_share_is_the_mean_wait_for_the_first_token_over_the_mean_latency() -> None:
+    from llmfleet.demo.load import queue_share
+
+    assert queue_share([_q(0.0, 1.0, 4.0), _q(1.0, 1.5, 3.0)]) == pytest.approx((1.0 + 0.5) / (4.0 + 2.0))
+    failed = Outcome("x", 0.0, None, None, 0, 10, "UNAVAILABLE")
+    assert queue_share([_q(0.0, 1.0, 2.0), failed]) == pytest.approx(0.5)  # failures are not latencies
+    with pytest.raises(ValueError, match="no request completed"):
+        queue_share([failed])
+
+
+@pytest.mark.parametrize(
+    ("tried", "expected"),
+    [
+        ([(3.0, 0.45)], None),  # within 0.1 of 0.4: this rate
+        ([(3.0, 0.07)], 3.0 * 1.2),  # far below: a big step up
+        ([(3.0, 0.25)], 3.0 * 1.08),  # near: a small step up
+        ([(3.0, 0.75)], 3.0 / 1.2),  # far above: a big step down
+        ([(3.0, 0.07), (3.6, 0.8)], (3.0 * 3.6) ** 0.5),  # bracketed: the geometric middle
+        ([(3.0, 0.07), (3.6, 0.8), (3.29, 0.2)], (3.29 * 3.6) ** 0.5),  # the bracket narrows from below
+    ],
+)
+def test_the_rate_search_steps_toward_the_target_share_and_bisects_once_bracketed(tried, expected) -> None:
+    from llmfleet.demo.load import next_rate
+
+    got = next_rate(tried, 0.4)
+    assert got == (None if expected is None else pytest.approx(expected))
+
+
+def test_the_closest_rate_is_used_when_the_search_runs_out() -> None:
+    from llmfleet.demo.load import check_queue_share, closest_rate
+
+    assert closest_rate([(3.0, 0.1), (3.6, 0.9), (3.3, 0.55)], 0.4) == 3.3
+    for bad in (0.0, 1.0, -0.2):
+        with pytest.raises(ValueError, match="queue-share"):
+            check_queue_share(bad)
+
+
+def test_on_a_simulated_fleet_the_search_raises_the_rate_until_fcfs_rr_queues(tmp_path: Path) -> None:
+    """One simulated engine of one slot serves a 20-token answer in about 0.2 s. At 3 requests/s
+    fcfs-rr's first tokens take about 14% of its latency; the search must raise the rate to one where fcfs-rr's first tokens
+    take a share of its latency nearer 0.4, and report every rate it tried."""
+    from llmfleet.demo.run import find_queue_rate
+    from llmfleet.demo.workload import WorkloadSpec
+    from llmfleet.fleet.local import FleetSpec, LocalFleet
+
+    spec = WorkloadSpec(count=16, rate=3.0, min_output_tokens=20, max_output_tokens=20, max_prompt_tokens=16)
+    with LocalFleet(FleetSpec(engines=1, engine="simulated", max_num_seqs=1), tmp_path) as fleet:
+        rate, tried = find_queue_rate(fleet, spec, 0.4, hidden_length=False)
+    assert tried[0][0] == 3.0 and tried[0][1] < 0.25, tried
+    assert rate > 3.0 and abs(dict(tried)[rate] - 0.4) < abs(tried[0][1] - 0.4), tried
