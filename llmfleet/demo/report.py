@@ -160,10 +160,10 @@ def print_table(
 
 
 # Below this share of the baseline's latency spent before the first token, the baseline hardly
-# queued and no order can shorten much. In the e2e runs of bench/DATAPLANE.md section 3, llmfleet
-# met its mean and TTFT targets in every replay where fcfs-rr's share was 0.34 or more, and lost
-# or tied at 0.13-0.22; in the run with the oracle beside it (shares 0.07-0.12), even every
-# length known gave a mean of 0.90-1.03 of fcfs-rr's.
+# queued and no order can shorten much. In the fair e2e runs of bench/DATAPLANE.md sections 3-4,
+# llmfleet met its mean and TTFT targets in none of the replays where fcfs-rr's share was below
+# 0.30; in the run with the oracle beside it (shares 0.07-0.12), even every length known gave a
+# mean of 0.90-1.03 of fcfs-rr's.
 LITTLE_QUEUE_SHARE = 0.25
 
 

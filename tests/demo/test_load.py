@@ -72,15 +72,22 @@ def test_demo_load_replaces_the_rate_and_cannot_be_given_with_it(monkeypatch, tm
     monkeypatch.setattr(run, "ensure_ranker", lambda path: tmp_path)
     monkeypatch.setattr(run, "run_demo", started.append)
     assert main(["demo", "--prompts", "trace", "--load", "0.9"]) == 0
-    assert started[0].load == 0.9
-    assert main(["demo", "--prompts", "trace"]) == 0
-    assert started[1].load is None and started[1].workload.rate == 3.0
-    with pytest.raises(SystemExit):
-        main(["demo", "--prompts", "trace", "--load", "0.9", "--rate", "2"])
+    assert (started[0].load, started[0].queue_share) == (0.9, None)
+    assert main(["demo", "--prompts", "trace"]) == 0  # by default the rate is searched for, from 3.0
+    assert (started[1].load, started[1].queue_share, started[1].workload.rate) == (None, 0.4, 3.0)
+    assert main(["demo", "--prompts", "trace", "--rate", "2"]) == 0  # a rate given is used as it is
+    assert (started[2].load, started[2].queue_share, started[2].workload.rate) == (None, None, 2.0)
+    assert main(["demo", "--prompts", "trace", "--queue-share", "0.3"]) == 0
+    assert started[3].queue_share == 0.3
+    for clash in (["--load", "0.9", "--rate", "2"], ["--queue-share", "0.3", "--rate", "2"], ["--queue-share", "0.3", "--load", "1"]):
+        with pytest.raises(SystemExit):
+            main(["demo", "--prompts", "trace", *clash])
+    with pytest.raises(SystemExit, match="queue-share is the fraction"):
+        main(["demo", "--prompts", "trace", "--queue-share", "1.5"])
     for bad in ("0", "2.5"):
         with pytest.raises(SystemExit, match="--load is a fraction of the fleet's capacity"):
             main(["demo", "--prompts", "trace", "--load", bad])
-    assert len(started) == 2
+    assert len(started) == 4
 
 
 def test_the_e2e_bench_refuses_a_bad_load_before_it_starts_a_fleet(monkeypatch, capsys) -> None:
