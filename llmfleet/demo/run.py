@@ -233,6 +233,8 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    if options.load is not None and options.queue_share is not None:
+        raise ValueError("load and queue_share each set the rate; give one")
     console = Console()
     workload = build_workload(options.workload)
     planned_tokens = sum(r.output_tokens for r in workload)
