@@ -187,5 +187,5 @@ def test_the_queue_note_says_how_much_the_baseline_waited_and_hints_when_little(
     results = [{"policy": "fcfs-rr", "mean_ttft_s": ttft, "mean_latency_s": mean}, {"policy": "llmfleet"}]
     note = queue_note(results)
     assert note is not None and f"({share})" in note
-    assert ("higher --rate" in note) is hint
+    assert ("higher --rate or --queue-share" in note) is hint
     assert queue_note(results[1:]) is None  # no baseline, nothing to say
