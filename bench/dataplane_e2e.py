@@ -32,7 +32,7 @@ import platform
 import sys
 from pathlib import Path
 
-from llmfleet.demo.load import check_load, check_queue_share
+from llmfleet.demo.load import check_rate_options
 from llmfleet.demo.report import plot, ratio_rows, results_json
 from llmfleet.demo.run import DEFAULT_RANKER_DIR, ORACLE, DemoOptions, ensure_ranker, run_demo
 from llmfleet.demo.workload import WorkloadSpec
@@ -44,7 +44,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    ap.add_argument("--policies", default="fcfs-rr,least-load,llmfleet,llmfleet-oracle")
+    ap.add_argument("--policies", default=f"fcfs-rr,least-load,llmfleet,{ORACLE}")
     ap.add_argument("--requests", type=int, default=200)
     ap.add_argument("--rate", type=float, default=3.0)
     ap.add_argument(
@@ -64,13 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     add_unconfined_engines(ap)
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
-    if args.load is not None and args.queue_share is not None:
-        ap.error("--load and --queue-share each set the rate; give one")
     try:
-        if args.load is not None:
-            check_load(args.load)
-        if args.queue_share is not None:
-            check_queue_share(args.queue_share)
+        check_rate_options(args.load, args.queue_share)
     except ValueError as exc:
         ap.error(f"--{exc}")
     ranker = ensure_ranker(args.ranker)

@@ -102,16 +102,12 @@ def _run(args: argparse.Namespace) -> int:
         raise SystemExit("error: --policies is empty")
     if args.rate is None and args.load is None and args.queue_share is None:
         args.queue_share = DEFAULT_QUEUE_SHARE
-    if args.load is not None or args.queue_share is not None:
-        from llmfleet.demo.load import check_load, check_queue_share
+    from llmfleet.demo.load import check_rate_options
 
-        try:
-            if args.load is not None:
-                check_load(args.load)
-            if args.queue_share is not None:
-                check_queue_share(args.queue_share)
-        except ValueError as exc:
-            raise SystemExit(f"error: --{exc}") from None
+    try:
+        check_rate_options(args.load, args.queue_share)
+    except ValueError as exc:
+        raise SystemExit(f"error: --{exc}") from None
     from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker, policy_config
 
     for entry in policies:

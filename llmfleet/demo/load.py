@@ -88,6 +88,18 @@ def check_queue_share(share: float) -> float:
     return share
 
 
+def check_rate_options(load: float | None, queue_share: float | None) -> None:
+    """The one check of the two ways to set the rate from the fleet (they exclude each other),
+    for the CLIs before a fleet starts and for `run_demo`; ValueError says what is wrong, worded to
+    follow a `--` (`--load and --queue-share ...`, `--load is ...`)."""
+    if load is not None and queue_share is not None:
+        raise ValueError("load and --queue-share each set the rate; give one")
+    if load is not None:
+        check_load(load)
+    if queue_share is not None:
+        check_queue_share(queue_share)
+
+
 def queue_share(outcomes: Sequence[Outcome]) -> float:
     """The share of the requests' mean latency that came before their first token: the wait any
     order of the requests can shorten (ValueError when no request completed)."""

@@ -24,6 +24,7 @@ from pydantic import ValidationError
 from llmfleet.core.config import SchedulingConfig
 from llmfleet.demo.load import (
     MAX_QUEUE_REPLAYS,
+    check_rate_options,
     closest_rate,
     next_rate,
     queue_share,
@@ -233,8 +234,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    if options.load is not None and options.queue_share is not None:
-        raise ValueError("load and queue_share each set the rate; give one")
+    check_rate_options(options.load, options.queue_share)
     console = Console()
     workload = build_workload(options.workload)
     planned_tokens = sum(r.output_tokens for r in workload)

@@ -102,6 +102,13 @@ def test_the_e2e_bench_refuses_a_bad_load_before_it_starts_a_fleet(monkeypatch, 
     with pytest.raises(SystemExit):
         bench.main(["--load", "0"])
     assert "--load is a fraction of the fleet's capacity" in capsys.readouterr().err
+    for argv, message in (
+        (["--queue-share", "1.5"], "--queue-share is the fraction"),
+        (["--load", "1", "--queue-share", "0.4"], "--load and --queue-share each set the rate"),
+    ):
+        with pytest.raises(SystemExit):
+            bench.main(argv)
+        assert message in capsys.readouterr().err
 
 
 def _q(arrival: float, first: float, finish: float) -> Outcome:
