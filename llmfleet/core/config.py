@@ -119,6 +119,15 @@ class SchedulingFields(_Camel):
         "more turn of every busy slot). It bounds the tail where the queue builds for less time than "
         "`starvationBoundSeconds`. Unset turns it off. Used by llmfleet.",
     )
+    starvation_overtake_queue_fraction: float | None = Field(
+        default=0.5,
+        ge=0,
+        le=1000,
+        description="How the overtake guard widens with the queue: a request goes ahead once overtaken by the larger "
+        "of `starvationOvertakeTurns` turns and this fraction of the requests then waiting. In a queue deeper than "
+        "the running batch, one turn would send nearly every waiter ahead in arrival order (FCFS); half the queue "
+        "keeps the ranking and still bounds the tail. Unset or 0: turns alone. Used by llmfleet.",
+    )
     prefill_pace_tokens: int | None = Field(
         default=2048,
         ge=1,

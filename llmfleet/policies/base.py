@@ -87,9 +87,10 @@ def dispatch_ranked(
     return _place_in_order(tent, ordered, profile, max_tokens, rank, view)
 
 
-def overtaken_through(view: SchedulerView, turns: float | None) -> int:
+def overtaken_through(view: SchedulerView, turns: float | None, queue_fraction: float | None = None) -> int:
     """The highest `seq` of a queued request that later arrivals have overtaken at least `turns`
-    times as often as the fleet has requests running; -1 when none has (or `turns` is None).
+    times as often as the fleet has requests running, or `queue_fraction` times as often as
+    requests are queued if that is more; -1 when none has (or `turns` is None).
 
     A later arrival overtook a request when it left the queue first (started, or cancelled). The
     count needs no history: `view.admitted` numbers every request densely, so of the requests
@@ -97,12 +98,17 @@ def overtaken_through(view: SchedulerView, turns: float | None) -> int:
     requests, so the overtaken ones are exactly those up to one `seq`.
 
     A turn is what the fleet runs at once: where KV memory, not `max_num_seqs`, limits the batch,
-    the running requests, not the slots, say how fast later arrivals start."""
+    the running requests, not the slots, say how fast later arrivals start.
+
+    The queue's share keeps a deep queue ranked: with 40 waiting behind 8 running, one turn is 8
+    overtakes, which every waiter soon reaches, and the order falls back to arrival order. A
+    share of the queue bounds each request's extra wait to that share of an arrival-order wait
+    at the current depth (bench/SIM.md, the overtake bound in a deep queue)."""
     queue = view.queue
     n = len(queue)
     if turns is None or not n:
         return -1
-    limit = turns * sum(p.running for p in view.pods if p.healthy)
+    limit = max(turns * sum(p.running for p in view.pods if p.healthy), (queue_fraction or 0.0) * n)
     if limit <= 0 or view.admitted - n < limit:  # fewer requests left the queue than the limit
         return -1
     seqs = sorted([r.seq for r in queue])  # nearly sorted already (enqueue order)

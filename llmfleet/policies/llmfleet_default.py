@@ -61,6 +61,7 @@ class LLMFleetDefault:
         self.slice_tokens = config.slice_tokens  # None: run to completion once started
         self.starvation_bound_s = config.starvation_bound_seconds
         self.overtake_turns = config.starvation_overtake_turns
+        self.overtake_queue_fraction = config.starvation_overtake_queue_fraction
         self.profile = replace(
             profile, prefill_pace_tokens=config.prefill_pace_tokens, lookahead=config.engine_lookahead
         )
@@ -83,7 +84,7 @@ class LLMFleetDefault:
 
     def decide(self, view: SchedulerView) -> tuple[Decision, ...]:
         cutoff, remaining = view.now - self.starvation_bound_s, self.remaining
-        overtaken = overtaken_through(view, self.overtake_turns)
+        overtaken = overtaken_through(view, self.overtake_turns, self.overtake_queue_fraction)
 
         def key(r: RequestState) -> tuple[int, float, int]:
             if r.arrival_s < cutoff or r.seq <= overtaken:
