@@ -117,7 +117,7 @@ class SchedulingFields(_Camel):
         description="Starvation guard relative to load: a request goes ahead of every shorter one (oldest first) once "
         "later arrivals have started before it this many times as often as the fleet has requests running (1: one "
         "more turn of every busy slot). It bounds the tail where the queue builds for less time than "
-        "`starvationBoundSeconds`. Unset turns it off. Used by llmfleet.",
+        "`starvationBoundSeconds`. null turns it off (left out, it is 1). Used by llmfleet.",
     )
     starvation_overtake_queue_fraction: float | None = Field(
         default=0.5,
@@ -126,7 +126,7 @@ class SchedulingFields(_Camel):
         description="How the overtake guard widens with the queue: a request goes ahead once overtaken by the larger "
         "of `starvationOvertakeTurns` turns and this fraction of the requests then waiting. In a queue deeper than "
         "the running batch, one turn would send nearly every waiter ahead in arrival order (FCFS); half the queue "
-        "keeps the ranking and still bounds the tail. Unset or 0: turns alone. Used by llmfleet.",
+        "keeps the ranking and still bounds the tail. null or 0: turns alone. Used by llmfleet.",
     )
     prefill_pace_tokens: int | None = Field(
         default=2048,
@@ -134,7 +134,7 @@ class SchedulingFields(_Camel):
         le=1048576,
         description="llmfleet's prefill pacing: a pod gets a new request only once the prompt tokens it is still "
         "prefilling, plus the new request's uncached ones, fit this budget (or it is prefilling nothing), so "
-        "decode batches see one prefill at a time. Unset turns pacing off.",
+        "decode batches see one prefill at a time. null turns pacing off.",
     )
     engine_lookahead: int = Field(
         default=0,
@@ -173,7 +173,11 @@ class SchedulingConfig(SchedulingFields):
         return SchedulingConfig.model_validate(data)
 
     def to_yaml(self) -> str:
-        return yaml.safe_dump(self.model_dump(by_alias=True, exclude_none=True), sort_keys=False)
+        # A None that is not the field's default means "off" (a guard, pacing) and must survive
+        # the trip to the dispatcher; dropped, it would load back as the default.
+        defaults = type(self)().model_dump(by_alias=True)
+        data = {k: v for k, v in self.model_dump(by_alias=True).items() if v is not None or defaults.get(k) is not None}
+        return yaml.safe_dump(data, sort_keys=False)
 
     @classmethod
     def from_yaml(cls, text: str) -> SchedulingConfig:

@@ -1,7 +1,8 @@
 """Generate the LLMFleet CustomResourceDefinition from the typed spec in `spec.py`.
 
 pydantic emits JSON Schema 2020-12; Kubernetes wants a *structural* OpenAPI v3.0 schema. This
-module does that translation: `$ref`s inlined, `Optional[X]` collapsed to `X`, numeric exclusive
+module does that translation: `$ref`s inlined, `Optional[X]` collapsed to `X` (`nullable` where
+null differs from the default), numeric exclusive
 bounds turned into the v3.0 boolean form, `additionalProperties: false` dropped (the API server
 prunes unknown fields instead), and list semantics (`x-kubernetes-list-type`) added. The result is
 written to `crds/` and the chart's `crds/`; a test fails when those files drift from this output.
@@ -43,6 +44,11 @@ def _convert(node: dict[str, Any], defs: dict[str, Any], field_name: str = "") -
         merged = {**variants[0], **{k: v for k, v in node.items() if k not in ("anyOf", "default")}}
         if node.get("default") is not None:
             merged["default"] = node["default"]
+            if len(variants) < len(node["anyOf"]):
+                # null means something other than the default here (a guard off, a port closed).
+                # Without `nullable` the server prunes an explicit null and then defaults the field,
+                # so a user could never turn it off.
+                merged["nullable"] = True
         return _convert(merged, defs, field_name)
 
     out: dict[str, Any] = {}

@@ -101,6 +101,7 @@ def _configs(args: argparse.Namespace, names: list[str]):  # type: ignore[no-unt
         "slice_tokens": args.slice_tokens,
         "starvation_bound_seconds": args.starvation_bound,
         "starvation_overtake_turns": args.starvation_overtake_turns,
+        "starvation_overtake_queue_fraction": args.starvation_overtake_queue_fraction,
         "prefill_pace_tokens": args.prefill_pace,
         "ranker": args.ranker,
     }

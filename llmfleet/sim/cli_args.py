@@ -46,6 +46,13 @@ def positive_float(text: str) -> float:
     return v
 
 
+def non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
 def add_sim_args(p: argparse.ArgumentParser, rate: bool = True) -> None:
     p.add_argument("--trace", required=True, help=TRACE_HELP)
     p.add_argument(
@@ -78,6 +85,13 @@ def add_sim_args(p: argparse.ArgumentParser, rate: bool = True) -> None:
         default=None,
         help="llmfleet's load-relative starvation guard: how many turns of the fleet's running requests may "
         "start before a request (starvationOvertakeTurns; default 1)",
+    )
+    p.add_argument(
+        "--starvation-overtake-queue-fraction",
+        type=non_negative_float,
+        default=None,
+        help="how the overtake guard widens with the queue: a request may also be overtaken by this fraction of "
+        "the requests waiting (starvationOvertakeQueueFraction; default 0.5; 0: turns alone)",
     )
     p.add_argument(
         "--prefill-pace", type=positive_int, default=None, help="llmfleet's prefill pacing budget, tokens"

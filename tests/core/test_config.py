@@ -36,6 +36,13 @@ OVERTAKE_VIEW = view(
     now=5.0,
     admitted=6,
 )
+# "long" was overtaken 4 times (by 1-4): over one turn of the 3 running, under half the queue of 11
+DEEP_VIEW = view(
+    [req("long", 0, expected=500, arrival=0.0), *(req(f"s{i}", 4 + i, expected=10, arrival=4.0 + 0.01 * i) for i in range(1, 11))],
+    [pod("a", running=3)],
+    now=5.0,
+    admitted=15,
+)
 L4_PODS = [pod("p0", group="short"), pod("p1", group="long")]
 L4_VIEW = view([req("r", 0, generated=150)], L4_PODS)
 
@@ -49,6 +56,7 @@ L4_VIEW = view([req("r", 0, generated=150)], L4_PODS)
         ("sliceTokens", {}, {"sliceTokens": 16}, view([req("r", 0, expected=50)], [pod("a")])),
         ("starvationBoundSeconds", {}, {"starvationBoundSeconds": 60}, GUARD_VIEW),  # "long" waited 40 s
         ("starvationOvertakeTurns", {}, {"starvationOvertakeTurns": 2}, OVERTAKE_VIEW),
+        ("starvationOvertakeQueueFraction", {}, {"starvationOvertakeQueueFraction": 0}, DEEP_VIEW),
         (
             "prefillPaceTokens",
             {},
@@ -70,7 +78,7 @@ def test_each_crd_scheduling_field_changes_what_the_policy_decides(field, before
 def test_the_values_arrive_unchanged() -> None:
     config = _through_the_crd(
         {"sliceTokens": 64, "starvationBoundSeconds": 12.5, "prefillPaceTokens": 99, "maxQueue": 7, "engineLookahead": 5,
-         "starvationOvertakeTurns": 0.5}
+         "starvationOvertakeTurns": 0.5, "starvationOvertakeQueueFraction": 0.75}
     )  # fmt: skip
     assert (config.slice_tokens, config.starvation_bound_seconds, config.prefill_pace_tokens, config.max_queue) == (64, 12.5, 99, 7)
     assert config.engine_lookahead == 5
@@ -78,6 +86,19 @@ def test_the_values_arrive_unchanged() -> None:
     assert (policy.slice_tokens, policy.starvation_bound_s, policy.profile.prefill_pace_tokens) == (64, 12.5, 99)  # type: ignore[attr-defined]
     assert policy.profile.lookahead == 5  # type: ignore[attr-defined]
     assert config.starvation_overtake_turns == policy.overtake_turns == 0.5  # type: ignore[attr-defined]
+    assert config.starvation_overtake_queue_fraction == policy.overtake_queue_fraction == 0.75  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    "field", ["starvationOvertakeTurns", "starvationOvertakeQueueFraction", "prefillPaceTokens"]
+)
+def test_null_turns_a_setting_off_all_the_way_to_the_dispatcher(field: str) -> None:
+    """null is not the default for these (1, 0.5, 2048): the ConfigMap must say null, or the
+    dispatcher would load the default back and the guard or pacing would stay on."""
+    config = _through_the_crd({field: None})
+    snake = next(name for name, f in SchedulingConfig.model_fields.items() if f.alias == field)
+    assert getattr(config, snake) is None
+    assert getattr(SchedulingConfig(), snake) is not None
 
 
 def test_defaults_live_in_one_place() -> None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from llmfleet.core.config import SchedulingConfig
 from llmfleet.demo.replay import generate_request
 from llmfleet.demo.run import is_oracle, policy_config, run_policy
 from llmfleet.demo.workload import WorkloadRequest, WorkloadSpec, build_workload
@@ -36,6 +37,9 @@ def test_the_oracle_entry_is_llmfleet_with_the_guard_off(entry: str, oracle: boo
     config = policy_config(entry, ranker="/r")
     assert {k: getattr(config, k) for k in expected} == expected
     assert is_oracle(entry) is oracle
+    # What the local fleet's dispatcher loads: the guard stays off across the YAML file.
+    loaded = SchedulingConfig.from_yaml(config.to_yaml())
+    assert {k: getattr(loaded, k) for k in expected} == expected
 
 
 def test_told_lengths_let_the_dispatcher_serve_the_shortest_first(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from llmfleet.core.config import SchedulingConfig
 from llmfleet.operator.handlers import parse_spec
 from llmfleet.operator.kube import KubeApiError, KubeClient
 from llmfleet.operator.render import FleetRef, InvalidFleet, render_children
@@ -103,6 +104,24 @@ def test_applied_children_read_back_from_the_server_are_not_drift(
         assert drifted(engine, kube.get("Deployment", ns, name)), "a hand-edited image must be drift"
     finally:
         kube.api.close()
+
+
+def test_an_explicit_null_survives_the_server_and_turns_the_setting_off(namespace: Namespace) -> None:
+    """Where null means "off" (the overtake guard, pacing, the OpenAI port), the CRD marks the
+    field nullable: otherwise the server prunes the null, defaults the field, and it stays on."""
+    doc = load_example("minimal.yaml")
+    doc["spec"]["scheduling"] = {"starvationOvertakeTurns": None, "prefillPaceTokens": None}
+    doc["spec"]["dispatcher"] = {"openaiPort": None}
+    stored = namespace.create_object("LLMFleet", doc)["spec"]
+    assert stored["scheduling"]["starvationOvertakeTurns"] is None and stored["scheduling"]["prefillPaceTokens"] is None
+    assert stored["scheduling"]["starvationOvertakeQueueFraction"] == 0.5  # left out: defaulted
+    assert stored["dispatcher"]["openaiPort"] is None
+    children = render_children(FleetRef("x", namespace.name, "0"), parse_spec(stored))
+    cm = next(c for c in children if c["kind"] == "ConfigMap" and c["metadata"]["name"] == "x-scheduling")
+    loaded = SchedulingConfig.from_yaml(cm["data"]["scheduling.yaml"])
+    assert loaded.starvation_overtake_turns is None and loaded.prefill_pace_tokens is None
+    dispatcher = next(c for c in children if c["kind"] == "Deployment" and c["metadata"]["name"] == "x-dispatcher")
+    assert "--openai-port" not in dispatcher["spec"]["template"]["spec"]["containers"][0]["command"]
 
 
 def _admit(ns: Namespace, doc: dict[str, Any]) -> str | None:

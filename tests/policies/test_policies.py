@@ -375,16 +375,37 @@ def test_overtaken_through(seqs, admitted, pods, turns, expected) -> None:
     assert overtaken_through(v, turns) == expected
 
 
+@pytest.mark.parametrize(
+    ("queued", "admitted", "fraction", "expected"),
+    [
+        # 0 overtaken by 1-8, one turn is 4: with 2 queued, the turn is the larger bound
+        ([0, 9], 10, 0.5, 0),
+        # 10 queued (0 and 6-14), 0 overtaken by 1-5: half the queue is 5, and 5 overtakes reach it
+        ([0, *range(6, 15)], 15, 0.5, 0),
+        # the same with 11 queued (5.5 overtakes needed): 5 do not reach it
+        ([0, *range(5, 15)], 16, 0.5, -1),
+        ([0, *range(5, 15)], 16, None, 0),  # turns alone: 4 + 1 = 5 overtakes >= 4
+        ([0, *range(5, 15)], 16, 0.0, 0),
+        ([0, *range(5, 15)], 16, 0.25, 0),  # a quarter of 11 is under one turn
+    ],
+)
+def test_the_overtake_bound_widens_with_the_queue(queued, admitted, fraction, expected) -> None:
+    v = view([req(f"r{s}", s) for s in queued], [FULL], admitted=admitted)
+    assert overtaken_through(v, 1.0, fraction) == expected
+
+
 def test_overtaken_through_agrees_with_counting_every_later_arrival() -> None:
     rng = random.Random(5)
-    for _ in range(300):
+    for _ in range(400):
         admitted = rng.randrange(1, 60)
         seqs = rng.sample(range(admitted), rng.randrange(1, admitted + 1))
         turns = rng.choice([0.5, 1.0, 2.0])
+        fraction = rng.choice([None, 0.25, 0.5, 1.0])
         v = view([req(f"r{s}", s) for s in seqs], [FULL], admitted=admitted)
         queued = set(seqs)
-        overtaken = [s for s in seqs if sum(1 for later in range(s + 1, admitted) if later not in queued) >= turns * 4]
-        assert overtaken_through(v, turns) == max(overtaken, default=-1)
+        limit = max(turns * 4, (fraction or 0.0) * len(seqs))
+        overtaken = [s for s in seqs if sum(1 for later in range(s + 1, admitted) if later not in queued) >= limit]
+        assert overtaken_through(v, turns, fraction) == max(overtaken, default=-1)
 
 
 def test_llmfleet_sends_an_often_overtaken_request_ahead_before_its_time_bound() -> None:
@@ -401,3 +422,19 @@ def test_llmfleet_sends_an_often_overtaken_request_ahead_before_its_time_bound()
     assert first(starvation_overtake_turns=2.0) == "short"
     assert first(starvation_overtake_turns=None) == "short"
     assert first(starvation_overtake_turns=None, starvation_bound_seconds=4.0) == "long"
+
+
+def test_llmfleet_keeps_a_deep_queue_ranked() -> None:
+    """Ten short requests wait behind "long", which later arrivals 1-4 overtook: more than one
+    turn of the 3 running, but under half the queue of 11. By default the short ones keep going
+    first; with the bound in turns alone, "long" goes ahead as in arrival order."""
+    shorts = [req(f"s{i}", 4 + i, expected=10, arrival=4.0 + 0.01 * i) for i in range(1, 11)]
+    v = view([req("long", 0, expected=500, arrival=0.0), *shorts], [pod("a", running=3)], now=5.0, admitted=15)
+
+    def first(**settings) -> str:
+        return placed(make_policy("llmfleet", engine_lookahead=0, **settings).decide(v))[0][0]
+
+    assert first() == "s1"
+    assert first(starvation_overtake_queue_fraction=None) == "long"
+    assert first(starvation_overtake_queue_fraction=0.2) == "long"  # 2.2 < one turn of 3
+    assert first(starvation_overtake_turns=None) == "s1"  # the guard is off altogether

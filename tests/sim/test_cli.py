@@ -213,6 +213,9 @@ def test_guard_flags_override_the_config_file(tmp_path) -> None:
     config.write_text("starvationBoundSeconds: 45\nstarvationOvertakeTurns: 3\n")
     parser = argparse.ArgumentParser(prog="llmfleet sim")
     cli.register(parser)
-    args = parser.parse_args(["run", "--trace", "conv", "--config", str(config), "--starvation-overtake-turns", "0.5"])
+    args = parser.parse_args(
+        ["run", "--trace", "conv", "--config", str(config), "--starvation-overtake-turns", "0.5", "--starvation-overtake-queue-fraction", "0"]
+    )
     (got,) = cli._configs(args, ["llmfleet"])
     assert (got.starvation_bound_seconds, got.starvation_overtake_turns) == (45, 0.5)
+    assert got.starvation_overtake_queue_fraction == 0  # 0 is a value (turns alone), not "unset"
