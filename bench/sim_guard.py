@@ -1,16 +1,20 @@
-"""llmfleet's two starvation guards, mean against tail, in the simulator, in two regimes.
+"""llmfleet's starvation guards, mean against tail, in the simulator, in three regimes.
 
-* **demo**: the demo's and the e2e benchmark's workload (200 alpaca prompts at 3.0 requests/s
-  on three windows of the conv trace, 2 engines of 4 slots), on the CPU fleet's calibrated cost
-  model (bench/results/sim_fidelity.json) at three engine speeds (1, 1.15 and 1.3 times its
-  time per step: the machine's phases), with the learned ranker. Here the queue builds for less
-  time than the 30 s bound, so the bound in seconds never fires.
+* **demo 3.0/s** and **demo 4.2/s**: the demo's and the e2e benchmark's workload (200 alpaca
+  prompts on three windows of the conv trace, 2 engines of 4 slots), on the CPU fleet's
+  calibrated cost model (bench/results/sim_fidelity.json) at three engine speeds (1, 1.15 and
+  1.3 times its time per step: the machine's phases), with the learned ranker. At 3.0/s the
+  queue builds for less time than the 30 s bound, so the bound in seconds never fires; at 4.2/s
+  (the rate the demo's queue-share search found on the live fleet) the queue is several times
+  deeper than the running batch.
 * **conv**: the conv trace at its overload point (x2.625, 4 instances of the H100 profile, the
   stand-in predictor at tau 0.6): the sustained overload of sim_guard_conv.json.
 
 Each regime runs `fcfs-rr`, `least-load` and `llmfleet` with the guards set several ways: the
-bound in seconds alone (30 s, the default, and 10 s), and with the overtake bound
-(`starvationOvertakeTurns`) at 0.5, 1 (the default) and 2 turns of the running requests.
+bound in seconds alone (30 s, the default, and 10 s); with the overtake bound
+(`starvationOvertakeTurns`) at 0.5, 1 and 2 turns of the running requests; and with one turn
+widened to a share of the queue (`starvationOvertakeQueueFraction`, 0.25, 0.5 (the default) and
+1), the larger of the two.
 
 Reproduce (writes bench/results/sim_guard.{json,png}):
     .venv/bin/python bench/sim_guard.py
@@ -40,12 +44,20 @@ from llmfleet.sim.traces import TraceRequest, load_trace  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 # (label, llmfleet's guard settings); None turns the overtake bound off.
+def _guard(seconds: float, turns: float | None, queue_fraction: float | None = None) -> dict:
+    return {"starvation_bound_seconds": seconds, "starvation_overtake_turns": turns,
+            "starvation_overtake_queue_fraction": queue_fraction}  # fmt: skip
+
+
 VARIANTS: list[tuple[str, dict]] = [
-    ("30 s, no overtake bound", {"starvation_bound_seconds": 30, "starvation_overtake_turns": None}),
-    ("10 s, no overtake bound", {"starvation_bound_seconds": 10, "starvation_overtake_turns": None}),
-    ("30 s + 0.5 turns", {"starvation_bound_seconds": 30, "starvation_overtake_turns": 0.5}),
-    ("30 s + 1 turn (default)", {"starvation_bound_seconds": 30, "starvation_overtake_turns": 1.0}),
-    ("30 s + 2 turns", {"starvation_bound_seconds": 30, "starvation_overtake_turns": 2.0}),
+    ("30 s, no overtake bound", _guard(30, None)),
+    ("10 s, no overtake bound", _guard(10, None)),
+    ("30 s + 0.5 turns", _guard(30, 0.5)),
+    ("30 s + 1 turn", _guard(30, 1.0)),
+    ("30 s + 2 turns", _guard(30, 2.0)),
+    ("30 s + 1 turn or 0.25 queue", _guard(30, 1.0, 0.25)),
+    ("30 s + 1 turn or 0.5 queue (default)", _guard(30, 1.0, 0.5)),
+    ("30 s + 1 turn or 1 queue", _guard(30, 1.0, 1.0)),
 ]
 PEERS = ("fcfs-rr", "least-load")
 
@@ -71,21 +83,23 @@ def ratios(summaries: dict[str, dict]) -> dict[str, dict[str, float]]:
     }
 
 
-def demo_regime(speeds: list[float], windows: list[int], ranker: Path) -> list[dict]:
+def demo_regime(rate: float, speeds: list[float], windows: list[int], ranker: Path) -> list[dict]:
     fidelity = json.loads((RESULTS / "sim_fidelity.json").read_text())
     base_cost = CostModel.from_dict(fidelity["cost_model"]["calibrated"])
     pool = str(ranker / "holdout_pool.jsonl")
     cfg = SimConfig(instances=2, engine=EngineConfig(max_running=4, token_budget=2048))
     scenarios = []
     for w in windows:
-        workload = build_workload(WorkloadSpec(count=200, rate=3.0, start_index=w, prompt_pool=pool))
+        workload = build_workload(WorkloadSpec(count=200, rate=rate, start_index=w, prompt_pool=pool))
         # About 4 characters per token: what the engines' tokenizer makes of these prompts.
         trace = [TraceRequest(r.request_id, r.arrival_s, max(8, len(r.prompt_text or "") // 4), r.output_tokens) for r in workload]
         predictor = load_predictor(str(ranker), trace, tau=0.6)
         for speed in speeds:
             summaries = run_scenario(trace, base_cost.slowed(speed), cfg, predictor)
-            scenarios.append({"window": w, "engine_time_factor": speed, "summaries": summaries, "ratios": ratios(summaries)})
-            print(f"demo window {w}, engines x{speed:g}: " + _line(scenarios[-1]["ratios"]), flush=True)
+            share = summaries["fcfs-rr"]["mean_ttft_s"] / summaries["fcfs-rr"]["mean_latency_s"]
+            scenarios.append({"window": w, "engine_time_factor": speed, "fcfs_rr_queue_share": share,
+                              "summaries": summaries, "ratios": ratios(summaries)})  # fmt: skip
+            print(f"demo {rate:g}/s window {w}, engines x{speed:g}: " + _line(scenarios[-1]["ratios"]), flush=True)
     return scenarios
 
 
@@ -123,8 +137,9 @@ def plot(doc: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4.6))
-    for ax, regime in zip(axes, ("demo", "conv"), strict=True):
+    regimes = [k for k in doc if isinstance(doc[k], dict) and "summary" in doc[k]]
+    fig, axes = plt.subplots(1, len(regimes), figsize=(6 * len(regimes), 4.8))
+    for ax, regime in zip(axes, regimes, strict=True):
         for name, s in doc[regime]["summary"].items():
             if name == "fcfs-rr":
                 continue
@@ -143,6 +158,7 @@ def plot(doc: dict, path: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    ap.add_argument("--rates", default="3.0,4.2", help="the demo regime's request rates, one regime each")
     ap.add_argument("--speeds", default="1.0,1.15,1.3", help="the demo regime's engine time factors")
     ap.add_argument("--windows", default="2000,3000,4000", help="the demo regime's trace windows")
     ap.add_argument("--conv-scale", type=float, default=2.625, help="the conv overload point (capacity_conv.json)")
@@ -150,22 +166,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS)
     args = ap.parse_args(argv)
     ranker = ensure_ranker(args.ranker)
-    demo = demo_regime([float(x) for x in args.speeds.split(",")], [int(x) for x in args.windows.split(",")], ranker)
+    speeds, windows = [float(x) for x in args.speeds.split(",")], [int(x) for x in args.windows.split(",")]
+    doc: dict = {"variants": dict(VARIANTS)}
+    for rate in [float(x) for x in args.rates.split(",")]:
+        demo = demo_regime(rate, speeds, windows, ranker)
+        about = f"200 requests at {rate:g}/s, 2 engines x 4 slots, CPU model"
+        share = statistics.fmean(s["fcfs_rr_queue_share"] for s in demo)
+        doc[f"demo {rate:g}/s"] = {"about": about, "fcfs_rr_queue_share": share, "summary": summary(demo), "scenarios": demo}
     conv = conv_regime(args.conv_scale)
-    doc = {
-        "variants": dict(VARIANTS),
-        "demo": {"about": "200 requests at 3.0/s, 2 engines x 4 slots, CPU model", "summary": summary(demo), "scenarios": demo},
-        "conv": {"about": f"conv x{args.conv_scale:g}, 4 instances, H100 profile", "summary": summary(conv), "scenarios": conv},
-        "command": ".venv/bin/python bench/sim_guard.py",
-    }
+    doc["conv"] = {"about": f"conv x{args.conv_scale:g}, 4 instances, H100 profile", "summary": summary(conv), "scenarios": conv}
+    doc["command"] = ".venv/bin/python bench/sim_guard.py"
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sim_guard.json").write_text(json.dumps(doc, indent=2) + "\n")
     plot(doc, args.out / "sim_guard.png")
-    for regime in ("demo", "conv"):
+    for regime in [k for k in doc if isinstance(doc[k], dict) and "summary" in doc[k]]:
         print(f"\n{regime}:")
         for name, s in doc[regime]["summary"].items():
             print(
-                f"  {name:26s} mean {s['mean_ratio_avg']:.3f} (max {s['mean_ratio_max']:.3f})  p99 avg {s['p99_ratio_avg']:.3f} "
+                f"  {name:38s} mean {s['mean_ratio_avg']:.3f} (max {s['mean_ratio_max']:.3f})  p99 avg {s['p99_ratio_avg']:.3f} "
                 f"max {s['p99_ratio_max']:.3f}  TTFT {s['ttft_ratio_avg']:.3f}  p99 <= 1.10 in {s['p99_met']}/{s['scenarios']}"
             )
     return 0
