@@ -209,7 +209,9 @@ def plot(outcomes_by_policy: Mapping[str, Sequence[Outcome]], results: Sequence[
     x = np.arange(len(names))
     ax_bar.bar(x - 0.2, [r["mean_latency_s"] for r in results], 0.4, label="mean")
     ax_bar.bar(x + 0.2, [r["p99_latency_s"] for r in results], 0.4, label="p99")
-    ax_bar.set_xticks(x, names)
+    # Entries with settings (`llmfleet:starvationBoundSeconds=0.001`) are long: slant them apart.
+    long_names = max(map(len, names), default=0) > 12
+    ax_bar.set_xticks(x, names, rotation=20 if long_names else 0, ha="right" if long_names else "center", fontsize=8 if long_names else None)
     ax_bar.set_ylabel("latency (s)")
     ax_bar.set_title("Mean and p99 latency")
     ax_bar.legend()
