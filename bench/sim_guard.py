@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 from llmfleet.core.config import SchedulingConfig  # noqa: E402
 from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker  # noqa: E402
-from llmfleet.demo.workload import WorkloadSpec, build_workload  # noqa: E402
+from llmfleet.demo.workload import WorkloadRequest, WorkloadSpec, build_workload  # noqa: E402
 from llmfleet.policies.registry import make_policy  # noqa: E402
 from llmfleet.sim.costmodel import CostModel, fit_splitwise  # noqa: E402
 from llmfleet.sim.instance import EngineConfig  # noqa: E402
@@ -43,12 +43,30 @@ from llmfleet.sim.simulator import SimConfig, Simulator  # noqa: E402
 from llmfleet.sim.traces import TraceRequest, load_trace  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
-# (label, llmfleet's guard settings); None turns the overtake bound off.
+# The demo regime's fleet: 2 CPU engines of 4 slots (the live fleet's e2e settings).
+DEMO_FLEET = SimConfig(instances=2, engine=EngineConfig(max_running=4, token_budget=2048))
+
+
+def calibrated_cost() -> CostModel:
+    """The CPU fleet's cost model, calibrated on the live fleet (sim_fidelity.json)."""
+    return CostModel.from_dict(json.loads((RESULTS / "sim_fidelity.json").read_text())["cost_model"]["calibrated"])
+
+
+def demo_trace(rate: float, window: int, ranker: Path) -> tuple[list[WorkloadRequest], list[TraceRequest]]:
+    """The demo's workload at `rate` from `window` (the ranker's held-out prompts with real
+    lengths), and the same requests as a simulator trace."""
+    workload = build_workload(WorkloadSpec(count=200, rate=rate, start_index=window, prompt_pool=str(ranker / "holdout_pool.jsonl")))
+    # About 4 characters per token: what the engines' tokenizer makes of these prompts.
+    trace = [TraceRequest(r.request_id, r.arrival_s, max(8, len(r.prompt_text or "") // 4), r.output_tokens) for r in workload]
+    return workload, trace
+
+
 def _guard(seconds: float, turns: float | None, queue_fraction: float | None = None) -> dict:
     return {"starvation_bound_seconds": seconds, "starvation_overtake_turns": turns,
             "starvation_overtake_queue_fraction": queue_fraction}  # fmt: skip
 
 
+# (label, llmfleet's guard settings); None turns the overtake bound off.
 VARIANTS: list[tuple[str, dict]] = [
     ("30 s, no overtake bound", _guard(30, None)),
     ("10 s, no overtake bound", _guard(10, None)),
@@ -84,18 +102,13 @@ def ratios(summaries: dict[str, dict]) -> dict[str, dict[str, float]]:
 
 
 def demo_regime(rate: float, speeds: list[float], windows: list[int], ranker: Path) -> list[dict]:
-    fidelity = json.loads((RESULTS / "sim_fidelity.json").read_text())
-    base_cost = CostModel.from_dict(fidelity["cost_model"]["calibrated"])
-    pool = str(ranker / "holdout_pool.jsonl")
-    cfg = SimConfig(instances=2, engine=EngineConfig(max_running=4, token_budget=2048))
+    base_cost = calibrated_cost()
     scenarios = []
     for w in windows:
-        workload = build_workload(WorkloadSpec(count=200, rate=rate, start_index=w, prompt_pool=pool))
-        # About 4 characters per token: what the engines' tokenizer makes of these prompts.
-        trace = [TraceRequest(r.request_id, r.arrival_s, max(8, len(r.prompt_text or "") // 4), r.output_tokens) for r in workload]
+        _, trace = demo_trace(rate, w, ranker)
         predictor = load_predictor(str(ranker), trace, tau=0.6)
         for speed in speeds:
-            summaries = run_scenario(trace, base_cost.slowed(speed), cfg, predictor)
+            summaries = run_scenario(trace, base_cost.slowed(speed), DEMO_FLEET, predictor)
             share = summaries["fcfs-rr"]["mean_ttft_s"] / summaries["fcfs-rr"]["mean_latency_s"]
             scenarios.append({"window": w, "engine_time_factor": speed, "fcfs_rr_queue_share": share,
                               "summaries": summaries, "ratios": ratios(summaries)})  # fmt: skip
@@ -131,15 +144,20 @@ def summary(scenarios: list[dict]) -> dict[str, dict[str, float]]:
     return out
 
 
+def regimes(doc: dict) -> list[str]:
+    """The regimes of a result document, in the order they ran (each has a summary)."""
+    return [k for k, v in doc.items() if isinstance(v, dict) and "summary" in v]
+
+
 def plot(doc: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    regimes = [k for k in doc if isinstance(doc[k], dict) and "summary" in doc[k]]
-    fig, axes = plt.subplots(1, len(regimes), figsize=(6 * len(regimes), 4.8))
-    for ax, regime in zip(axes, regimes, strict=True):
+    names = regimes(doc)
+    fig, axes = plt.subplots(1, len(names), figsize=(6 * len(names), 4.8))
+    for ax, regime in zip(axes, names, strict=True):
         for name, s in doc[regime]["summary"].items():
             if name == "fcfs-rr":
                 continue
@@ -179,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "sim_guard.json").write_text(json.dumps(doc, indent=2) + "\n")
     plot(doc, args.out / "sim_guard.png")
-    for regime in [k for k in doc if isinstance(doc[k], dict) and "summary" in doc[k]]:
+    for regime in regimes(doc):
         print(f"\n{regime}:")
         for name, s in doc[regime]["summary"].items():
             print(

@@ -24,22 +24,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from sim_guard import DEMO_FLEET, RESULTS, calibrated_cost, demo_trace  # noqa: E402  (this folder)
+
 from llmfleet.core.config import SchedulingConfig  # noqa: E402
 from llmfleet.core.prediction import PredictionInput  # noqa: E402
 from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker  # noqa: E402
-from llmfleet.demo.workload import WorkloadSpec, build_workload  # noqa: E402
 from llmfleet.policies.registry import make_policy  # noqa: E402
 from llmfleet.ranker import load_predictor as load_ranker  # noqa: E402
 from llmfleet.ranker.metrics import kendall_tau  # noqa: E402
-from llmfleet.sim.costmodel import CostModel  # noqa: E402
-from llmfleet.sim.instance import EngineConfig  # noqa: E402
 from llmfleet.sim.live_predictions import PromptTextPredictor  # noqa: E402
 from llmfleet.sim.metrics import summarize  # noqa: E402
 from llmfleet.sim.runner import load_predictor  # noqa: E402
-from llmfleet.sim.simulator import SimConfig, Simulator  # noqa: E402
-from llmfleet.sim.traces import TraceRequest  # noqa: E402
+from llmfleet.sim.simulator import Simulator  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
 # The held queue in arrival order: with a 1 ms time bound every request is past it at once, and
 # the guard's oldest-first order is all that is left.
 ORDERS = {"ranked (default)": {}, "held queue, arrival order": {"starvation_bound_seconds": 0.001}}
@@ -53,15 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=RESULTS / "sim_order_value.json")
     args = ap.parse_args(argv)
     ranker = ensure_ranker(DEFAULT_RANKER_DIR)
-    cost = CostModel.from_dict(json.loads((RESULTS / "sim_fidelity.json").read_text())["cost_model"]["calibrated"])
-    cfg = SimConfig(instances=2, engine=EngineConfig(max_running=4, token_budget=2048))
+    cost, cfg = calibrated_cost(), DEMO_FLEET
     ratios: dict[str, list[dict[str, float]]] = {}
     taus: dict[str, float] = {}
     for rate in [float(x) for x in args.rates.split(",")]:
         for w in [int(x) for x in args.windows.split(",")]:
-            workload = build_workload(WorkloadSpec(count=200, rate=rate, start_index=w, prompt_pool=str(ranker / "holdout_pool.jsonl")))
-            # About 4 characters per token, as bench/sim_guard.py.
-            trace = [TraceRequest(r.request_id, r.arrival_s, max(8, len(r.prompt_text or "") // 4), r.output_tokens) for r in workload]
+            workload, trace = demo_trace(rate, w, ranker)
             predictors = {
                 "simulator's predictor": load_predictor(str(ranker), trace, tau=0.6),
                 "live ranker on the prompt text": PromptTextPredictor(load_ranker(str(ranker)), {r.request_id: r.prompt_text or "" for r in workload}),
