@@ -219,3 +219,5 @@ def test_guard_flags_override_the_config_file(tmp_path) -> None:
     (got,) = cli._configs(args, ["llmfleet"])
     assert (got.starvation_bound_seconds, got.starvation_overtake_turns) == (45, 0.5)
     assert got.starvation_overtake_queue_fraction == 0  # 0 is a value (turns alone), not "unset"
+    with pytest.raises(SystemExit):  # a negative share of the queue is refused by argparse
+        parser.parse_args(["run", "--trace", "conv", "--starvation-overtake-queue-fraction", "-0.5"])
