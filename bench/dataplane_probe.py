@@ -103,6 +103,7 @@ def main() -> int:
     ap.add_argument("--start-index", type=int, default=2000)
     ap.add_argument("--engine-nice", type=int, default=0)
     ap.add_argument("--probe-tokenize", action="store_true", help="also time the first sidecar's Tokenize under load")
+    ap.add_argument("--per-request", metavar="JSONL", help="also write every request's outcome, one line each, tagged with its replay")
     args = ap.parse_args()
     variants = args.variants.split(",")
     for variant in variants:  # a mistyped variant fails before the fleet starts
@@ -117,7 +118,7 @@ def main() -> int:
     with LocalFleet(spec) as fleet:
         urls = [e.url for e in fleet.engines]
         warm_up(fleet, workload)
-        for variant in variants:
+        for replay_index, variant in enumerate(variants):
             fleet.reset_prefix_caches()  # as the demo does: no variant finds the ones before it cached
             metrics_port = free_port()
             dispatcher = fleet.start_dispatcher(policy_config(variant, ranker=str(ranker)), metrics_port=metrics_port)
@@ -142,7 +143,21 @@ def main() -> int:
                 row["tokenize_ms"] = {"mean": round(statistics.fmean(tokenize_ms), 1), "p50": tokenize_ms[len(tokenize_ms) // 2],
                                       "p90": tokenize_ms[int(len(tokenize_ms) * 0.9)], "n": len(tokenize_ms)}  # fmt: skip
             print(json.dumps(row), flush=True)
+            if args.per_request:
+                write_outcomes(args.per_request, replay_index, variant, workload, outcomes)
     return 0
+
+
+def write_outcomes(path: str, replay_index: int, variant: str, workload: list, outcomes: list) -> None:
+    """Append one JSON line per request: what the client saw, beside the request's prompt and length."""
+    with open(path, "a") as out:
+        for req, o in zip(workload, outcomes, strict=True):
+            out.write(json.dumps({
+                "replay": replay_index, "variant": variant, "request_id": o.request_id, "status": o.status,
+                "arrival_s": round(o.arrival_s, 4), "first_token_s": o.first_token_s and round(o.first_token_s, 4),
+                "finish_s": o.finish_s and round(o.finish_s, 4), "tokens": o.tokens, "expected_tokens": o.expected_tokens,
+                "prompt_tokens": len(req.prompt_token_ids),
+            }) + "\n")  # fmt: skip
 
 
 if __name__ == "__main__":
