@@ -156,7 +156,7 @@ def write_outcomes(path: str, replay_index: int, variant: str, workload: list, o
                 "replay": replay_index, "variant": variant, "request_id": o.request_id, "status": o.status,
                 "arrival_s": round(o.arrival_s, 4), "first_token_s": o.first_token_s and round(o.first_token_s, 4),
                 "finish_s": o.finish_s and round(o.finish_s, 4), "tokens": o.tokens, "expected_tokens": o.expected_tokens,
-                "prompt_tokens": len(req.prompt_token_ids),
+                "prompt_chars": len(req.prompt_text or ""), "prompt_tokens": len(req.prompt_token_ids),
             }) + "\n")  # fmt: skip
 
 

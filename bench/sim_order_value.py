@@ -1,13 +1,13 @@
 """What `llmfleet`'s learned order is worth in the simulator, against its own held queue in arrival
-order, with two predictors: the one the simulator uses for trace requests (each mapped to a
-held-out prompt at the same output-length quantile) and the live dispatcher's ranker asked about
-each request's real prompt text (`llmfleet.sim.live_predictions.PromptTextPredictor`).
+order and against the oracle (every length known), with two predictors: the one the simulator
+uses for trace requests (each mapped to a held-out prompt at the same output-length quantile)
+and the live dispatcher's ranker asked about each request's real prompt text
+(`llmfleet.sim.live_predictions.PromptTextPredictor`).
 
 The demo's workload (200 alpaca prompts with hidden real lengths on three windows of the conv
-trace, 2 engines of 4 slots) on the CPU fleet's calibrated cost model at three engine speeds, at
-3.0 and 4.2 requests/s. The live fleet measured the held queue in arrival order at 0.93 of
-`fcfs-rr`'s mean and the ranked order at 0.99 (bench/DATAPLANE.md section 4); this says how much
-of the simulator's disagreement is the predictor.
+trace, 2 engines of 4 slots) on the CPU fleet's calibrated cost model (`sim_guard.CALIBRATION`)
+at three engine speeds, at 3.0 and 4.2 requests/s. The live fleet's paired replays of the same
+comparison are in bench/DATAPLANE.md section 4.
 
 Reproduce (writes bench/results/sim_order_value.json):
     .venv/bin/python bench/sim_order_value.py
@@ -24,15 +24,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from sim_guard import DEMO_FLEET, RESULTS, calibrated_cost, demo_trace  # noqa: E402  (this folder)
+from sim_guard import DEMO_FLEET, RESULTS, calibrated_cost, demo_trace, live_ranker  # noqa: E402  (this folder)
 
 from llmfleet.core.config import SchedulingConfig  # noqa: E402
 from llmfleet.core.prediction import PredictionInput  # noqa: E402
-from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker  # noqa: E402
+from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker, policy_config  # noqa: E402
 from llmfleet.policies.registry import make_policy  # noqa: E402
-from llmfleet.ranker import load_predictor as load_ranker  # noqa: E402
 from llmfleet.ranker.metrics import kendall_tau  # noqa: E402
-from llmfleet.sim.live_predictions import PromptTextPredictor  # noqa: E402
+from llmfleet.sim.live_predictions import ExactPredictor  # noqa: E402
 from llmfleet.sim.metrics import summarize  # noqa: E402
 from llmfleet.sim.runner import load_predictor  # noqa: E402
 from llmfleet.sim.simulator import Simulator  # noqa: E402
@@ -58,7 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             workload, trace = demo_trace(rate, w, ranker)
             predictors = {
                 "simulator's predictor": load_predictor(str(ranker), trace, tau=0.6),
-                "live ranker on the prompt text": PromptTextPredictor(load_ranker(str(ranker)), {r.request_id: r.prompt_text or "" for r in workload}),
+                "live ranker on the prompt text": live_ranker(workload, ranker),
             }
             items = [PredictionInput(t.request_id, t.prompt_tokens, true_output_tokens=t.output_tokens) for t in trace]
             for pname, predictor in predictors.items():
@@ -67,15 +66,17 @@ def main(argv: list[str] | None = None) -> int:
             for speed in [float(x) for x in args.speeds.split(",")]:
                 slowed = cost.slowed(speed)
                 base = summarize(Simulator(trace, make_policy("fcfs-rr"), slowed, cfg).run())
-                for pname, predictor in predictors.items():
-                    for order, guard in ORDERS.items():
-                        policy = make_policy(SchedulingConfig(policy="llmfleet", **guard))
-                        s = summarize(Simulator(trace, policy, slowed, cfg, predictor=predictor).run())  # type: ignore[arg-type]
-                        ratios.setdefault(f"{rate:g}/s | {pname} | {order}", []).append({
-                            "mean": s["mean_latency_s"] / base["mean_latency_s"],
-                            "p99": s["p99_latency_s"] / base["p99_latency_s"],
-                            "ttft": s["mean_ttft_s"] / base["mean_ttft_s"],
-                        })  # fmt: skip
+                runs = [(f"{pname} | {order}", SchedulingConfig(policy="llmfleet", **guard), predictor)
+                        for pname, predictor in predictors.items() for order, guard in ORDERS.items()]  # fmt: skip
+                # The ceiling on any order: the live fleet's oracle, every length known.
+                runs.append(("exact lengths | oracle (guard off)", policy_config("llmfleet-oracle"), ExactPredictor()))
+                for label, config, predictor in runs:
+                    s = summarize(Simulator(trace, make_policy(config), slowed, cfg, predictor=predictor).run())  # type: ignore[arg-type]
+                    ratios.setdefault(f"{rate:g}/s | {label}", []).append({
+                        "mean": s["mean_latency_s"] / base["mean_latency_s"],
+                        "p99": s["p99_latency_s"] / base["p99_latency_s"],
+                        "ttft": s["mean_ttft_s"] / base["mean_ttft_s"],
+                    })  # fmt: skip
     summary = {k: {m: round(statistics.fmean(r[m] for r in rs), 3) for m in ("mean", "p99", "ttft")} | {"scenarios": len(rs)}
                for k, rs in ratios.items()}  # fmt: skip
     doc = {"kendall_tau_on_the_workload": {k: round(v, 3) for k, v in taus.items()}, "ratios_to_fcfs_rr": summary,

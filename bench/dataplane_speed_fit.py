@@ -1,0 +1,112 @@
+"""The simulator beside each live replay, at that replay's own engine speed (bench/DATAPLANE.md section 4).
+
+A paired probe's replays differ by up to a factor of two for one policy, because the shared
+machine's speed moves while the fleet runs near its capacity. This asks how much of that the
+replay's mean engine speed explains, and whether any policy does worse live than the simulator
+says it should at that speed. For each replay in a `bench/dataplane_probe.py --per-request` file
+it bisects the calibrated cost model's slowdown until the simulated mean service time (first
+token to last, which no queue order changes) matches the replay's, then simulates the same
+requests under the same policy at that speed. It also reports mean TTFT by quartile of the live
+ranker's prediction, shortest first: whether the order reached the requests it should.
+
+    .venv/bin/python bench/dataplane_speed_fit.py \\
+        bench/results/dataplane_probe_4slots_4.0rps_w2000_order_requests.jsonl --rate 4.0 --start-index 2000 \\
+        --out bench/results/dataplane_speed_fit_4.0rps_w2000.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from sim_guard import DEMO_FLEET, calibrated_cost, demo_trace, live_ranker  # noqa: E402  (this folder)
+
+from llmfleet.core.prediction import PredictionInput  # noqa: E402
+from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker, policy_config  # noqa: E402
+from llmfleet.policies.registry import make_policy  # noqa: E402
+from llmfleet.sim.simulator import Simulator  # noqa: E402
+
+BISECT_STEPS = 18  # the slowdown to within 1e-5 of the bracket [0.5, 2.5]
+
+
+def means(rows: list[tuple[float, float, float]]) -> dict[str, float]:
+    """Mean service time, latency and TTFT of (arrival, first token, finish) rows."""
+    return {
+        "service_s": statistics.fmean(f - t for _, t, f in rows),
+        "latency_s": statistics.fmean(f - a for a, _, f in rows),
+        "ttft_s": statistics.fmean(t - a for a, t, _ in rows),
+    }
+
+
+def quartile_ttft(rows: dict[str, tuple[float, float, float]], score: dict[str, float]) -> list[float]:
+    """Mean TTFT of each quarter of the requests, ordered by `score` (lowest first)."""
+    ids = sorted(rows, key=lambda i: score[i])
+    quarters: list[list[float]] = [[], [], [], []]
+    for k, i in enumerate(ids):
+        a, t, _ = rows[i]
+        quarters[min(3, 4 * k // len(ids))].append(t - a)
+    return [round(statistics.fmean(q), 3) for q in quarters]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
+    ap.add_argument("requests", type=Path, help="a dataplane_probe --per-request JSONL file")
+    ap.add_argument("--rate", type=float, required=True, help="the probe's --rate")
+    ap.add_argument("--start-index", type=int, required=True, help="the probe's --start-index")
+    ap.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
+    args = ap.parse_args(argv)
+    ranker = ensure_ranker(DEFAULT_RANKER_DIR)
+    workload, trace = demo_trace(args.rate, args.start_index, ranker)
+    predictor = live_ranker(workload, ranker)
+    inputs = [PredictionInput(t.request_id, t.prompt_tokens) for t in trace]
+    score = {it.request_id: e.expected_tokens for it, e in zip(inputs, predictor.predict(inputs), strict=True)}
+    replays: dict[tuple[int, str], dict[str, tuple[float, float, float]]] = defaultdict(dict)
+    for line in args.requests.read_text().splitlines():
+        d = json.loads(line)
+        if d["status"] == "ok":
+            replays[(d["replay"], d["variant"])][d["request_id"]] = (d["arrival_s"], d["first_token_s"], d["finish_s"])
+    missing = {i for rows in replays.values() for i in rows} - {t.request_id for t in trace}
+    if missing:
+        ap.error(f"{len(missing)} requests are not in the workload at --rate {args.rate} --start-index {args.start_index}")
+    cost = calibrated_cost()
+
+    def simulate(variant: str, slowdown: float) -> dict[str, float]:
+        records = Simulator(trace, make_policy(policy_config(variant, ranker=str(ranker))), cost.slowed(slowdown),
+                            DEMO_FLEET, predictor=predictor).run().records  # fmt: skip
+        return means([(r.arrival_s, r.first_token_s, r.finish_s) for r in records])
+
+    out = []
+    for (index, variant), rows in sorted(replays.items()):
+        live = means(list(rows.values()))
+        lo, hi = 0.5, 2.5
+        for _ in range(BISECT_STEPS):  # the service time grows with the slowdown
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if simulate(variant, mid)["service_s"] < live["service_s"] else (lo, mid)
+        slowdown = (lo + hi) / 2
+        sim = simulate(variant, slowdown)
+        row = {
+            "replay": index, "variant": variant, "completed": len(rows), "engine_slowdown": round(slowdown, 3),
+            "live": {k: round(v, 3) for k, v in live.items()}, "simulated": {k: round(v, 3) for k, v in sim.items()},
+            "live_over_simulated": {k: round(live[k] / sim[k], 3) for k in ("latency_s", "ttft_s")},
+            "ttft_by_predicted_quartile_s": quartile_ttft(rows, score),
+        }  # fmt: skip
+        out.append(row)
+        print(f"#{index} {variant:40s} slowdown x{slowdown:.3f} | latency live {live['latency_s']:.2f} sim {sim['latency_s']:.2f} "
+              f"({row['live_over_simulated']['latency_s']:.2f}) | TTFT live {live['ttft_s']:.2f} sim {sim['ttft_s']:.2f} "
+              f"| TTFT by predicted quartile {row['ttft_by_predicted_quartile_s']}", flush=True)  # fmt: skip
+    if args.out:
+        doc = {"requests": str(args.requests), "rate": args.rate, "start_index": args.start_index, "replays": out,
+               "command": "python bench/dataplane_speed_fit.py " + " ".join(sys.argv[1:] if argv is None else argv)}  # fmt: skip
+        args.out.write_text(json.dumps(doc, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
