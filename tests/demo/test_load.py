@@ -67,14 +67,15 @@ def test_a_simulated_fleets_capacity_is_its_slots_decoding_at_its_step_time(tmp_
 def test_demo_load_replaces_the_rate_and_cannot_be_given_with_it(monkeypatch, tmp_path: Path) -> None:
     import llmfleet.demo.run as run
     from llmfleet.cli import main
+    from llmfleet.demo.cli import START_RATE
 
     started = []
     monkeypatch.setattr(run, "ensure_ranker", lambda path: tmp_path)
     monkeypatch.setattr(run, "run_demo", started.append)
     assert main(["demo", "--prompts", "trace", "--load", "0.9"]) == 0
     assert (started[0].load, started[0].queue_share) == (0.9, None)
-    assert main(["demo", "--prompts", "trace"]) == 0  # by default the rate is searched for, from 3.0
-    assert (started[1].load, started[1].queue_share, started[1].workload.rate) == (None, 0.45, 3.0)
+    assert main(["demo", "--prompts", "trace"]) == 0  # by default the rate is searched for, from START_RATE
+    assert (started[1].load, started[1].queue_share, started[1].workload.rate) == (None, 0.45, START_RATE)
     assert main(["demo", "--prompts", "trace", "--rate", "2"]) == 0  # a rate given is used as it is
     assert (started[2].load, started[2].queue_share, started[2].workload.rate) == (None, None, 2.0)
     assert main(["demo", "--prompts", "trace", "--queue-share", "0.3"]) == 0
