@@ -7,7 +7,8 @@ says it should at that speed. For each replay in a `bench/dataplane_probe.py --p
 it bisects the calibrated cost model's slowdown until the simulated mean service time (first
 token to last, which no queue order changes) matches the replay's, then simulates the same
 requests under the same policy at that speed. It also reports mean TTFT by quartile of the live
-ranker's prediction, shortest first: whether the order reached the requests it should.
+ranker's prediction, shortest first, live and simulated: whether the order reached the requests
+it should, and where the live fleet's wait differs from the simulator's.
 
     .venv/bin/python bench/dataplane_speed_fit.py \\
         bench/results/dataplane_probe_4slots_4.0rps_w2000_order_requests.jsonl --rate 4.0 --start-index 2000 \\
@@ -77,10 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"{len(missing)} requests are not in the workload at --rate {args.rate} --start-index {args.start_index}")
     cost = calibrated_cost()
 
-    def simulate(variant: str, slowdown: float) -> dict[str, float]:
+    def simulate(variant: str, slowdown: float) -> dict[str, tuple[float, float, float]]:
         records = Simulator(trace, make_policy(policy_config(variant, ranker=str(ranker))), cost.slowed(slowdown),
                             DEMO_FLEET, predictor=predictor).run().records  # fmt: skip
-        return means([(r.arrival_s, r.first_token_s, r.finish_s) for r in records])
+        return {r.request_id: (r.arrival_s, r.first_token_s, r.finish_s) for r in records}
 
     out = []
     for (index, variant), rows in sorted(replays.items()):
@@ -88,19 +89,21 @@ def main(argv: list[str] | None = None) -> int:
         lo, hi = 0.5, 2.5
         for _ in range(BISECT_STEPS):  # the service time grows with the slowdown
             mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if simulate(variant, mid)["service_s"] < live["service_s"] else (lo, mid)
+            lo, hi = (mid, hi) if means(list(simulate(variant, mid).values()))["service_s"] < live["service_s"] else (lo, mid)
         slowdown = (lo + hi) / 2
-        sim = simulate(variant, slowdown)
+        simulated = simulate(variant, slowdown)
+        sim = means(list(simulated.values()))
         row = {
             "replay": index, "variant": variant, "completed": len(rows), "engine_slowdown": round(slowdown, 3),
             "live": {k: round(v, 3) for k, v in live.items()}, "simulated": {k: round(v, 3) for k, v in sim.items()},
             "live_over_simulated": {k: round(live[k] / sim[k], 3) for k in ("latency_s", "ttft_s")},
-            "ttft_by_predicted_quartile_s": quartile_ttft(rows, score),
+            "ttft_by_predicted_quartile_s": {"live": quartile_ttft(rows, score), "simulated": quartile_ttft(simulated, score)},
         }  # fmt: skip
         out.append(row)
         print(f"#{index} {variant:40s} slowdown x{slowdown:.3f} | latency live {live['latency_s']:.2f} sim {sim['latency_s']:.2f} "
               f"({row['live_over_simulated']['latency_s']:.2f}) | TTFT live {live['ttft_s']:.2f} sim {sim['ttft_s']:.2f} "
-              f"| TTFT by predicted quartile {row['ttft_by_predicted_quartile_s']}", flush=True)  # fmt: skip
+              f"| TTFT by predicted quartile, live {row['ttft_by_predicted_quartile_s']['live']} "
+              f"sim {row['ttft_by_predicted_quartile_s']['simulated']}", flush=True)  # fmt: skip
     if args.out:
         doc = {"requests": str(args.requests), "rate": args.rate, "start_index": args.start_index, "replays": out,
                "command": "python bench/dataplane_speed_fit.py " + " ".join(sys.argv[1:] if argv is None else argv)}  # fmt: skip
