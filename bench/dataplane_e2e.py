@@ -33,7 +33,7 @@ import sys
 from pathlib import Path
 
 from llmfleet.demo.load import check_rate_options
-from llmfleet.demo.report import plot, ratio_rows, results_json
+from llmfleet.demo.report import append_records, outcome_records, plot, ratio_rows, results_json
 from llmfleet.demo.run import DEFAULT_RANKER_DIR, ORACLE, DemoOptions, ensure_ranker, run_demo
 from llmfleet.demo.workload import WorkloadSpec
 from llmfleet.fleet.cli import add_unconfined_engines
@@ -72,6 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     runs = []
     args.out.mkdir(parents=True, exist_ok=True)
     windows = [(int(w), r) for w in args.windows.split(",") for r in range(args.repeats)]
+    requests = args.out / "dataplane_e2e_requests.jsonl"  # every request's outcome, per replay
+    requests.unlink(missing_ok=True)
     for start, repeat in windows:
         policies = args.policies.split(",")
         options = DemoOptions(
@@ -94,6 +96,10 @@ def main(argv: list[str] | None = None) -> int:
                 run[key] = out["payload"][key]
         run["ratios_vs_fcfs_rr"] = ratio_rows(results, "fcfs-rr", out["outcomes"])
         run["ratios_vs_least_load"] = ratio_rows(results, "least-load", out["outcomes"])
+        for policy, outcomes in out["outcomes"].items():
+            append_records(requests, outcome_records(outcomes, replay=len(runs) * len(policies) + options.policies.index(policy),
+                                                     variant=policy, window=start, repeat=repeat + 1,
+                                                     rate=round(out["payload"]["rate_scale"], 3), start_index=start))  # fmt: skip
         run["diagnostics"] = {r["policy"]: {k: r[k] for k in ("failed", "wrong_length", "retries", "prefix_cache_hit_rate")} for r in results}
         runs.append(run)
         if len(runs) == 1:

@@ -27,11 +27,13 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
 
 import grpc
 import numpy as np
 
 from llmfleet.demo.replay import replay
+from llmfleet.demo.report import append_records, outcome_records
 from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker, is_oracle, policy_config, warm_up
 from llmfleet.demo.workload import WorkloadSpec, build_workload
 from llmfleet.engine.process import free_port
@@ -144,20 +146,9 @@ def main() -> int:
                                       "p90": tokenize_ms[int(len(tokenize_ms) * 0.9)], "n": len(tokenize_ms)}  # fmt: skip
             print(json.dumps(row), flush=True)
             if args.per_request:
-                write_outcomes(args.per_request, replay_index, variant, workload, outcomes)
+                append_records(Path(args.per_request), outcome_records(outcomes, replay=replay_index, variant=variant,
+                                                                       rate=args.rate, start_index=args.start_index))  # fmt: skip
     return 0
-
-
-def write_outcomes(path: str, replay_index: int, variant: str, workload: list, outcomes: list) -> None:
-    """Append one JSON line per request: what the client saw, beside the request's prompt and length."""
-    with open(path, "a") as out:
-        for req, o in zip(workload, outcomes, strict=True):
-            out.write(json.dumps({
-                "replay": replay_index, "variant": variant, "request_id": o.request_id, "status": o.status,
-                "arrival_s": round(o.arrival_s, 4), "first_token_s": o.first_token_s and round(o.first_token_s, 4),
-                "finish_s": o.finish_s and round(o.finish_s, 4), "tokens": o.tokens, "expected_tokens": o.expected_tokens,
-                "prompt_chars": len(req.prompt_text or ""), "prompt_tokens": len(req.prompt_token_ids),
-            }) + "\n")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -3,16 +3,21 @@
 A paired probe's replays differ by up to a factor of two for one policy, because the shared
 machine's speed moves while the fleet runs near its capacity. This asks how much of that the
 replay's mean engine speed explains, and whether any policy does worse live than the simulator
-says it should at that speed. For each replay in a `bench/dataplane_probe.py --per-request` file
-it bisects the calibrated cost model's slowdown until the simulated mean service time (first
-token to last, which no queue order changes) matches the replay's, then simulates the same
-requests under the same policy at that speed. It also reports mean TTFT by quartile of the live
+says it should at that speed. For each replay in a file of every request's outcome (from
+`bench/dataplane_probe.py --per-request`, `llmfleet demo --out DIR`'s requests.jsonl or
+`bench/dataplane_e2e.py`'s dataplane_e2e_requests.jsonl) it bisects the calibrated cost model's
+slowdown until the simulated mean service time (first token to last, which no queue order
+changes) matches the replay's, then simulates the same requests under the same policy at that
+speed. It also reports mean TTFT by quartile of the live
 ranker's prediction, shortest first, live and simulated: whether the order reached the requests
 it should, and where the live fleet's wait differs from the simulator's.
 
     .venv/bin/python bench/dataplane_speed_fit.py \\
         bench/results/dataplane_probe_4slots_4.0rps_w2000_order_requests.jsonl --rate 4.0 --start-index 2000 \\
         --out bench/results/dataplane_speed_fit_4.0rps_w2000.json
+
+The probe's files from before its lines carried their rate and window need `--rate` and
+`--start-index`; newer files, the demo's and the e2e bench's say them on every line.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from sim_guard import DEMO_FLEET, calibrated_cost, demo_trace, live_ranker  # no
 from llmfleet.core.prediction import PredictionInput  # noqa: E402
 from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker, policy_config  # noqa: E402
 from llmfleet.policies.registry import make_policy  # noqa: E402
+from llmfleet.sim.live_predictions import PromptTextPredictor  # noqa: E402
 from llmfleet.sim.simulator import Simulator  # noqa: E402
 
 BISECT_STEPS = 18  # the slowdown to within 1e-5 of the bracket [0.5, 2.5]
@@ -58,43 +64,62 @@ def quartile_ttft(rows: dict[str, tuple[float, float, float]], score: dict[str, 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
-    ap.add_argument("requests", type=Path, help="a dataplane_probe --per-request JSONL file")
-    ap.add_argument("--rate", type=float, required=True, help="the probe's --rate")
-    ap.add_argument("--start-index", type=int, required=True, help="the probe's --start-index")
+    ap.add_argument("requests", type=Path, help="every request's outcome: dataplane_probe --per-request, the demo's "
+                    "requests.jsonl or dataplane_e2e_requests.jsonl")  # fmt: skip
+    ap.add_argument("--rate", type=float, default=None, help="the replays' rate, where the file's lines do not say")
+    ap.add_argument("--start-index", type=int, default=None, help="the replays' window, where the file's lines do not say")
     ap.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     args = ap.parse_args(argv)
     ranker = ensure_ranker(DEFAULT_RANKER_DIR)
-    workload, trace = demo_trace(args.rate, args.start_index, ranker)
-    predictor = live_ranker(workload, ranker)
-    inputs = [PredictionInput(t.request_id, t.prompt_tokens) for t in trace]
-    score = {it.request_id: e.expected_tokens for it, e in zip(inputs, predictor.predict(inputs), strict=True)}
+    cost = calibrated_cost()
     replays: dict[tuple[int, str], dict[str, tuple[float, float, float]]] = defaultdict(dict)
+    where: dict[tuple[int, str], tuple[float, int]] = {}
     for line in args.requests.read_text().splitlines():
         d = json.loads(line)
+        rate, start = d.get("rate", args.rate), d.get("start_index", args.start_index)
+        if rate is None or start is None:
+            ap.error("the file's lines do not carry their rate and window: give --rate and --start-index")
+        where[(d["replay"], d["variant"])] = (float(rate), int(start))
         if d["status"] == "ok":
             replays[(d["replay"], d["variant"])][d["request_id"]] = (d["arrival_s"], d["first_token_s"], d["finish_s"])
-    missing = {i for rows in replays.values() for i in rows} - {t.request_id for t in trace}
-    if missing:
-        ap.error(f"{len(missing)} requests are not in the workload at --rate {args.rate} --start-index {args.start_index}")
-    cost = calibrated_cost()
+    setups: dict[tuple[float, int], tuple[list, PromptTextPredictor, dict[str, float]]] = {}
 
-    def simulate(variant: str, slowdown: float) -> dict[str, tuple[float, float, float]]:
-        records = Simulator(trace, make_policy(policy_config(variant, ranker=str(ranker))), cost.slowed(slowdown),
+    def setup(rate: float, start: int) -> tuple[list, PromptTextPredictor, dict[str, float]]:
+        """The replay's requests as a trace, the live ranker on them, and its predictions."""
+        if (rate, start) not in setups:
+            workload, trace = demo_trace(rate, start, ranker)
+            predictor = live_ranker(workload, ranker)
+            inputs = [PredictionInput(t.request_id, t.prompt_tokens) for t in trace]
+            score = {it.request_id: e.expected_tokens for it, e in zip(inputs, predictor.predict(inputs), strict=True)}
+            setups[(rate, start)] = (trace, predictor, score)
+        return setups[(rate, start)]
+
+    def simulate(key: tuple[int, str], slowdown: float) -> dict[str, tuple[float, float, float]]:
+        trace, predictor, _ = setup(*where[key])
+        records = Simulator(trace, make_policy(policy_config(key[1], ranker=str(ranker))), cost.slowed(slowdown),
                             DEMO_FLEET, predictor=predictor).run().records  # fmt: skip
         return {r.request_id: (r.arrival_s, r.first_token_s, r.finish_s) for r in records}
 
     out = []
     for (index, variant), rows in sorted(replays.items()):
+        trace, _, score = setup(*where[(index, variant)])
+        missing = set(rows) - {t.request_id for t in trace}
+        if missing:
+            rate, start = where[(index, variant)]
+            ap.error(f"replay {index}: {len(missing)} requests are not in the demo's workload at {rate:g}/s from {start}")
         live = means(list(rows.values()))
         lo, hi = 0.5, 2.5
         for _ in range(BISECT_STEPS):  # the service time grows with the slowdown
             mid = (lo + hi) / 2
-            lo, hi = (mid, hi) if means(list(simulate(variant, mid).values()))["service_s"] < live["service_s"] else (lo, mid)
+            service = means(list(simulate((index, variant), mid).values()))["service_s"]
+            lo, hi = (mid, hi) if service < live["service_s"] else (lo, mid)
         slowdown = (lo + hi) / 2
-        simulated = simulate(variant, slowdown)
+        simulated = simulate((index, variant), slowdown)
         sim = means(list(simulated.values()))
+        rate, start = where[(index, variant)]
         row = {
-            "replay": index, "variant": variant, "completed": len(rows), "engine_slowdown": round(slowdown, 3),
+            "replay": index, "variant": variant, "rate": rate, "start_index": start, "completed": len(rows),
+            "engine_slowdown": round(slowdown, 3),
             "live": {k: round(v, 3) for k, v in live.items()}, "simulated": {k: round(v, 3) for k, v in sim.items()},
             "live_over_simulated": {k: round(live[k] / sim[k], 3) for k in ("latency_s", "ttft_s")},
             "ttft_by_predicted_quartile_s": {"live": quartile_ttft(rows, score), "simulated": quartile_ttft(simulated, score)},
@@ -105,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
               f"| TTFT by predicted quartile, live {row['ttft_by_predicted_quartile_s']['live']} "
               f"sim {row['ttft_by_predicted_quartile_s']['simulated']}", flush=True)  # fmt: skip
     if args.out:
-        doc = {"requests": str(args.requests), "rate": args.rate, "start_index": args.start_index, "replays": out,
+        doc = {"requests": str(args.requests), "replays": out,
                "command": "python bench/dataplane_speed_fit.py " + " ".join(sys.argv[1:] if argv is None else argv)}  # fmt: skip
         args.out.write_text(json.dumps(doc, indent=2) + "\n")
     return 0

@@ -89,7 +89,7 @@ def register(parser: argparse.ArgumentParser) -> None:
         "lengths are hidden from the scheduler and max_tokens is only a cap",
     )
     add_unconfined_engines(parser)
-    parser.add_argument("--out", type=Path, default=None, help="write DIR/results.json and DIR/latency.png")
+    parser.add_argument("--out", type=Path, default=None, help="write DIR/results.json, DIR/latency.png and every request's outcome in DIR/requests.jsonl")
     parser.add_argument("--log-dir", type=Path, default=None, help="where engine and dispatcher logs go")
     parser.set_defaults(func=_run)
 

@@ -222,6 +222,29 @@ def plot(outcomes_by_policy: Mapping[str, Sequence[Outcome]], results: Sequence[
     plt.close(fig)
 
 
+def outcome_records(outcomes: Sequence[Outcome], **tags: Any) -> list[dict[str, Any]]:
+    """One plain record per request, what its client saw, under `tags` (the policy, the replay):
+    the raw data behind every summary, for analyses the table does not make (e.g.
+    bench/dataplane_speed_fit.py). Times are seconds from the replay's start; a request that
+    failed keeps None where it saw nothing."""
+    def r4(x: float | None) -> float | None:
+        return None if x is None else round(x, 4)
+
+    return [
+        {**tags, "request_id": o.request_id, "status": o.status, "arrival_s": r4(o.arrival_s),
+         "first_token_s": r4(o.first_token_s), "finish_s": r4(o.finish_s), "tokens": o.tokens,
+         "expected_tokens": o.expected_tokens, "retries": o.retries}
+        for o in outcomes
+    ]  # fmt: skip
+
+
+def append_records(path: Path, records: Sequence[Mapping[str, Any]]) -> None:
+    """Append records to a JSON Lines file, one per line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as out:
+        out.writelines(json.dumps(r) + "\n" for r in records)
+
+
 def write_results(out_dir: Path, payload: dict[str, Any]) -> Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "results.json"

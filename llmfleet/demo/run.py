@@ -33,6 +33,8 @@ from llmfleet.demo.load import (
 )
 from llmfleet.demo.replay import Outcome, replay
 from llmfleet.demo.report import (
+    append_records,
+    outcome_records,
     plot,
     print_table,
     ratio_rows,
@@ -317,5 +319,10 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
     if options.out_dir:
         path = write_results(options.out_dir, payload)
         plot(outcomes_by_policy, results, options.out_dir / "latency.png", "llmfleet demo on real vLLM-CPU")
-        console.print(f"wrote {path} and {options.out_dir / 'latency.png'}")
+        requests = options.out_dir / "requests.jsonl"
+        requests.unlink(missing_ok=True)
+        for replay_index, (policy, outcomes) in enumerate(outcomes_by_policy.items()):
+            append_records(requests, outcome_records(outcomes, replay=replay_index, variant=policy, rate=round(rate, 3),
+                                                     start_index=options.workload.start_index))  # fmt: skip
+        console.print(f"wrote {path}, {options.out_dir / 'latency.png'} and every request's outcome in {requests}")
     return {"payload": payload, "results": results, "outcomes": outcomes_by_policy}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from llmfleet.demo.replay import EOS_TOKEN_ID, Outcome, generate_request
-from llmfleet.demo.report import ratio_rows, results_json, summarize_outcomes
+from llmfleet.demo.report import append_records, outcome_records, ratio_rows, results_json, summarize_outcomes
 from llmfleet.demo.workload import WorkloadSpec, build_workload, load_prompt_pool
 from llmfleet.sim.metrics import RESULT_KEYS
 
@@ -189,3 +189,19 @@ def test_the_queue_note_says_how_much_the_baseline_waited_and_hints_when_little(
     assert note is not None and f"({share})" in note
     assert ("higher --rate or --queue-share" in note) is hint
     assert queue_note(results[1:]) is None  # no baseline, nothing to say
+
+
+def test_every_request_outcome_is_kept_as_a_tagged_record_and_appended_per_replay(tmp_path: Path) -> None:
+    ok = Outcome("r0", 0.123456, 0.5, 2.25, 40, 40, "ok", retries=1)
+    failed = Outcome("r1", 1.0, None, None, 0, 12, "UNAVAILABLE", "engine gone")
+    records = outcome_records([ok, failed], replay=3, variant="llmfleet", rate=4.0, start_index=2000)
+    assert records[0] == {"replay": 3, "variant": "llmfleet", "rate": 4.0, "start_index": 2000, "request_id": "r0",
+                          "status": "ok", "arrival_s": 0.1235, "first_token_s": 0.5, "finish_s": 2.25, "tokens": 40,
+                          "expected_tokens": 40, "retries": 1}  # fmt: skip
+    # A failed request keeps None where it saw nothing, rather than a number that looks measured.
+    assert (records[1]["status"], records[1]["first_token_s"], records[1]["finish_s"]) == ("UNAVAILABLE", None, None)
+    path = tmp_path / "out" / "requests.jsonl"
+    append_records(path, records[:1])
+    append_records(path, outcome_records([failed], replay=4, variant="fcfs-rr"))
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    assert [(x["replay"], x["variant"], x["request_id"]) for x in lines] == [(3, "llmfleet", "r0"), (4, "fcfs-rr", "r1")]
