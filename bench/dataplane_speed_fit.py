@@ -10,7 +10,9 @@ slowdown until the simulated mean service time (first token to last, which no qu
 changes) matches the replay's, then simulates the same requests under the same policy at that
 speed. It also reports mean TTFT by quartile of the live
 ranker's prediction, shortest first, live and simulated: whether the order reached the requests
-it should, and where the live fleet's wait differs from the simulator's.
+it should, and where the live fleet's wait differs from the simulator's. Last, per workload, each
+variant's ratio to a baseline with the drift taken out (`adjust`): the simulator's ratio at one
+common speed, times the ratio of the two variants' live / simulated residuals.
 
     .venv/bin/python bench/dataplane_speed_fit.py \\
         bench/results/dataplane_probe_4slots_4.0rps_w2000_order_requests.jsonl --rate 4.0 --start-index 2000 \\
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 from collections import defaultdict
@@ -62,12 +65,47 @@ def quartile_ttft(rows: dict[str, tuple[float, float, float]], score: dict[str, 
     return [round(statistics.fmean(q), 3) for q in quarters]
 
 
+def groupby_setup(rows: list[dict]) -> dict[tuple[float, int], list[dict]]:
+    """The replays of each workload (rate, window), in the order they ran."""
+    out: dict[tuple[float, int], list[dict]] = defaultdict(list)
+    for r in rows:
+        out[(r["rate"], r["start_index"])].append(r)
+    return out
+
+
+def adjust(rows: list[dict], base: str, at_common: dict[str, float]) -> dict[str, dict[str, float]]:
+    """Each variant's mean latency as a ratio to `base`'s: live, and with the machine's drift taken
+    out. A variant's residual is the geometric mean of its replays' live / simulated latency at
+    each replay's own fitted speed; the adjusted ratio is the simulator's ratio at one common speed
+    (`at_common`: each variant's simulated mean latency there) times the ratio of the residuals.
+    Where the simulator is faithful up to the machine's speed, the residuals are equal and the
+    adjusted ratio is the simulator's; what a policy does live that the simulator misses moves its
+    residual, and so its adjusted ratio."""
+
+    def gmean(xs: list[float]) -> float:
+        return math.exp(statistics.fmean(math.log(x) for x in xs))
+
+    live = {v: statistics.fmean(r["live"]["latency_s"] for r in rows if r["variant"] == v) for v in at_common}
+    residual = {v: gmean([r["live_over_simulated"]["latency_s"] for r in rows if r["variant"] == v]) for v in at_common}
+    return {
+        v: {
+            "live_ratio": round(live[v] / live[base], 3),
+            "residual": round(residual[v], 3),
+            "simulated_ratio_at_common_speed": round(at_common[v] / at_common[base], 3),
+            "adjusted_ratio": round(at_common[v] / at_common[base] * residual[v] / residual[base], 3),
+        }
+        for v in at_common
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, allow_abbrev=False)
     ap.add_argument("requests", type=Path, help="every request's outcome: dataplane_probe --per-request, the demo's "
                     "requests.jsonl or dataplane_e2e_requests.jsonl")  # fmt: skip
     ap.add_argument("--rate", type=float, default=None, help="the replays' rate, where the file's lines do not say")
     ap.add_argument("--start-index", type=int, default=None, help="the replays' window, where the file's lines do not say")
+    ap.add_argument("--baseline", default="fcfs-rr", help="the variant the ratios are to (default: %(default)s; "
+                    "where a workload's replays have none, the first that ran)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     args = ap.parse_args(argv)
     ranker = ensure_ranker(DEFAULT_RANKER_DIR)
@@ -129,8 +167,19 @@ def main(argv: list[str] | None = None) -> int:
               f"({row['live_over_simulated']['latency_s']:.2f}) | TTFT live {live['ttft_s']:.2f} sim {sim['ttft_s']:.2f} "
               f"| TTFT by predicted quartile, live {row['ttft_by_predicted_quartile_s']['live']} "
               f"sim {row['ttft_by_predicted_quartile_s']['simulated']}", flush=True)  # fmt: skip
+    adjusted = []
+    for (rate, start), rows in groupby_setup(out).items():
+        variants = list(dict.fromkeys(r["variant"] for r in rows))
+        base = args.baseline if args.baseline in variants else variants[0]
+        common = statistics.median(r["engine_slowdown"] for r in rows)
+        key = {r["variant"]: (r["replay"], r["variant"]) for r in rows}
+        at_common = {v: means(list(simulate(key[v], common).values()))["latency_s"] for v in variants}
+        table = adjust(rows, base, at_common)
+        adjusted.append({"rate": rate, "start_index": start, "baseline": base, "common_slowdown": round(common, 3), "ratios": table})
+        print(f"{rate:g}/s from {start}, to {base}, the simulator at x{common:.3f}: " + "; ".join(
+            f"{v} live {t['live_ratio']:.2f}, adjusted {t['adjusted_ratio']:.2f}" for v, t in table.items() if v != base))  # fmt: skip
     if args.out:
-        doc = {"requests": str(args.requests), "replays": out,
+        doc = {"requests": str(args.requests), "replays": out, "drift_adjusted": adjusted,
                "command": "python bench/dataplane_speed_fit.py " + " ".join(sys.argv[1:] if argv is None else argv)}  # fmt: skip
         args.out.write_text(json.dumps(doc, indent=2) + "\n")
     return 0
