@@ -13,9 +13,10 @@ from llmfleet.fleet.cli import add_unconfined_engines
 # of the 21 replays where that share was below 0.30, in 3 of 9 at 0.31-0.36, and in 4 of 6 at 0.39
 # or more; even the oracle could not where it was 0.07-0.12. Aimed at 0.4, the search stopped at
 # 0.31-0.33 (within its tolerance) in four of six windows. START_RATE is where the search begins:
-# every search on the 2-core CPU fleet so far settled at 3.6-4.2/s (bench/results/demo_*.json,
+# every search on the 2-core CPU fleet so far settled at 3.6-5.1/s (bench/results/demo_*.json,
 # dataplane_e2e_queue_share*.json), and from 3.0/s (where fcfs-rr queued 6%) it spent one or two
-# extra replays of about a minute each getting there. On another machine it moves up or down.
+# extra replays of about a minute each getting there. On another machine, or in another phase
+# of this one, it moves up or down from here.
 DEFAULT_QUEUE_SHARE = 0.45
 START_RATE = 3.9
 
