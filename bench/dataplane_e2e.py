@@ -96,9 +96,9 @@ def main(argv: list[str] | None = None) -> int:
                 run[key] = out["payload"][key]
         run["ratios_vs_fcfs_rr"] = ratio_rows(results, "fcfs-rr", out["outcomes"])
         run["ratios_vs_least_load"] = ratio_rows(results, "least-load", out["outcomes"])
-        for policy, outcomes in out["outcomes"].items():
-            append_records(requests, outcome_records(outcomes, replay=len(runs) * len(policies) + options.policies.index(policy),
-                                                     variant=policy, window=start, repeat=repeat + 1,
+        for i, (policy, outcomes) in enumerate(out["outcomes"].items()):  # in the order they ran
+            append_records(requests, outcome_records(outcomes, replay=len(runs) * len(policies) + i, variant=policy,
+                                                     window=start, repeat=repeat + 1,
                                                      rate=round(out["payload"]["rate_scale"], 3), start_index=start))  # fmt: skip
         run["diagnostics"] = {r["policy"]: {k: r[k] for k in ("failed", "wrong_length", "retries", "prefix_cache_hit_rate")} for r in results}
         runs.append(run)

@@ -38,7 +38,7 @@ from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker, is_oracle, poli
 from llmfleet.demo.workload import WorkloadSpec, build_workload
 from llmfleet.engine.process import free_port
 from llmfleet.fleet.local import FleetSpec, LocalFleet
-from llmfleet.sim.fleet_calibrate import histogram_means, scrape_histograms
+from llmfleet.sim.fleet_calibrate import histogram_means, scrape_gauges, scrape_histograms
 
 ENGINE = (
     "vllm:time_to_first_token_seconds",
@@ -58,14 +58,7 @@ RANKER_GAUGES = {
 
 def ranker_gauges(url: str) -> dict[str, float]:
     """The dispatcher's ranker gauges, under short keys (absent for a policy without a ranker)."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(url + "/metrics", timeout=30) as resp:
-        text = resp.read().decode()
-    return {RANKER_GAUGES[f.name]: round(f.samples[0].value, 3)
-            for f in text_string_to_metric_families(text) if f.name in RANKER_GAUGES and f.samples}  # fmt: skip
+    return {k: round(v, 3) for k, v in scrape_gauges(url, RANKER_GAUGES).items()}
 
 
 def means(before: dict, after: dict) -> dict[str, float]:

@@ -57,6 +57,7 @@ from llmfleet.sim.fleet_calibrate import (
     Window,
     calibrate_on_fleet,
     measure_window,
+    scrape_gauges,
     with_dataplane,
     with_slowdown,
 )
@@ -107,15 +108,9 @@ GUARDS: list[dict] = []
 def ranker_guard(url: str) -> dict[str, float]:
     """The dispatcher's ranker gauges: its tau and the prompt-length baseline's on served requests,
     and whether the baseline stands in for it."""
-    import urllib.request
-
-    from prometheus_client.parser import text_string_to_metric_families
-
     names = {"llmfleet_dispatcher_ranker_tau": "tau", "llmfleet_dispatcher_ranker_prompt_length_tau": "prompt_length_tau",
              "llmfleet_dispatcher_ranker_fallback": "fallback"}  # fmt: skip
-    with urllib.request.urlopen(url + "/metrics", timeout=30) as resp:
-        page = resp.read().decode()
-    return {names[f.name]: s.value for f in text_string_to_metric_families(page) if f.name in names for s in f.samples}
+    return scrape_gauges(url, names)
 
 
 def calibration_replay(fleet: LocalFleet, urls: list[str], calibration: list, hidden_length: bool) -> Window:

@@ -15,8 +15,9 @@
   would have in arrival order, whatever the fleet's size and speed (bench/SIM.md). In a queue
   deeper than the batch one turn reaches nearly every waiter and the order falls back to FCFS,
   so the bound is the larger of the turns and `starvationOvertakeQueueFraction` (0.5) of the
-  queue: 0.90 of `fcfs-rr`'s mean instead of 0.96 at 4.2/s in the simulator, the same p99. A
-  guard relative to each request's predicted size was measured and did no better.
+  queue: 0.906 of `fcfs-rr`'s mean instead of 0.921 at 4.2/s in the simulator, for 0.03 more of
+  its p99 (0.92 against 0.96 live, bench/DATAPLANE.md section 4). A guard relative to each
+  request's predicted size was measured and did no better.
 * Admission: the dispatcher holds the queue and releases a request when a pod can start it now
   (free slot and KV room), plus `engineLookahead` (default 0) more per pod that wait inside the
   engine. Each carries its rank (`Assignment.rank`) and the engine's priority queue starts them

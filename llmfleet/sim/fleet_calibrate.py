@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import math
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from llmfleet.core.config import SchedulingConfig
@@ -63,6 +63,22 @@ def scrape_page(url: str, names: Sequence[str]) -> dict[str, tuple[float, float]
 
     with urllib.request.urlopen(url + "/metrics", timeout=30) as resp:
         return histogram_totals(resp.read().decode(), names)
+
+
+def gauge_values(text: str, names: Mapping[str, str]) -> dict[str, float]:
+    """The named gauges in a Prometheus exposition, under the keys `names` maps them to (the first
+    sample of each; a gauge the page lacks is left out)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {names[f.name]: f.samples[0].value for f in text_string_to_metric_families(text) if f.name in names and f.samples}
+
+
+def scrape_gauges(url: str, names: Mapping[str, str]) -> dict[str, float]:
+    """`gauge_values` of the /metrics page of `url`."""
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/metrics", timeout=30) as resp:
+        return gauge_values(resp.read().decode(), names)
 
 
 def summed(pages: Sequence[dict[str, tuple[float, float]]]) -> dict[str, tuple[float, float]]:

@@ -40,6 +40,21 @@ def test_histogram_totals_sum_over_labels_and_means_are_between_scrapes() -> Non
     assert means["absent_seconds"] != means["absent_seconds"]  # NaN: nothing observed
 
 
+def test_gauge_values_are_read_under_the_callers_keys_and_absent_gauges_left_out() -> None:
+    from llmfleet.sim.fleet_calibrate import gauge_values
+
+    page = """# HELP llmfleet_dispatcher_ranker_tau Kendall tau
+# TYPE llmfleet_dispatcher_ranker_tau gauge
+llmfleet_dispatcher_ranker_tau 0.344
+# HELP llmfleet_dispatcher_ranker_fallback Fallback
+# TYPE llmfleet_dispatcher_ranker_fallback gauge
+llmfleet_dispatcher_ranker_fallback 0.0
+"""
+    names = {"llmfleet_dispatcher_ranker_tau": "tau", "llmfleet_dispatcher_ranker_fallback": "fallback", "absent": "absent"}
+    assert gauge_values(page, names) == {"tau": 0.344, "fallback": 0.0}
+    assert gauge_values(EXPOSITION, names) == {}  # histograms only: no gauge to read
+
+
 @pytest.mark.parametrize(
     ("dispatcher_ttft", "queued", "client_ttft", "client_e2e", "expected"),
     [
