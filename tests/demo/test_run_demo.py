@@ -1,0 +1,34 @@
+"""`run_demo` end to end on a fleet of simulated engines: what `llmfleet demo --out DIR` leaves behind."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from llmfleet.demo.run import DemoOptions, run_demo
+from llmfleet.demo.workload import WorkloadSpec
+from llmfleet.fleet.local import FleetSpec
+
+
+def test_the_demo_writes_its_results_its_plot_and_every_requests_outcome(tmp_path: Path) -> None:
+    out = tmp_path / "demo"
+    workload = WorkloadSpec(count=6, rate=20.0, max_output_tokens=16, max_prompt_tokens=16, min_output_tokens=4)
+    options = DemoOptions(
+        policies=["fcfs-rr", "least-load"],
+        fleet=FleetSpec(engines=2, engine="simulated", max_num_seqs=2),
+        workload=workload,
+        hidden_length=False,
+        out_dir=out,
+        log_dir=tmp_path / "logs",
+    )
+    run_demo(options)
+    assert (out / "latency.png").stat().st_size > 0
+    results = json.loads((out / "results.json").read_text())
+    assert [r["policy"] for r in results["results"]] == ["fcfs-rr", "least-load"]
+    assert "ci95" in results["ratios_vs_fcfs_rr"]["least-load"]
+    records = [json.loads(line) for line in (out / "requests.jsonl").read_text().splitlines()]
+    # One record per request per policy, tagged with the replay it ran in and its workload.
+    assert [(r["replay"], r["variant"]) for r in records] == [(0, "fcfs-rr")] * 6 + [(1, "least-load")] * 6
+    assert {r["rate"] for r in records} == {20.0} and {r["start_index"] for r in records} == {workload.start_index}
+    assert all(r["status"] == "ok" and r["arrival_s"] <= r["first_token_s"] <= r["finish_s"] for r in records)
+    assert sorted(r["request_id"] for r in records[:6]) == sorted(r["request_id"] for r in records[6:])
