@@ -34,7 +34,7 @@ from pathlib import Path
 
 from llmfleet.demo.load import check_rate_options
 from llmfleet.demo.report import append_records, outcome_records, plot, ratio_rows, results_json
-from llmfleet.demo.run import DEFAULT_RANKER_DIR, ORACLE, DemoOptions, ensure_ranker, run_demo
+from llmfleet.demo.run import DEFAULT_RANKER_DIR, ORACLE, DemoOptions, ensure_ranker, policy_entry, run_demo
 from llmfleet.demo.workload import WorkloadSpec
 from llmfleet.fleet.cli import add_unconfined_engines
 from llmfleet.fleet.local import FleetSpec
@@ -90,14 +90,15 @@ def main(argv: list[str] | None = None) -> int:
         out = run_demo(options)
         results = out["results"]
         run = results_json(f"azure-conv window {start}, repeat {repeat + 1} (live fleet)", 2, out["payload"]["rate_scale"], results)
-        run["window"], run["repeat"], run["order"] = start, repeat + 1, options.policies
+        run["window"], run["repeat"], run["order"] = start, repeat + 1, out["payload"]["replay_order"]
         for key in ("load", "queue_share"):
             if key in out["payload"]:
                 run[key] = out["payload"][key]
         run["ratios_vs_fcfs_rr"] = ratio_rows(results, "fcfs-rr", out["outcomes"])
         run["ratios_vs_least_load"] = ratio_rows(results, "least-load", out["outcomes"])
-        for i, (policy, outcomes) in enumerate(out["outcomes"].items()):  # in the order they ran
-            append_records(requests, outcome_records(outcomes, replay=len(runs) * len(policies) + i, variant=policy,
+        first = sum(len(r["order"]) for r in runs)
+        for i, (label, outcomes) in enumerate(out["outcomes"].items()):  # in the order they ran
+            append_records(requests, outcome_records(outcomes, replay=first + i, variant=policy_entry(label), label=label,
                                                      window=start, repeat=repeat + 1,
                                                      rate=round(out["payload"]["rate_scale"], 3), start_index=start))  # fmt: skip
         run["diagnostics"] = {r["policy"]: {k: r[k] for k in ("failed", "wrong_length", "retries", "prefix_cache_hit_rate")} for r in results}

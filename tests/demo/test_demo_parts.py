@@ -115,6 +115,52 @@ def test_ratio_rows_carry_intervals_for_every_latency_ratio() -> None:
     assert ratios["llmfleet"]["mean_ttft_ratio"] == pytest.approx(0.5)
 
 
+@pytest.mark.parametrize(
+    ("policies", "bracket", "order"),
+    [
+        (["fcfs-rr", "least-load", "llmfleet"], True, ["least-load", "llmfleet", "fcfs-rr"]),
+        (["llmfleet", "fcfs-rr", "least-load"], True, ["llmfleet", "least-load", "fcfs-rr"]),
+        (["fcfs-rr", "least-load", "llmfleet"], False, ["fcfs-rr", "least-load", "llmfleet"]),
+        (["least-load", "llmfleet"], True, ["least-load", "llmfleet"]),  # no baseline to move
+    ],
+)
+def test_with_an_earlier_baseline_replay_the_baseline_replays_last(policies, bracket, order) -> None:
+    from llmfleet.demo.run import replay_order
+
+    assert replay_order(policies, bracket) == order
+
+
+def _ci_row(mean: float, lo: float, hi: float) -> dict:
+    return {"mean_latency_ratio": mean, "ci95": {"mean_latency_ratio": [lo, hi]}}
+
+
+@pytest.mark.parametrize(
+    ("earlier", "llmfleet", "band", "beyond"),
+    [
+        # The machine held its speed: the band is the A/A interval's own spread.
+        (_ci_row(1.0, 0.95, 1.05), _ci_row(0.8, 0.75, 0.85), 1 / 0.95, True),
+        # It slowed by a quarter between the baseline's replays: a 0.8 may be drift alone.
+        (_ci_row(0.8, 0.74, 0.86), _ci_row(0.8, 0.75, 0.85), 1 / 0.74, False),
+        # Drift the other way gives the same band; a loss beyond it is beyond it too.
+        (_ci_row(1.3, 1.2, 1.35), _ci_row(1.5, 1.4, 1.6), 1.35, True),
+        (_ci_row(1.3, 1.2, 1.35), _ci_row(0.7, 0.65, 0.76), 1.35, False),
+        (None, _ci_row(0.5, 0.4, 0.6), None, None),  # no earlier replay, no gauge
+    ],
+)
+def test_the_baseline_against_its_earlier_replay_gauges_the_drift(earlier, llmfleet, band, beyond) -> None:
+    from llmfleet.demo.report import EARLIER, beyond_drift, drift_band, drift_note
+
+    ratios = {"fcfs-rr": _ci_row(1.0, 1.0, 1.0), "llmfleet": llmfleet} | ({EARLIER: earlier} if earlier else {})
+    assert drift_band(ratios) == (None if band is None else pytest.approx(band))
+    assert beyond_drift(ratios, "llmfleet") is beyond
+    note = drift_note(ratios)
+    if band is None:
+        assert note is None
+    else:
+        assert f"{1 / band:.2f}-{band:.2f}" in note
+        assert ("Outside it, interval and all: llmfleet." if beyond else "Overlapping it: llmfleet.") in note
+
+
 @pytest.mark.parametrize(("flags", "confined"), [([], True), (["--unconfined-engines"], False)])
 def test_demo_confines_each_engine_unless_told_not_to(monkeypatch, tmp_path: Path, flags, confined) -> None:
     """`llmfleet demo` passes `--unconfined-engines` to the fleet it starts (the default confines)."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from llmfleet.demo.load import rate_for_load, saturated_throughput
+from llmfleet.demo.load import queue_share, rate_for_load, saturated_throughput
 from llmfleet.demo.replay import Outcome
 from llmfleet.demo.workload import WorkloadRequest
 
@@ -117,8 +117,6 @@ def _q(arrival: float, first: float, finish: float) -> Outcome:
 
 
 def test_the_queue_share_is_the_mean_wait_for_the_first_token_over_the_mean_latency() -> None:
-    from llmfleet.demo.load import queue_share
-
     assert queue_share([_q(0.0, 1.0, 4.0), _q(1.0, 1.5, 3.0)]) == pytest.approx((1.0 + 0.5) / (4.0 + 2.0))
     failed = Outcome("x", 0.0, None, None, 0, 10, "UNAVAILABLE")
     assert queue_share([_q(0.0, 1.0, 2.0), failed]) == pytest.approx(0.5)  # failures are not latencies
@@ -163,6 +161,12 @@ def test_on_a_simulated_fleet_the_search_raises_the_rate_until_fcfs_rr_queues(tm
 
     spec = WorkloadSpec(count=16, rate=3.0, min_output_tokens=20, max_output_tokens=20, max_prompt_tokens=16)
     with LocalFleet(FleetSpec(engines=1, engine="simulated", max_num_seqs=1), tmp_path) as fleet:
-        rate, tried = find_queue_rate(fleet, spec, 0.4, hidden_length=False)
+        search = find_queue_rate(fleet, spec, 0.4, hidden_length=False)
+    rate, tried = search.rate, search.tried
     assert tried[0][0] == 3.0 and tried[0][1] < 0.25, tried
     assert rate > 3.0 and abs(dict(tried)[rate] - 0.4) < abs(tried[0][1] - 0.4), tried
+    # The try at the chosen rate is kept whole: the baseline's earlier replay in the demo.
+    assert search.replay_at_rate is not None
+    outcomes, busy, _hit_rate = search.replay_at_rate
+    assert len(outcomes) == 16 and all(o.ok for o in outcomes) and busy
+    assert queue_share(outcomes) == pytest.approx(dict(tried)[rate])
