@@ -11,7 +11,9 @@ the dispatcher (the same requests and engine work; `llmfleet.demo.run.ORACLE`), 
 also measures how far a perfect ranker could take llmfleet's ratios on that same replay.
 
 Three windows of the trace, each replayed `--repeats` times with every policy, the policy order
-reversed on every other repeat so that no policy always runs first on a fresh fleet. The
+reversed on every other repeat so that no policy always runs first on a fresh fleet. With
+`--queue-share`, `fcfs-rr` replays last instead, after its earlier replay from the rate search
+(`fcfs-rr (earlier)`, the demo's drift gauge; each run's `order` says how they ran). The
 default rate, 3.0/s, is just below what the two engines serve (about 680-740 output tokens/s
 against about 670 offered): at 3.5/s the backlog grew through every window, and the mean
 followed a few percent of throughput noise more than the policies.
@@ -91,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
         results = out["results"]
         run = results_json(f"azure-conv window {start}, repeat {repeat + 1} (live fleet)", 2, out["payload"]["rate_scale"], results)
         run["window"], run["repeat"], run["order"] = start, repeat + 1, out["payload"]["replay_order"]
-        for key in ("load", "queue_share"):
+        for key in ("load", "queue_share", "drift", "drift_adjusted"):
             if key in out["payload"]:
                 run[key] = out["payload"][key]
         run["ratios_vs_fcfs_rr"] = ratio_rows(results, "fcfs-rr", out["outcomes"])

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
 from collections import defaultdict
@@ -38,21 +37,11 @@ sys.path.insert(0, str(ROOT))
 from sim_guard import DEMO_FLEET, calibrated_cost, demo_trace, live_ranker  # noqa: E402  (this folder)
 
 from llmfleet.core.prediction import PredictionInput  # noqa: E402
+from llmfleet.demo.drift import ReplayFit, adjust, fit_replay, means  # noqa: E402
 from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker, policy_config  # noqa: E402
 from llmfleet.policies.registry import make_policy  # noqa: E402
 from llmfleet.sim.live_predictions import PromptTextPredictor  # noqa: E402
 from llmfleet.sim.simulator import Simulator  # noqa: E402
-
-BISECT_STEPS = 18  # the slowdown to within 1e-5 of the bracket [0.5, 2.5]
-
-
-def means(rows: list[tuple[float, float, float]]) -> dict[str, float]:
-    """Mean service time, latency and TTFT of (arrival, first token, finish) rows."""
-    return {
-        "service_s": statistics.fmean(f - t for _, t, f in rows),
-        "latency_s": statistics.fmean(f - a for a, _, f in rows),
-        "ttft_s": statistics.fmean(t - a for a, t, _ in rows),
-    }
 
 
 def quartile_ttft(rows: dict[str, tuple[float, float, float]], score: dict[str, float]) -> list[float]:
@@ -71,31 +60,6 @@ def groupby_setup(rows: list[dict]) -> dict[tuple[float, int], list[dict]]:
     for r in rows:
         out[(r["rate"], r["start_index"])].append(r)
     return out
-
-
-def adjust(rows: list[dict], base: str, at_common: dict[str, float]) -> dict[str, dict[str, float]]:
-    """Each variant's mean latency as a ratio to `base`'s: live, and with the machine's drift taken
-    out. A variant's residual is the geometric mean of its replays' live / simulated latency at
-    each replay's own fitted speed; the adjusted ratio is the simulator's ratio at one common speed
-    (`at_common`: each variant's simulated mean latency there) times the ratio of the residuals.
-    Where the simulator is faithful up to the machine's speed, the residuals are equal and the
-    adjusted ratio is the simulator's; what a policy does live that the simulator misses moves its
-    residual, and so its adjusted ratio."""
-
-    def gmean(xs: list[float]) -> float:
-        return math.exp(statistics.fmean(math.log(x) for x in xs))
-
-    live = {v: statistics.fmean(r["live"]["latency_s"] for r in rows if r["variant"] == v) for v in at_common}
-    residual = {v: gmean([r["live_over_simulated"]["latency_s"] for r in rows if r["variant"] == v]) for v in at_common}
-    return {
-        v: {
-            "live_ratio": round(live[v] / live[base], 3),
-            "residual": round(residual[v], 3),
-            "simulated_ratio_at_common_speed": round(at_common[v] / at_common[base], 3),
-            "adjusted_ratio": round(at_common[v] / at_common[base] * residual[v] / residual[base], 3),
-        }
-        for v in at_common
-    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,31 +103,27 @@ def main(argv: list[str] | None = None) -> int:
         return {r.request_id: (r.arrival_s, r.first_token_s, r.finish_s) for r in records}
 
     out = []
+    fits: dict[tuple[int, str], ReplayFit] = {}
     for (index, variant), rows in sorted(replays.items()):
         trace, _, score = setup(*where[(index, variant)])
         missing = set(rows) - {t.request_id for t in trace}
         if missing:
             rate, start = where[(index, variant)]
             ap.error(f"replay {index}: {len(missing)} requests are not in the demo's workload at {rate:g}/s from {start}")
-        live = means(list(rows.values()))
-        lo, hi = 0.5, 2.5
-        for _ in range(BISECT_STEPS):  # the service time grows with the slowdown
-            mid = (lo + hi) / 2
-            service = means(list(simulate((index, variant), mid).values()))["service_s"]
-            lo, hi = (mid, hi) if service < live["service_s"] else (lo, mid)
-        slowdown = (lo + hi) / 2
-        simulated = simulate((index, variant), slowdown)
-        sim = means(list(simulated.values()))
-        rate, start = where[(index, variant)]
+        key = (index, variant)
+        fit = fits[key] = fit_replay(str(index), variant, rows, lambda k, key=key: simulate(key, k))  # type: ignore[misc]
+        live, sim = fit.live, fit.simulated
+        simulated = simulate(key, fit.slowdown)
+        rate, start = where[key]
         row = {
             "replay": index, "variant": variant, "rate": rate, "start_index": start, "completed": len(rows),
-            "engine_slowdown": round(slowdown, 3),
+            "engine_slowdown": round(fit.slowdown, 3),
             "live": {k: round(v, 3) for k, v in live.items()}, "simulated": {k: round(v, 3) for k, v in sim.items()},
             "live_over_simulated": {k: round(live[k] / sim[k], 3) for k in ("latency_s", "ttft_s")},
             "ttft_by_predicted_quartile_s": {"live": quartile_ttft(rows, score), "simulated": quartile_ttft(simulated, score)},
         }  # fmt: skip
         out.append(row)
-        print(f"#{index} {variant:40s} slowdown x{slowdown:.3f} | latency live {live['latency_s']:.2f} sim {sim['latency_s']:.2f} "
+        print(f"#{index} {variant:40s} slowdown x{fit.slowdown:.3f} | latency live {live['latency_s']:.2f} sim {sim['latency_s']:.2f} "
               f"({row['live_over_simulated']['latency_s']:.2f}) | TTFT live {live['ttft_s']:.2f} sim {sim['ttft_s']:.2f} "
               f"| TTFT by predicted quartile, live {row['ttft_by_predicted_quartile_s']['live']} "
               f"sim {row['ttft_by_predicted_quartile_s']['simulated']}", flush=True)  # fmt: skip
@@ -174,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         common = statistics.median(r["engine_slowdown"] for r in rows)
         key = {r["variant"]: (r["replay"], r["variant"]) for r in rows}
         at_common = {v: means(list(simulate(key[v], common).values()))["latency_s"] for v in variants}
-        table = adjust(rows, base, at_common)
+        table = adjust([fits[(r["replay"], r["variant"])] for r in rows], base, at_common)
         adjusted.append({"rate": rate, "start_index": start, "baseline": base, "common_slowdown": round(common, 3), "ratios": table})
         print(f"{rate:g}/s from {start}, to {base}, the simulator at x{common:.3f}: " + "; ".join(
             f"{v} live {t['live_ratio']:.2f}, adjusted {t['adjusted_ratio']:.2f}" for v, t in table.items() if v != base))  # fmt: skip

@@ -32,12 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from llmfleet.core.config import SchedulingConfig  # noqa: E402
+from llmfleet.demo.drift import calibrated_cost, sim_fleet, workload_trace  # noqa: E402
 from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker  # noqa: E402
 from llmfleet.demo.workload import WorkloadRequest, WorkloadSpec, build_workload  # noqa: E402
 from llmfleet.policies.registry import make_policy  # noqa: E402
 from llmfleet.ranker import load_predictor as load_ranker  # noqa: E402
 from llmfleet.sim.costmodel import CostModel, fit_splitwise  # noqa: E402
-from llmfleet.sim.instance import EngineConfig  # noqa: E402
 from llmfleet.sim.live_predictions import PromptTextPredictor  # noqa: E402
 from llmfleet.sim.metrics import summarize  # noqa: E402
 from llmfleet.sim.runner import load_predictor  # noqa: E402
@@ -46,30 +46,22 @@ from llmfleet.sim.traces import TraceRequest, load_trace  # noqa: E402
 
 RESULTS = ROOT / "bench" / "results"
 # The demo regime's fleet: 2 CPU engines of 4 slots (the live fleet's e2e settings).
-DEMO_FLEET = SimConfig(instances=2, engine=EngineConfig(max_running=4, token_budget=2048))
+DEMO_FLEET = sim_fleet(engines=2, max_num_seqs=4)
 
 
-# The calibration on the demo's own workload and fleet (4 slots per engine, the e2e workload,
-# prefill's slowdown fitted apart from decode's; bench/DATAPLANE.md section 5). sim_fidelity.json
-# is an earlier run at 8 slots and 2.0/s whose probes timed every prefill at 0.1 s, slowed with
-# decode to 0.2 s, and whose dispatch delay was 0.09 s, where this one's is 0.02 s and 0.007 s:
-# on it 4.0/s is a deep overload (`fcfs-rr` 10.6 s against the live fleet's 4-6 s), and each
-# release from a held queue costs ten times what it does live.
-CALIBRATION = RESULTS / "sim_fidelity_e2e.json"
-
-
-def calibrated_cost() -> CostModel:
-    """The CPU fleet's cost model, calibrated on the live fleet (`CALIBRATION`)."""
-    return CostModel.from_dict(json.loads(CALIBRATION.read_text())["cost_model"]["calibrated"])
+# The cost model is the calibration on the demo's own workload and fleet
+# (`llmfleet.demo.drift.CALIBRATION`, results/sim_fidelity_e2e.json). sim_fidelity.json is an
+# earlier run at 8 slots and 2.0/s whose probes timed every prefill at 0.1 s, slowed with decode
+# to 0.2 s, and whose dispatch delay was 0.09 s, where this one's is 0.02 s and 0.007 s: on it
+# 4.0/s is a deep overload (`fcfs-rr` 10.6 s against the live fleet's 4-6 s), and each release
+# from a held queue costs ten times what it does live.
 
 
 def demo_trace(rate: float, window: int, ranker: Path) -> tuple[list[WorkloadRequest], list[TraceRequest]]:
     """The demo's workload at `rate` from `window` (the ranker's held-out prompts with real
     lengths), and the same requests as a simulator trace."""
     workload = build_workload(WorkloadSpec(count=200, rate=rate, start_index=window, prompt_pool=str(ranker / "holdout_pool.jsonl")))
-    # About 4 characters per token: what the engines' tokenizer makes of these prompts.
-    trace = [TraceRequest(r.request_id, r.arrival_s, max(8, len(r.prompt_text or "") // 4), r.output_tokens) for r in workload]
-    return workload, trace
+    return workload, workload_trace(workload)
 
 
 def live_ranker(workload: list[WorkloadRequest], ranker: Path) -> PromptTextPredictor:

@@ -5,7 +5,7 @@ and the live dispatcher's ranker asked about each request's real prompt text
 (`llmfleet.sim.live_predictions.PromptTextPredictor`).
 
 The demo's workload (200 alpaca prompts with hidden real lengths on three windows of the conv
-trace, 2 engines of 4 slots) on the CPU fleet's calibrated cost model (`sim_guard.CALIBRATION`)
+trace, 2 engines of 4 slots) on the CPU fleet's calibrated cost model (`llmfleet.demo.drift.CALIBRATION`)
 at three engine speeds, at 3.0 and 4.2 requests/s. The live fleet's paired replays of the same
 comparison are in bench/DATAPLANE.md section 4.
 

@@ -232,6 +232,18 @@ def drift_note(ratios: Mapping[str, Mapping[str, Any]], baseline: str = BASELINE
     return line
 
 
+def adjusted_note(adjusted: Mapping[str, Any], baseline: str = BASELINE) -> str:
+    """One line on the ratios with the machine's drift taken out (`llmfleet.demo.drift.drift_adjusted`)."""
+    replays = adjusted["replays"]
+    speeds = ", ".join(f"x{r['engine_slowdown']:.2f}" for r in replays)
+    off = max(abs(r["live_latency_s"] / r["simulated_latency_s"] - 1) for r in replays)
+    ratios = ", ".join(f"{e} {row['adjusted_ratio']:.2f}" for e, row in adjusted["ratios"].items() if e != baseline)
+    return (f"With the machine's drift taken out (the simulator calibrated on this fleet, slowed to each replay's "
+            f"engine speed: {speeds} in the order they ran, where its mean latency was within {off:.0%} of the live "
+            f"one): mean latency at one speed, to {baseline}: {ratios}. A model's estimate, not a measurement "
+            "(bench/DATAPLANE.md, section 4).")  # fmt: skip
+
+
 def plot(outcomes_by_policy: Mapping[str, Sequence[Outcome]], results: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     """Per-request latency and TTFT CDFs per policy, beside mean/p99 bars."""
     import matplotlib

@@ -1,0 +1,100 @@
+"""The machine's drift taken out of a live comparison (`llmfleet.demo.drift`): with a stand-in
+simulator whose latency grows with the engines' slowdown, replays run at different speeds must
+give back each policy's own ratio at one speed."""
+
+from __future__ import annotations
+
+import pytest
+
+from llmfleet.demo.drift import ReplayFit, adjust, drift_adjusted, fit_slowdown, means
+
+IDS = [f"r{i}" for i in range(20)]
+
+
+def fake_simulate(entry: str, k: float) -> dict[str, tuple[float, float, float]]:
+    """Each request: service time 0.5 s x k, a wait that grows steeply with k (queueing near
+    capacity), and a policy that waits `FACTOR[entry]` as long as fcfs-rr."""
+    out = {}
+    for n, i in enumerate(IDS):
+        arrival = float(n)
+        wait = FACTOR[entry] * (0.2 + 3.0 * (k - 0.8) ** 2) * (1 + n % 3)
+        first = arrival + wait
+        out[i] = (arrival, first, first + 0.5 * k * (1 + n % 4))
+    return out
+
+
+FACTOR = {"fcfs-rr": 1.0, "llmfleet": 0.6}
+
+
+def test_means_split_service_latency_and_first_token() -> None:
+    m = means([(0.0, 1.0, 3.0), (1.0, 1.5, 2.5)])
+    assert m == {"service_s": pytest.approx(1.5), "latency_s": pytest.approx(2.25), "ttft_s": pytest.approx(0.75)}
+
+
+@pytest.mark.parametrize("k", [0.6, 1.0, 1.37, 2.2])
+def test_the_slowdown_is_found_from_the_service_time(k: float) -> None:
+    assert fit_slowdown(lambda s: 0.5 * s, 0.5 * k) == pytest.approx(k, abs=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("residuals", "expected"),
+    [
+        ({"fcfs-rr": 1.0, "llmfleet": 1.0}, 0.8),  # faithful up to speed: the simulator's ratio
+        ({"fcfs-rr": 1.1, "llmfleet": 1.1}, 0.8),  # off alike for both: still its ratio
+        ({"fcfs-rr": 1.0, "llmfleet": 1.2}, 0.96),  # llmfleet worse live than simulated: it shows
+    ],
+)
+def test_the_adjusted_ratio_is_the_simulators_times_the_residuals(residuals: dict, expected: float) -> None:
+    fits = [ReplayFit(e, e, 1.0, {"latency_s": 2.0 * r}, {"latency_s": 2.0}) for e, r in residuals.items()]
+    table = adjust(fits, "fcfs-rr", {"fcfs-rr": 5.0, "llmfleet": 4.0})
+    assert table["llmfleet"]["adjusted_ratio"] == pytest.approx(expected)
+    assert table["fcfs-rr"]["adjusted_ratio"] == 1.0
+
+
+@pytest.mark.parametrize(
+    "speeds",
+    [
+        {"fcfs-rr (earlier)": 1.0, "llmfleet": 1.0, "fcfs-rr": 1.0},  # a steady machine
+        {"fcfs-rr (earlier)": 0.9, "llmfleet": 1.3, "fcfs-rr": 1.1},  # llmfleet's replay in a slow phase
+        {"fcfs-rr (earlier)": 1.25, "llmfleet": 0.85, "fcfs-rr": 1.3},  # a fast one
+    ],
+)
+def test_replays_at_different_speeds_give_back_the_policys_own_ratio(speeds: dict[str, float]) -> None:
+    entry = {"fcfs-rr (earlier)": "fcfs-rr", "llmfleet": "llmfleet", "fcfs-rr": "fcfs-rr"}
+    replays = {label: (entry[label], fake_simulate(entry[label], k)) for label, k in speeds.items()}
+    result = drift_adjusted(replays, fake_simulate, "fcfs-rr")
+    assert [r["engine_slowdown"] for r in result["replays"]] == pytest.approx(list(speeds.values()), abs=1e-3)
+    assert [r["label"] for r in result["replays"]] == list(speeds)
+    ratios = result["ratios"]["llmfleet"]
+    at_one_speed = means(list(fake_simulate("llmfleet", 1.1).values()))["latency_s"] / means(
+        list(fake_simulate("fcfs-rr", 1.1).values())
+    )["latency_s"]
+    common = result["common_slowdown"]
+    expected = means(list(fake_simulate("llmfleet", common).values()))["latency_s"] / means(
+        list(fake_simulate("fcfs-rr", common).values())
+    )["latency_s"]
+    assert ratios["adjusted_ratio"] == pytest.approx(expected, abs=2e-3)
+    assert ratios["residual"] == pytest.approx(1.0, abs=1e-3)
+    if speeds["llmfleet"] > speeds["fcfs-rr"]:
+        # Raw, llmfleet's slow replay hides its win; taken out, it is back below 1.
+        assert ratios["live_ratio"] > at_one_speed
+    assert ratios["adjusted_ratio"] < 1.0
+
+
+def test_the_demo_prints_the_adjusted_ratios_with_each_replays_speed_and_fit() -> None:
+    from llmfleet.demo.report import adjusted_note
+
+    replays = {label: ("fcfs-rr" if label.startswith("fcfs") else label, fake_simulate("fcfs-rr" if label.startswith("fcfs") else label, k))
+               for label, k in {"fcfs-rr (earlier)": 0.9, "llmfleet": 1.3, "fcfs-rr": 1.1}.items()}  # fmt: skip
+    note = adjusted_note(drift_adjusted(replays, fake_simulate, "fcfs-rr"))
+    assert "x0.90, x1.30, x1.10 in the order they ran" in note and "within 0% of the live one" in note
+    assert "to fcfs-rr: llmfleet 0." in note and "fcfs-rr 1.00" not in note
+
+
+def test_without_prompt_text_or_a_baseline_nothing_is_adjusted() -> None:
+    from llmfleet.demo.run import DemoOptions, drift_adjusted_ratios
+    from llmfleet.demo.workload import WorkloadSpec, build_workload
+
+    workload = build_workload(WorkloadSpec(count=4, rate=2.0))  # the trace's own lengths: no text
+    assert all(r.prompt_text is None for r in workload)
+    assert drift_adjusted_ratios(DemoOptions(), workload, {"fcfs-rr": [], "llmfleet": []}) is None
