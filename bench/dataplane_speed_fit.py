@@ -7,8 +7,10 @@ says it should at that speed. For each replay in a file of every request's outco
 `bench/dataplane_probe.py --per-request`, `llmfleet demo --out DIR`'s requests.jsonl or
 `bench/dataplane_e2e.py`'s dataplane_e2e_requests.jsonl) it bisects the calibrated cost model's
 slowdown until the simulated mean service time (first token to last, which no queue order
-changes) matches the replay's, then simulates the same requests under the same policy at that
-speed. It also reports mean TTFT by quartile of the live
+changes) matches the replay's, then fits the speed's course within the replay in 10-s phases to
+the replay's time per token (`llmfleet.demo.drift.fit_phases`; `--mean-speed` skips this, as the
+bench did before the simulator had speed phases), and simulates the same requests under the
+same policy at that course of speeds. It also reports mean TTFT by quartile of the live
 ranker's prediction, shortest first, live and simulated: whether the order reached the requests
 it should, and where the live fleet's wait differs from the simulator's. Last, per workload, each
 variant's ratio to a baseline with the drift taken out (`adjust`): the simulator's ratio at one
@@ -25,10 +27,12 @@ The probe's files from before its lines carried their rate and window need `--ra
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import sys
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from sim_guard import DEMO_FLEET, calibrated_cost, demo_trace, live_ranker  # noqa: E402  (this folder)
 
 from llmfleet.core.prediction import PredictionInput  # noqa: E402
-from llmfleet.demo.drift import ReplayFit, adjust, fit_replay, means  # noqa: E402
+from llmfleet.demo.drift import Phases, ReplayFit, adjust, fit_replay, means  # noqa: E402
 from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker, policy_config  # noqa: E402
 from llmfleet.policies.registry import make_policy  # noqa: E402
 from llmfleet.sim.live_predictions import PromptTextPredictor  # noqa: E402
@@ -70,6 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--start-index", type=int, default=None, help="the replays' window, where the file's lines do not say")
     ap.add_argument("--baseline", default="fcfs-rr", help="the variant the ratios are to (default: %(default)s; "
                     "where a workload's replays have none, the first that ran)")  # fmt: skip
+    ap.add_argument("--mean-speed", action="store_true", help="fit each replay's mean engine speed only, not its "
+                    "course in 10-s phases (what this bench did before the simulator had speed phases)")  # fmt: skip
     ap.add_argument("--out", type=Path, default=None, help="write the result as JSON here")
     args = ap.parse_args(argv)
     ranker = ensure_ranker(DEFAULT_RANKER_DIR)
@@ -96,10 +102,10 @@ def main(argv: list[str] | None = None) -> int:
             setups[(rate, start)] = (trace, predictor, score)
         return setups[(rate, start)]
 
-    def simulate(key: tuple[int, str], slowdown: float) -> dict[str, tuple[float, float, float]]:
+    def simulate(key: tuple[int, str], slowdown: float, phases: Phases | None = None) -> dict[str, tuple[float, float, float]]:
         trace, predictor, _ = setup(*where[key])
         records = Simulator(trace, make_policy(policy_config(key[1], ranker=str(ranker))), cost.slowed(slowdown),
-                            DEMO_FLEET, predictor=predictor).run().records  # fmt: skip
+                            replace(DEMO_FLEET, speed_phases=phases), predictor=predictor).run().records  # fmt: skip
         return {r.request_id: (r.arrival_s, r.first_token_s, r.finish_s) for r in records}
 
     out = []
@@ -111,15 +117,18 @@ def main(argv: list[str] | None = None) -> int:
             rate, start = where[(index, variant)]
             ap.error(f"replay {index}: {len(missing)} requests are not in the demo's workload at {rate:g}/s from {start}")
         key = (index, variant)
-        fit = fits[key] = fit_replay(str(index), variant, rows, lambda k, key=key: simulate(key, k))  # type: ignore[misc]
-        live, sim = fit.live, fit.simulated
-        simulated = simulate(key, fit.slowdown)
+        tokens = None if args.mean_speed else {t.request_id: t.output_tokens for t in trace}
+        fit = fits[key] = fit_replay(str(index), variant, rows, functools.partial(simulate, key), tokens)
+        live, sim, at_mean = fit.live, fit.simulated, fit.simulated_at_mean_speed or fit.simulated
+        simulated = simulate(key, fit.slowdown, fit.phases)
         rate, start = where[key]
         row = {
             "replay": index, "variant": variant, "rate": rate, "start_index": start, "completed": len(rows),
             "engine_slowdown": round(fit.slowdown, 3),
+            "speed_phases": [round(f, 3) for _, f in fit.phases] if fit.phases else None,
             "live": {k: round(v, 3) for k, v in live.items()}, "simulated": {k: round(v, 3) for k, v in sim.items()},
             "live_over_simulated": {k: round(live[k] / sim[k], 3) for k in ("latency_s", "ttft_s")},
+            "live_over_simulated_at_mean_speed": {k: round(live[k] / at_mean[k], 3) for k in ("latency_s", "ttft_s")},
             "ttft_by_predicted_quartile_s": {"live": quartile_ttft(rows, score), "simulated": quartile_ttft(simulated, score)},
         }  # fmt: skip
         out.append(row)

@@ -9,7 +9,12 @@ at 0.9x, 3.39 s at 1x, 4.67 s at 1.1x). Two raw demo runs gave `llmfleet` 1.44 a
 For each replay the calibrated simulator (`CALIBRATION`, the CPU fleet's cost model fitted on
 this workload) is slowed until its mean service time, first token to last, matches the
 replay's; no queue order changes that time, so it measures the engines' speed during the replay.
-The same requests are then simulated under the same policy at that speed. A policy's residual is
+The speed also moves within a replay (one ran 14 ms a token for its first 20 s and 10.5 ms
+after), and a slow phase while the queue builds costs far more than its share of the mean: so
+the replay's time per token is also taken in 10-s phases (`PHASE_S`), from each request's first
+and last token, and the simulator's speed is fitted phase by phase to it (`fit_phases`,
+`SimConfig.speed_phases`). The same requests are then simulated under the same policy at that
+course of speeds. A policy's residual is
 its live latency over the simulated one at its own speed (the geometric mean over its
 replays); its drift-adjusted ratio is the simulator's ratio at one common speed times the ratio
 of residuals (`adjust`). Where the simulator is faithful up to the machine's speed, the
@@ -42,9 +47,16 @@ CALIBRATION = Path(__file__).resolve().parents[2] / "bench" / "results" / "sim_f
 
 BISECT_STEPS = 18  # the slowdown to within 1e-5 of the bracket [0.5, 2.5]
 SLOWDOWN_BRACKET = (0.5, 2.5)
+PHASE_S = 10.0  # the machine's speed is fitted per this many seconds of a replay
+# A phase's speed is fitted only where requests decoded for at least this many request-seconds
+# in it (a replay's last seconds, with one or two requests left, say little); elsewhere the
+# phase before it carries on.
+MIN_DECODE_S = 5.0
+PHASE_ROUNDS = 3  # fitting rounds: each corrects every phase by live over simulated time per token
 
 # (arrival, first token, finish) of one request, seconds from the replay's start.
 Times = tuple[float, float, float]
+Phases = tuple[tuple[float, float], ...]
 
 
 def calibrated_cost(path: Path = CALIBRATION) -> CostModel:
@@ -83,6 +95,46 @@ def fit_slowdown(service_at: Callable[[float], float], live_service_s: float, st
     return (lo + hi) / 2
 
 
+def time_per_token_by_phase(rows: Mapping[str, Times], tokens: Mapping[str, int], phase_s: float = PHASE_S) -> dict[int, float]:
+    """Per phase (its index): the mean time per token of the requests decoding in it, each
+    weighted by how long it decoded there; phases with less than `MIN_DECODE_S` of decoding are
+    left out. A request's time per token is its first to last token over its tokens after the first."""
+    acc: dict[int, list[float]] = {}
+    for i, (_, first, finish) in rows.items():
+        n = tokens.get(i, 0)
+        if n < 2 or finish <= first:
+            continue
+        per_token = (finish - first) / (n - 1)
+        for b in range(int(first // phase_s), int(finish // phase_s) + 1):
+            overlap = min(finish, (b + 1) * phase_s) - max(first, b * phase_s)
+            if overlap > 0:
+                total = acc.setdefault(b, [0.0, 0.0])
+                total[0] += overlap * per_token
+                total[1] += overlap
+    return {b: s / w for b, (s, w) in acc.items() if w >= MIN_DECODE_S}
+
+
+def as_phases(factors: Mapping[int, float], phase_s: float = PHASE_S) -> Phases:
+    """`SimConfig.speed_phases` from per-phase factors; the first fitted phase also covers the
+    time before it."""
+    return tuple((0.0 if n == 0 else b * phase_s, f) for n, (b, f) in enumerate(sorted(factors.items())))
+
+
+def fit_phases(
+    rows: Mapping[str, Times], tokens: Mapping[str, int], simulate: Callable[[Phases], Mapping[str, Times]],
+    phase_s: float = PHASE_S,
+) -> Phases:  # fmt: skip
+    """Speed factors per phase at which the simulator's time per token, phase by phase, matches
+    the replay's (`simulate(phases)` runs the replay's requests at a base speed with them)."""
+    live = time_per_token_by_phase(rows, tokens, phase_s)
+    factors = dict.fromkeys(live, 1.0)
+    for _ in range(PHASE_ROUNDS):
+        simulated = simulate(as_phases(factors, phase_s))
+        sim = time_per_token_by_phase({i: simulated[i] for i in rows}, tokens, phase_s)
+        factors = {b: f * live[b] / sim[b] if b in sim else f for b, f in factors.items()}
+    return as_phases(factors, phase_s)
+
+
 @dataclass(frozen=True)
 class ReplayFit:
     """One replay beside the simulator at the replay's own engine speed."""
@@ -91,7 +143,9 @@ class ReplayFit:
     entry: str  # the policy entry it ran (`fcfs-rr`)
     slowdown: float
     live: dict[str, float]  # `means` of the replay
-    simulated: dict[str, float]  # `means` of the simulator at `slowdown`
+    simulated: dict[str, float]  # `means` of the simulator at `slowdown` (and `phases`)
+    phases: Phases | None = None  # the speed's course within the replay, relative to `slowdown`
+    simulated_at_mean_speed: dict[str, float] | None = None  # `means` at `slowdown` alone
 
     @property
     def residual(self) -> float:
@@ -99,17 +153,26 @@ class ReplayFit:
         return self.live["latency_s"] / self.simulated["latency_s"]
 
 
-def fit_replay(label: str, entry: str, rows: Mapping[str, Times], simulate: Callable[[float], Mapping[str, Times]]) -> ReplayFit:
+def fit_replay(
+    label: str, entry: str, rows: Mapping[str, Times], simulate: Callable[[float, Phases | None], Mapping[str, Times]],
+    tokens: Mapping[str, int] | None = None,
+) -> ReplayFit:  # fmt: skip
     """Fit the simulator's speed to one replay's completed requests (`rows`, by request id);
-    `simulate(k)` gives every request's times under the replay's policy at slowdown k."""
+    `simulate(k, phases)` gives every request's times under the replay's policy at slowdown k,
+    with the speed's course `phases` on top (None: constant). With each request's `tokens`, the
+    course within the replay is fitted too (`fit_phases`); without them, the mean speed alone."""
     live = means(list(rows.values()))
 
-    def at(k: float) -> dict[str, float]:
-        simulated = simulate(k)
+    def at(k: float, phases: Phases | None = None) -> dict[str, float]:
+        simulated = simulate(k, phases)
         return means([simulated[i] for i in rows])
 
     slowdown = fit_slowdown(lambda k: at(k)["service_s"], live["service_s"])
-    return ReplayFit(label, entry, slowdown, live, at(slowdown))
+    at_mean = at(slowdown)
+    if tokens is None:
+        return ReplayFit(label, entry, slowdown, live, at_mean)
+    phases = fit_phases(rows, tokens, lambda ph: simulate(slowdown, ph))
+    return ReplayFit(label, entry, slowdown, live, at(slowdown, phases), phases, at_mean)
 
 
 def adjust(fits: Sequence[ReplayFit], base: str, at_common: Mapping[str, float]) -> dict[str, dict[str, float]]:
@@ -135,22 +198,29 @@ def adjust(fits: Sequence[ReplayFit], base: str, at_common: Mapping[str, float])
 
 def drift_adjusted(
     replays: Mapping[str, tuple[str, Mapping[str, Times]]],
-    simulate: Callable[[str, float], Mapping[str, Times]],
+    simulate: Callable[[str, float, Phases | None], Mapping[str, Times]],
     base: str,
+    tokens: Mapping[str, int] | None = None,
 ) -> dict[str, Any]:
     """The drift taken out of one workload's replays: `replays` maps each label, in the order the
-    replays ran, to its policy entry and its completed requests' times; `simulate(entry, k)`
-    runs the simulator under that entry at slowdown k. The common speed is the replays' median."""
-    fits = [fit_replay(label, entry, rows, functools.partial(simulate, entry)) for label, (entry, rows) in replays.items()]
+    replays ran, to its policy entry and its completed requests' times; `simulate(entry, k,
+    phases)` runs the simulator under that entry at slowdown k and the speed's course `phases`.
+    With each request's `tokens`, every replay's course of speeds is fitted (`fit_replay`). The
+    common speed is the replays' median, constant."""
+    fits = [fit_replay(label, entry, rows, functools.partial(simulate, entry), tokens) for label, (entry, rows) in replays.items()]
     common = statistics.median(f.slowdown for f in fits)
     entries = list(dict.fromkeys(f.entry for f in fits))
     ids = set.intersection(*(set(rows) for _, rows in replays.values()))
-    at_common = {e: means([t for i, t in simulate(e, common).items() if i in ids])["latency_s"] for e in entries}
+    at_common = {e: means([t for i, t in simulate(e, common, None).items() if i in ids])["latency_s"] for e in entries}
     return {
         "common_slowdown": round(common, 3),
+        "phase_s": PHASE_S if tokens is not None else None,
         "replays": [
             {"label": f.label, "entry": f.entry, "engine_slowdown": round(f.slowdown, 3),
-             "live_latency_s": round(f.live["latency_s"], 3), "simulated_latency_s": round(f.simulated["latency_s"], 3)}
+             "speed_phases": [round(x, 3) for _, x in f.phases] if f.phases else None,
+             "live_latency_s": round(f.live["latency_s"], 3), "simulated_latency_s": round(f.simulated["latency_s"], 3),
+             "simulated_latency_s_at_mean_speed": round(f.simulated_at_mean_speed["latency_s"], 3)
+             if f.simulated_at_mean_speed else None}
             for f in fits
         ],  # fmt: skip
         "ratios": adjust(fits, base, at_common),

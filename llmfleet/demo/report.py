@@ -238,10 +238,11 @@ def adjusted_note(adjusted: Mapping[str, Any], baseline: str = BASELINE) -> str:
     speeds = ", ".join(f"x{r['engine_slowdown']:.2f}" for r in replays)
     off = max(abs(r["live_latency_s"] / r["simulated_latency_s"] - 1) for r in replays)
     ratios = ", ".join(f"{e} {row['adjusted_ratio']:.2f}" for e, row in adjusted["ratios"].items() if e != baseline)
-    return (f"With the machine's drift taken out (the simulator calibrated on this fleet, slowed to each replay's "
-            f"engine speed: {speeds} in the order they ran, where its mean latency was within {off:.0%} of the live "
-            f"one): mean latency at one speed, to {baseline}: {ratios}. A model's estimate, not a measurement "
-            "(bench/DATAPLANE.md, section 4).")  # fmt: skip
+    course = f", fitted {adjusted['phase_s']:g} s at a time" if adjusted.get("phase_s") else ""
+    return (f"With the machine's drift taken out (the simulator calibrated on this fleet, run at each replay's own "
+            f"engine speed{course}: on average {speeds} in the order they ran, where its mean latency was within "
+            f"{off:.0%} of the live one): mean latency at one speed, to {baseline}: {ratios}. A model's estimate, not a "
+            "measurement (bench/DATAPLANE.md, section 4).")  # fmt: skip
 
 
 def plot(outcomes_by_policy: Mapping[str, Sequence[Outcome]], results: Sequence[dict[str, Any]], path: Path, title: str) -> None:

@@ -306,18 +306,18 @@ def drift_adjusted_ratios(
     texts = {r.request_id: r.prompt_text or "" for r in workload}
     ranked = PromptTextPredictor(load_predictor(options.ranker), texts) if options.ranker else None
 
-    def simulate(entry: str, k: float) -> dict[str, tuple[float, float, float]]:
+    def simulate(entry: str, k: float, phases: drift.Phases | None) -> dict[str, tuple[float, float, float]]:
         predictor = ExactPredictor() if is_oracle(entry) or not options.hidden_length else ranked
         policy = make_policy(policy_config(entry, options.slice_tokens, options.ranker))
-        records = Simulator(trace, policy, cost.slowed(k), cfg, predictor=predictor).run().records  # type: ignore[arg-type]
-        return {r.request_id: (r.arrival_s, r.first_token_s, r.finish_s) for r in records}
+        sim = Simulator(trace, policy, cost.slowed(k), replace(cfg, speed_phases=phases), predictor=predictor)  # type: ignore[arg-type]
+        return {r.request_id: (r.arrival_s, r.first_token_s, r.finish_s) for r in sim.run().records}
 
     replays = {
         label: (policy_entry(label), {o.request_id: (o.arrival_s, o.first_token_s, o.finish_s) for o in outcomes
                                       if o.ok and o.first_token_s is not None and o.finish_s is not None})
         for label, outcomes in outcomes_by_policy.items()
     }  # fmt: skip
-    return drift.drift_adjusted(replays, simulate, BASELINE)
+    return drift.drift_adjusted(replays, simulate, BASELINE, {r.request_id: r.output_tokens for r in workload})
 
 
 def run_demo(options: DemoOptions) -> dict[str, Any]:

@@ -10,6 +10,7 @@ once per request at admission.
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
 import time
 from collections import deque
@@ -37,6 +38,13 @@ class SimConfig:
     # host's cores do not run at one speed: on the 2-core CPU fleet one ran 2-4x slower per token
     # than the other (bench/DATAPLANE.md, section 5); `llmfleet sim calibrate --fleet` measures it.
     instance_speeds: tuple[float, ...] | None = None
+    # The machine's speed moving within a run: (from second, time factor) pairs, ascending; from
+    # each moment on every engine's time is the factor times its own (None: constant). A live
+    # replay's engines ran 14 ms a token in its first 20 s and 10.5 ms later, a phase its mean
+    # speed hides and a queue remembers (bench/DATAPLANE.md, section 4); `llmfleet.demo.drift`
+    # fits these to a replay. A decode run under way at a change is cut at its next step; the
+    # step or prefill then in flight ends at the speed it started with.
+    speed_phases: tuple[tuple[float, float], ...] | None = None
 
     def __post_init__(self) -> None:
         if self.instances < 1:
@@ -47,6 +55,9 @@ class SimConfig:
             len(self.instance_speeds) != self.instances or min(self.instance_speeds) <= 0
         ):
             raise ValueError("instance_speeds needs one positive multiplier per instance")
+        phases = self.speed_phases or ()
+        if any(f <= 0 for _, f in phases) or any(a[0] >= b[0] for a, b in itertools.pairwise(phases)):
+            raise ValueError("speed_phases needs ascending start times and positive factors")
 
 
 @dataclass
@@ -122,6 +133,8 @@ class Simulator:
             Instance(i, p, self.cfg.engine, cost if speeds[i] == 1.0 else cost.slowed(speeds[i]), self)
             for i, p in enumerate(self.pod_ids)
         ]
+        self._costs = [inst.cost for inst in self.instances]  # each engine's at factor 1
+        self._phases = list(self.cfg.speed_phases or ())
         self.heap: list[tuple[float, int, int, int]] = []
         self._seq = 0
         self.queue: dict[str, SimRequest] = {}
@@ -296,6 +309,13 @@ class Simulator:
                 self.policy_errors += 1
 
     # ------------------------------------------------------------------ main loop
+    def _change_speed(self, t: float, factor: float) -> None:
+        """From `t` on, every engine runs at `factor` times its own time (`SimConfig.speed_phases`)."""
+        self.now = max(self.now, t)
+        for inst, cost in zip(self.instances, self._costs, strict=True):
+            inst._cut(self.now)  # at the old speed: the steps already under way
+            inst.cost = cost.slowed(factor)
+
     def run(self) -> SimResult:
         wall0 = time.perf_counter()
         trace, heap, instances = self.trace, self.heap, self.instances
@@ -309,6 +329,9 @@ class Simulator:
                 t_ev = self._in_transit[0][0]
             if self._ending and self._ending[0][0] < t_ev:
                 t_ev = self._ending[0][0]
+            if self._phases and self._phases[0][0] < t_ev and self._phases[0][0] <= t_arr:
+                self._change_speed(*self._phases.pop(0))
+                continue
             if t_arr == inf and t_ev == inf:
                 raise RuntimeError(
                     f"policy {self.policy.name!r} left {len(self.queue)} requests queued while every pod "

@@ -8,22 +8,25 @@ import pytest
 
 from llmfleet.demo.drift import ReplayFit, adjust, drift_adjusted, fit_slowdown, means
 
-IDS = [f"r{i}" for i in range(20)]
+IDS = [f"r{i}" for i in range(40)]
 
 
-def fake_simulate(entry: str, k: float) -> dict[str, tuple[float, float, float]]:
-    """Each request: service time 0.5 s x k, a wait that grows steeply with k (queueing near
-    capacity), and a policy that waits `FACTOR[entry]` as long as fcfs-rr."""
+def fake_simulate(entry: str, k: float, phases: tuple[tuple[float, float], ...] | None = None) -> dict[str, tuple[float, float, float]]:
+    """Each request: 10-40 tokens at 50 ms x k x the phase's factor where it starts, a wait that
+    grows steeply with k (queueing near capacity), and a policy that waits `FACTOR[entry]` as
+    long as fcfs-rr."""
     out = {}
     for n, i in enumerate(IDS):
         arrival = float(n)
-        wait = FACTOR[entry] * (0.2 + 3.0 * (k - 0.8) ** 2) * (1 + n % 3)
+        f = [x for start, x in (phases or ((0.0, 1.0),)) if start <= arrival][-1]
+        wait = FACTOR[entry] * (0.2 + 3.0 * (k * f - 0.8) ** 2) * (1 + n % 3)
         first = arrival + wait
-        out[i] = (arrival, first, first + 0.5 * k * (1 + n % 4))
+        out[i] = (arrival, first, first + 0.05 * k * f * (TOKENS[i] - 1))
     return out
 
 
 FACTOR = {"fcfs-rr": 1.0, "llmfleet": 0.6}
+TOKENS = {i: 10 * (1 + n % 4) + 1 for n, i in enumerate(IDS)}
 
 
 def test_means_split_service_latency_and_first_token() -> None:
@@ -98,3 +101,33 @@ def test_without_prompt_text_or_a_baseline_nothing_is_adjusted() -> None:
     workload = build_workload(WorkloadSpec(count=4, rate=2.0))  # the trace's own lengths: no text
     assert all(r.prompt_text is None for r in workload)
     assert drift_adjusted_ratios(DemoOptions(), workload, {"fcfs-rr": [], "llmfleet": []}) is None
+
+
+def test_time_per_token_is_taken_per_phase_weighted_by_time_decoding_there() -> None:
+    from llmfleet.demo.drift import time_per_token_by_phase
+
+    rows = {
+        "a": (0.0, 1.0, 9.0),  # 9 tokens over 8 s: 1 s a token, all in phase 0
+        "b": (0.0, 6.0, 16.0),  # 5 tokens over 10 s: 2.5 s a token, 4 s in phase 0 and 6 s in phase 1
+        "c": (0.0, 25.0, 26.0),  # 1 s of decoding in phase 2: too little to say
+    }
+    got = time_per_token_by_phase(rows, {"a": 9, "b": 5, "c": 3}, phase_s=10.0)
+    assert got == {0: pytest.approx((8 * 1.0 + 4 * 2.5) / 12), 1: pytest.approx(2.5)}
+
+
+def test_a_replays_course_of_speeds_is_fitted_and_taken_out() -> None:
+    """llmfleet's replay met a slow phase in its first 10 s: at its mean speed the simulator
+    misses its latency, with the course fitted it does not, and its own ratio comes back."""
+    from llmfleet.demo.drift import as_phases
+
+    slow_start = as_phases({0: 1.3, 1: 0.95, 2: 0.95, 3: 0.95})
+    replays = {"fcfs-rr": ("fcfs-rr", fake_simulate("fcfs-rr", 1.0)), "llmfleet": ("llmfleet", fake_simulate("llmfleet", 1.0, slow_start))}
+    at_mean = drift_adjusted(replays, fake_simulate, "fcfs-rr")
+    with_course = drift_adjusted(replays, fake_simulate, "fcfs-rr", TOKENS)
+    fitted = with_course["replays"][1]
+    assert fitted["speed_phases"][0] > 1.2 and all(f < 1.0 for f in fitted["speed_phases"][1:]), fitted
+    assert fitted["simulated_latency_s"] == pytest.approx(fitted["live_latency_s"], rel=0.02)
+    assert abs(at_mean["ratios"]["llmfleet"]["residual"] - 1) > 0.05
+    assert with_course["ratios"]["llmfleet"]["residual"] == pytest.approx(1.0, abs=0.02)
+    own = means(list(fake_simulate("llmfleet", 1.0).values()))["latency_s"] / means(list(fake_simulate("fcfs-rr", 1.0).values()))["latency_s"]
+    assert with_course["ratios"]["llmfleet"]["adjusted_ratio"] == pytest.approx(own, abs=0.02)

@@ -164,3 +164,37 @@ def test_the_view_counts_admitted_requests_and_numbers_them_below_it() -> None:
     for now, admitted, seqs in seen:
         assert admitted == sum(t.arrival_s <= now for t in TRACE)
         assert all(0 <= s < admitted for s in seqs)
+
+
+def _phase_latency(phases: tuple[tuple[float, float], ...] | None, cost=None) -> float:  # type: ignore[no-untyped-def]
+    """fcfs-rr's mean latency over a burst (5 requests/s for 20 s), then a lull (2.5/s for 20 s)."""
+    import statistics
+
+    from llmfleet.sim.instance import EngineConfig
+
+    trace = [TraceRequest(f"r{i}", i * 0.2 if i < 100 else 20 + (i - 100) * 0.4, 40, 30 + 17 * (i % 5)) for i in range(150)]
+    cfg = SimConfig(instances=2, engine=EngineConfig(max_running=2), speed_phases=phases)
+    model = cost or linear_cost_model(0.0002, 0.010, decode_per_seq_s=0.001)
+    return statistics.fmean(r.latency_s for r in Simulator(trace, make_policy("fcfs-rr"), model, cfg).run().records)
+
+
+def test_a_speed_phase_from_the_start_is_the_engine_slowed_throughout() -> None:
+    model = linear_cost_model(0.0002, 0.010, decode_per_seq_s=0.001)
+    assert _phase_latency(((0.0, 1.3),)) == pytest.approx(_phase_latency(None, model.slowed(1.3)))
+    assert _phase_latency(((0.0, 1.0),)) == pytest.approx(_phase_latency(None))
+
+
+def test_a_slow_phase_costs_most_where_the_queue_builds() -> None:
+    """The same mean speed over the run, slow during the burst or during the lull: the burst's
+    queue grows while the engines are slow, and the run's mean latency more than doubles, where
+    the lull hardly notices. A replay's mean speed cannot tell these apart (bench/DATAPLANE.md,
+    section 4)."""
+    steady = _phase_latency(None)
+    in_burst, in_lull = _phase_latency(((0.0, 1.2), (20.0, 0.8))), _phase_latency(((0.0, 0.8), (20.0, 1.2)))
+    assert in_burst > 2 * steady and in_lull < steady, (steady, in_burst, in_lull)
+
+
+@pytest.mark.parametrize("phases", [((0.0, 1.0), (0.0, 1.2)), ((5.0, 1.0), (1.0, 1.2)), ((0.0, 0.0),), ((0.0, -1.0),)])
+def test_speed_phases_must_ascend_and_be_positive(phases) -> None:
+    with pytest.raises(ValueError, match="speed_phases"):
+        SimConfig(speed_phases=phases)
