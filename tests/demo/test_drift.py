@@ -4,6 +4,8 @@ give back each policy's own ratio at one speed."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from llmfleet.demo.drift import ReplayFit, adjust, drift_adjusted, fit_slowdown, means
@@ -131,3 +133,42 @@ def test_a_replays_course_of_speeds_is_fitted_and_taken_out() -> None:
     assert with_course["ratios"]["llmfleet"]["residual"] == pytest.approx(1.0, abs=0.02)
     own = means(list(fake_simulate("llmfleet", 1.0).values()))["latency_s"] / means(list(fake_simulate("fcfs-rr", 1.0).values()))["latency_s"]
     assert with_course["ratios"]["llmfleet"]["adjusted_ratio"] == pytest.approx(own, abs=0.02)
+
+
+def test_the_demo_fits_replays_that_are_the_simulator_at_known_speeds_back_to_those_speeds(tmp_path) -> None:
+    """The demo's own glue (`drift_adjusted_ratios`): calibration, trace, fleet and policies.
+    Replays that are the simulator itself, one at 1.0 and one at 1.2 times the calibrated time
+    with a slow first 10 s, are fitted back to those speeds, and the residuals are 1."""
+    import json
+
+    from llmfleet.demo.drift import as_phases, calibrated_cost, sim_fleet, workload_trace
+    from llmfleet.demo.replay import Outcome
+    from llmfleet.demo.run import DemoOptions, drift_adjusted_ratios, policy_config
+    from llmfleet.demo.workload import WorkloadSpec, build_workload
+    from llmfleet.fleet.local import FleetSpec
+    from llmfleet.policies.registry import make_policy
+    from llmfleet.sim.live_predictions import ExactPredictor
+    from llmfleet.sim.simulator import Simulator
+
+    pool = tmp_path / "pool.jsonl"
+    pool.write_text("".join(json.dumps({"prompt": "Tell me about " + "things " * (5 + i % 40), "output_tokens": 20 + (37 * i) % 200}) + "\n"
+                            for i in range(60)))  # fmt: skip
+    spec = WorkloadSpec(count=60, rate=3.0, prompt_pool=str(pool))
+    workload = build_workload(spec)
+    options = DemoOptions(fleet=FleetSpec(engines=2, max_num_seqs=4), workload=spec, ranker=None, hidden_length=False)
+    cfg, trace = sim_fleet(2, 4), workload_trace(workload)
+
+    def replay(entry: str, k: float, phases=None) -> list[Outcome]:  # type: ignore[no-untyped-def]
+        sim = Simulator(trace, make_policy(policy_config(entry)), calibrated_cost().slowed(k), replace(cfg, speed_phases=phases),
+                        predictor=ExactPredictor())  # fmt: skip
+        return [Outcome(r.request_id, r.arrival_s, r.first_token_s, r.finish_s, r.output_tokens, r.output_tokens, "ok")
+                for r in sim.run().records]  # fmt: skip
+
+    slow_start = as_phases({0: 1.25, 1: 0.95, 2: 0.95})
+    adjusted = drift_adjusted_ratios(options, workload, {"fcfs-rr": replay("fcfs-rr", 1.0), "llmfleet": replay("llmfleet", 1.2, slow_start)})
+    assert adjusted is not None
+    fits = adjusted["replays"]
+    assert fits[0]["engine_slowdown"] == pytest.approx(1.0, abs=0.03)
+    assert fits[1]["speed_phases"][0] > fits[1]["speed_phases"][1]
+    for entry in ("fcfs-rr", "llmfleet"):
+        assert adjusted["ratios"][entry]["residual"] == pytest.approx(1.0, abs=0.03)
