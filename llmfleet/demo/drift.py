@@ -30,14 +30,19 @@ import json
 import math
 import statistics
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from llmfleet.sim.costmodel import CostModel
 from llmfleet.sim.instance import EngineConfig
 from llmfleet.sim.simulator import SimConfig
 from llmfleet.sim.traces import TraceRequest
+
+if TYPE_CHECKING:
+    from llmfleet.demo.replay import Outcome
+    from llmfleet.demo.run import DemoOptions
+    from llmfleet.demo.workload import WorkloadRequest
 
 # The CPU fleet's cost model calibrated on the demo's own workload (4 slots per engine, the e2e
 # workload, prefill's slowdown fitted apart from decode's; `bench/sim_fidelity.py --e2e`,
@@ -64,7 +69,7 @@ def calibrated_cost(path: Path = CALIBRATION) -> CostModel:
     return CostModel.from_dict(json.loads(path.read_text())["cost_model"]["calibrated"])
 
 
-def workload_trace(workload: Sequence[Any]) -> list[TraceRequest]:
+def workload_trace(workload: Sequence[WorkloadRequest]) -> list[TraceRequest]:
     """The demo's requests (`WorkloadRequest`) as a simulator trace. A prompt's tokens are taken
     as a quarter of its characters: what the engines' tokenizer makes of these prompts."""
     return [TraceRequest(r.request_id, r.arrival_s, max(8, len(r.prompt_text or "") // 4), r.output_tokens) for r in workload]
@@ -225,3 +230,40 @@ def drift_adjusted(
         ],  # fmt: skip
         "ratios": adjust(fits, base, at_common),
     }
+
+
+def drift_adjusted_ratios(
+    options: DemoOptions, workload: Sequence[WorkloadRequest], outcomes_by_policy: Mapping[str, Sequence[Outcome]]
+) -> dict[str, Any] | None:
+    """A demo run's mean-latency ratios with the machine's drift taken out (each label's outcomes
+    in the order the replays ran), or None where they cannot be: outside a checkout (no calibration), without the baseline, or with
+    prompts that have no text for the ranker (`--prompts trace`)."""
+    # The demo's own names, imported here: llmfleet.demo.run imports this module.
+    from llmfleet.demo.report import BASELINE
+    from llmfleet.demo.run import is_oracle, policy_config, policy_entry
+    from llmfleet.policies.registry import make_policy
+    from llmfleet.ranker import load_predictor
+    from llmfleet.sim.live_predictions import ExactPredictor, PromptTextPredictor
+    from llmfleet.sim.simulator import Simulator
+
+    if not CALIBRATION.exists() or BASELINE not in outcomes_by_policy or any(r.prompt_text is None for r in workload):
+        return None
+    cost, trace = calibrated_cost(), workload_trace(workload)
+    cfg = sim_fleet(options.fleet.engines, options.fleet.max_num_seqs, options.fleet.max_model_len)
+    # What the live dispatcher predicts: its ranker on each prompt's text, or the exact length
+    # where the replay told it (`--exact-lengths`, the oracle).
+    texts = {r.request_id: r.prompt_text or "" for r in workload}
+    ranked = PromptTextPredictor(load_predictor(options.ranker), texts) if options.ranker else None
+
+    def simulate(entry: str, k: float, phases: Phases | None) -> dict[str, tuple[float, float, float]]:
+        predictor = ExactPredictor() if is_oracle(entry) or not options.hidden_length else ranked
+        policy = make_policy(policy_config(entry, options.slice_tokens, options.ranker))
+        sim = Simulator(trace, policy, cost.slowed(k), replace(cfg, speed_phases=phases), predictor=predictor)  # type: ignore[arg-type]
+        return {r.request_id: (r.arrival_s, r.first_token_s, r.finish_s) for r in sim.run().records}
+
+    replays = {
+        label: (policy_entry(label), {o.request_id: (o.arrival_s, o.first_token_s, o.finish_s) for o in outcomes
+                                      if o.ok and o.first_token_s is not None and o.finish_s is not None})
+        for label, outcomes in outcomes_by_policy.items()
+    }  # fmt: skip
+    return drift_adjusted(replays, simulate, BASELINE, {r.request_id: r.output_tokens for r in workload})

@@ -22,6 +22,7 @@ import yaml
 from pydantic import ValidationError
 
 from llmfleet.core.config import SchedulingConfig
+from llmfleet.demo.drift import drift_adjusted_ratios
 from llmfleet.demo.load import (
     MAX_QUEUE_REPLAYS,
     check_rate_options,
@@ -285,41 +286,6 @@ def policy_entry(label: str) -> str:
     return BASELINE if label == EARLIER else label
 
 
-def drift_adjusted_ratios(
-    options: DemoOptions, workload: Sequence[WorkloadRequest], outcomes_by_policy: dict[str, list[Outcome]]
-) -> dict[str, Any] | None:
-    """The mean-latency ratios with the machine's drift taken out (`llmfleet.demo.drift`), or None
-    where they cannot be: outside a checkout (no calibration), without the baseline, or with
-    prompts that have no text for the ranker (`--prompts trace`)."""
-    from llmfleet.demo import drift
-    from llmfleet.policies.registry import make_policy
-    from llmfleet.ranker import load_predictor
-    from llmfleet.sim.live_predictions import ExactPredictor, PromptTextPredictor
-    from llmfleet.sim.simulator import Simulator
-
-    if not drift.CALIBRATION.exists() or BASELINE not in outcomes_by_policy or any(r.prompt_text is None for r in workload):
-        return None
-    cost, trace = drift.calibrated_cost(), drift.workload_trace(workload)
-    cfg = drift.sim_fleet(options.fleet.engines, options.fleet.max_num_seqs, options.fleet.max_model_len)
-    # What the live dispatcher predicts: its ranker on each prompt's text, or the exact length
-    # where the replay told it (`--exact-lengths`, the oracle).
-    texts = {r.request_id: r.prompt_text or "" for r in workload}
-    ranked = PromptTextPredictor(load_predictor(options.ranker), texts) if options.ranker else None
-
-    def simulate(entry: str, k: float, phases: drift.Phases | None) -> dict[str, tuple[float, float, float]]:
-        predictor = ExactPredictor() if is_oracle(entry) or not options.hidden_length else ranked
-        policy = make_policy(policy_config(entry, options.slice_tokens, options.ranker))
-        sim = Simulator(trace, policy, cost.slowed(k), replace(cfg, speed_phases=phases), predictor=predictor)  # type: ignore[arg-type]
-        return {r.request_id: (r.arrival_s, r.first_token_s, r.finish_s) for r in sim.run().records}
-
-    replays = {
-        label: (policy_entry(label), {o.request_id: (o.arrival_s, o.first_token_s, o.finish_s) for o in outcomes
-                                      if o.ok and o.first_token_s is not None and o.finish_s is not None})
-        for label, outcomes in outcomes_by_policy.items()
-    }  # fmt: skip
-    return drift.drift_adjusted(replays, simulate, BASELINE, {r.request_id: r.output_tokens for r in workload})
-
-
 def run_demo(options: DemoOptions) -> dict[str, Any]:
     """Start the fleet, replay the workload under each policy, print and return the results."""
     from rich.console import Console
@@ -393,8 +359,12 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
         with console.status("stopping the fleet"):
             fleet.stop()
     print_table(results, outcomes_by_policy=outcomes_by_policy)
+    adjusted = None
     with console.status("taking the machine's drift out with the simulator fitted to each replay's engine speed"):
-        adjusted = drift_adjusted_ratios(options, workload, outcomes_by_policy)
+        try:
+            adjusted = drift_adjusted_ratios(options, workload, outcomes_by_policy)
+        except (OSError, ValueError, RuntimeError) as exc:  # an estimate beside the results: never lose them to it
+            console.print(f"[yellow]could not take the machine's drift out: {exc}[/]")
     if adjusted is not None:
         console.print(adjusted_note(adjusted, BASELINE))
     payload = results_json(f"azure-{options.workload.trace} (live fleet)", options.fleet.engines, rate, results)

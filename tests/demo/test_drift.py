@@ -97,7 +97,8 @@ def test_the_demo_prints_the_adjusted_ratios_with_each_replays_speed_and_fit() -
 
 
 def test_without_prompt_text_or_a_baseline_nothing_is_adjusted() -> None:
-    from llmfleet.demo.run import DemoOptions, drift_adjusted_ratios
+    from llmfleet.demo.drift import drift_adjusted_ratios
+    from llmfleet.demo.run import DemoOptions
     from llmfleet.demo.workload import WorkloadSpec, build_workload
 
     workload = build_workload(WorkloadSpec(count=4, rate=2.0))  # the trace's own lengths: no text
@@ -141,9 +142,15 @@ def test_the_demo_fits_replays_that_are_the_simulator_at_known_speeds_back_to_th
     with a slow first 10 s, are fitted back to those speeds, and the residuals are 1."""
     import json
 
-    from llmfleet.demo.drift import as_phases, calibrated_cost, sim_fleet, workload_trace
+    from llmfleet.demo.drift import (
+        as_phases,
+        calibrated_cost,
+        drift_adjusted_ratios,
+        sim_fleet,
+        workload_trace,
+    )
     from llmfleet.demo.replay import Outcome
-    from llmfleet.demo.run import DemoOptions, drift_adjusted_ratios, policy_config
+    from llmfleet.demo.run import DemoOptions, policy_config
     from llmfleet.demo.workload import WorkloadSpec, build_workload
     from llmfleet.fleet.local import FleetSpec
     from llmfleet.policies.registry import make_policy
