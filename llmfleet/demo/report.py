@@ -17,7 +17,14 @@ from llmfleet.sim.metrics import RESULT_KEYS, Slo
 # same rate (the demo's rate search keeps it; `llmfleet.demo.run.replay_order` runs the baseline's
 # own replay after every other policy, so the two bracket the comparison).
 BASELINE = "fcfs-rr"
-EARLIER = f"{BASELINE} (earlier)"
+
+
+def earlier_label(baseline: str) -> str:
+    """The results label of `baseline`'s earlier replay."""
+    return f"{baseline} (earlier)"
+
+
+EARLIER = earlier_label(BASELINE)
 
 
 def summarize_outcomes(policy: str, outcomes: Sequence[Outcome], busy_s: Sequence[float]) -> dict[str, Any]:
@@ -194,7 +201,7 @@ def drift_band(ratios: Mapping[str, Mapping[str, Any]], baseline: str = BASELINE
     replay's mean-latency interval farthest from 1, as a factor >= 1. Nothing but the machine's
     speed differs between them, so a policy's ratio within this factor of 1 may be drift alone.
     None without the earlier replay."""
-    row = ratios.get(f"{baseline} (earlier)")
+    row = ratios.get(earlier_label(baseline))
     ci = (row or {}).get("ci95", {}).get("mean_latency_ratio")
     if not ci or any(math.isnan(v) for v in ci):
         return None
@@ -214,7 +221,7 @@ def drift_note(ratios: Mapping[str, Mapping[str, Any]], baseline: str = BASELINE
     """One line on the baseline's two replays: how far the machine's drift alone moved one
     policy during the comparison, and which policies' mean latency moved further than that.
     None without the earlier replay."""
-    earlier = f"{baseline} (earlier)"
+    earlier = earlier_label(baseline)
     band = drift_band(ratios, baseline)
     if band is None:
         return None
