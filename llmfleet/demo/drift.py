@@ -14,9 +14,8 @@ after), and a slow phase while the queue builds costs far more than its share of
 the replay's time per token is also taken in 10-s phases (`PHASE_S`), from each request's first
 and last token, and the simulator's speed is fitted phase by phase to it (`fit_phases`,
 `SimConfig.speed_phases`). The same requests are then simulated under the same policy at that
-course of speeds. A policy's residual is
-its live latency over the simulated one at its own speed (the geometric mean over its
-replays); its drift-adjusted ratio is the simulator's ratio at one common speed times the ratio
+course of speeds. A policy's residual is its live latency over the simulated one at its own
+speeds (the geometric mean over its replays); its drift-adjusted ratio is the simulator's ratio at one common speed times the ratio
 of residuals (`adjust`). Where the simulator is faithful up to the machine's speed, the
 residuals are equal and the adjusted ratio is the simulator's; whatever a policy does live that
 the simulator misses moves its residual, and so its adjusted ratio. It is a model's estimate,
@@ -45,7 +44,7 @@ if TYPE_CHECKING:
     from llmfleet.demo.workload import WorkloadRequest
 
 # The CPU fleet's cost model calibrated on the demo's own workload (4 slots per engine, the e2e
-# workload, prefill's slowdown fitted apart from decode's; `bench/sim_fidelity.py --e2e`,
+# workload, prefill's slowdown fitted apart from decode's; `bench/sim_fidelity.py --e2e-workload`,
 # bench/DATAPLANE.md section 5). It lives with the benchmark that measured it; outside a checkout
 # there is none, and nothing is adjusted.
 CALIBRATION = Path(__file__).resolve().parents[2] / "bench" / "results" / "sim_fidelity_e2e.json"
