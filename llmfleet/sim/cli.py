@@ -122,6 +122,7 @@ def _engine(args: argparse.Namespace):  # type: ignore[no-untyped-def]
             max_running=args.max_running, token_budget=args.token_budget, kv_capacity_tokens=args.kv_tokens
         ),
         instance_speeds=tuple(args.instance_speeds) if args.instance_speeds is not None else None,
+        speed_phases=args.speed_phases,
     )
     return cost, cfg
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 
 TRACE_HELP = "trace file (Azure CSV or Mooncake JSONL) or a known name: conv, code, mooncake"
 
@@ -39,6 +40,17 @@ def positive_floats(text: str) -> list[float]:
     return values
 
 
+def speed_phases(text: str) -> tuple[tuple[float, float], ...]:
+    """`SimConfig.speed_phases` from "second:factor,second:factor", e.g. "0:1.3,20:0.9"."""
+    try:
+        phases = tuple((float(at), float(factor)) for at, factor in (part.split(":") for part in text.split(",")))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated second:factor pairs, got {text!r}") from None
+    if not phases or any(f <= 0 for _, f in phases) or any(a[0] >= b[0] for a, b in itertools.pairwise(phases)):
+        raise argparse.ArgumentTypeError(f"expected ascending seconds and positive factors, got {text!r}")
+    return phases
+
+
 def positive_float(text: str) -> float:
     v = float(text)
     if v <= 0:
@@ -67,6 +79,14 @@ def add_sim_args(p: argparse.ArgumentParser, rate: bool = True) -> None:
         default=None,
         help="each instance's time as a multiple of the cost model's, comma-separated, one per instance "
         "(`llmfleet sim calibrate --fleet` prints them for a live fleet); default: all 1",
+    )
+    p.add_argument(
+        "--speed-phases",
+        type=speed_phases,
+        default=None,
+        help="the machine's speed moving over the run: second:factor pairs, ascending, e.g. 0:1.3,20:0.9 (every "
+        "engine's time is the factor times its own from that second on; bench/dataplane_speed_fit.py fits them "
+        "to a live replay); default: constant",
     )
     p.add_argument("--limit", type=positive_int, default=None, help="replay only the first N requests")
     p.add_argument(

@@ -206,6 +206,24 @@ def test_instance_speeds_slow_the_named_instances(tmp_path) -> None:
         _main([*base, "--instance-speeds", "1,-2", "--out", str(tmp_path / "x.json")])
 
 
+def test_speed_phases_slow_the_run_from_the_second_named(tmp_path) -> None:
+    """`--speed-phases` takes effect: the engines 1.5x slower from the run's start give a longer
+    mean latency than from late in it, and both than none; a malformed or unordered list is refused."""
+    from pathlib import Path
+
+    base = ["run", "--trace", "conv", "--policies", "fcfs-rr", "--instances", "2", "--limit", "300",
+            "--max-running", "16", "--no-progress"]  # fmt: skip
+    means = {}
+    for name, extra in (("steady", []), ("slow late", ["--speed-phases", "0:1,100:1.5"]), ("slow", ["--speed-phases", "0:1.5"])):
+        out = tmp_path / f"{name}.json"
+        assert _main([*base, *extra, "--out", str(out)]) == 0
+        means[name] = json.loads(Path(out).read_text())["results"][0]["mean_latency_s"]
+    assert means["slow"] > means["slow late"] > means["steady"], means
+    for bad in ("1.5", "0:1,0:2", "10:1,5:2", "0:-1"):
+        with pytest.raises(SystemExit):
+            _main([*base, "--speed-phases", bad, "--out", str(tmp_path / "x.json")])
+
+
 def test_guard_flags_override_the_config_file(tmp_path) -> None:
     import argparse
 
