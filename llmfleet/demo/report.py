@@ -230,9 +230,9 @@ def drift_note(ratios: Mapping[str, Mapping[str, Any]], baseline: str = BASELINE
             f"replay's mean latency was {ratios[earlier]['mean_latency_ratio']:.2f} [{ci[0]:.2f}-{ci[1]:.2f}] of the later "
             f"one's. Only the machine's speed differed, so a mean ratio within {1 / band:.2f}-{band:.2f} may be drift alone "
             "(between replays; the speed also moves within one, which the line below takes out too).")  # fmt: skip
-    policies = [p for p in ratios if p not in (baseline, earlier)]
-    beyond = [p for p in policies if beyond_drift(ratios, p, baseline)]
-    overlapping = [p for p in policies if beyond_drift(ratios, p, baseline) is False]
+    verdicts = {p: beyond_drift(ratios, p, baseline) for p in ratios if p not in (baseline, earlier)}
+    beyond = [p for p, outside in verdicts.items() if outside]
+    overlapping = [p for p, outside in verdicts.items() if outside is False]
     if beyond:
         line += f" Outside it, interval and all: {', '.join(beyond)}."
     if overlapping:

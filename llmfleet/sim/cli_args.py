@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import itertools
 
 TRACE_HELP = "trace file (Azure CSV or Mooncake JSONL) or a known name: conv, code, mooncake"
 
@@ -46,8 +45,12 @@ def speed_phases(text: str) -> tuple[tuple[float, float], ...]:
         phases = tuple((float(at), float(factor)) for at, factor in (part.split(":") for part in text.split(",")))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated second:factor pairs, got {text!r}") from None
-    if not phases or any(f <= 0 for _, f in phases) or any(a[0] >= b[0] for a, b in itertools.pairwise(phases)):
-        raise argparse.ArgumentTypeError(f"expected ascending seconds and positive factors, got {text!r}")
+    from llmfleet.sim.simulator import check_speed_phases  # here: `--help` need not import the simulator
+
+    try:
+        check_speed_phases(phases)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected ascending seconds and positive factors, got {text!r}") from None
     return phases
 
 

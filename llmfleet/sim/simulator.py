@@ -27,6 +27,12 @@ from llmfleet.sim.traces import TraceRequest
 _PREDICT_CHUNK = 2048
 
 
+def check_speed_phases(phases: Sequence[tuple[float, float]]) -> None:
+    """ValueError unless `phases` (`SimConfig.speed_phases`) ascend in time with positive factors."""
+    if any(f <= 0 for _, f in phases) or any(a[0] >= b[0] for a, b in itertools.pairwise(phases)):
+        raise ValueError("speed_phases needs ascending start times and positive factors")
+
+
 @dataclass(frozen=True)
 class SimConfig:
     instances: int = 4
@@ -55,9 +61,7 @@ class SimConfig:
             len(self.instance_speeds) != self.instances or min(self.instance_speeds) <= 0
         ):
             raise ValueError("instance_speeds needs one positive multiplier per instance")
-        phases = self.speed_phases or ()
-        if any(f <= 0 for _, f in phases) or any(a[0] >= b[0] for a, b in itertools.pairwise(phases)):
-            raise ValueError("speed_phases needs ascending start times and positive factors")
+        check_speed_phases(self.speed_phases or ())
 
 
 @dataclass
