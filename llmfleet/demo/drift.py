@@ -33,6 +33,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from llmfleet.sim.costmodel import CostModel
 from llmfleet.sim.instance import EngineConfig
 from llmfleet.sim.simulator import SimConfig
@@ -57,6 +59,7 @@ PHASE_S = 10.0  # the machine's speed is fitted per this many seconds of a repla
 # phase before it carries on.
 MIN_DECODE_S = 5.0
 PHASE_ROUNDS = 3  # fitting rounds: each corrects every phase by live over simulated time per token
+BOOTSTRAP_RESAMPLES = 2000  # as the demo's table's intervals (llmfleet.demo.report)
 
 # (arrival, first token, finish) of one request, seconds from the replay's start.
 Times = tuple[float, float, float]
@@ -150,6 +153,9 @@ class ReplayFit:
     simulated: dict[str, float]  # `means` of the simulator at `slowdown` (and `phases`)
     phases: Phases | None = None  # the speed's course within the replay, relative to `slowdown`
     simulated_at_mean_speed: dict[str, float] | None = None  # `means` at `slowdown` alone
+    # Every request's times, live and simulated at the fitted speed: what intervals resample.
+    live_rows: Mapping[str, Times] | None = None
+    simulated_rows: Mapping[str, Times] | None = None
 
     @property
     def residual(self) -> float:
@@ -172,11 +178,13 @@ def fit_replay(
         return means([simulated[i] for i in rows])
 
     slowdown = fit_slowdown(lambda k: at(k)["service_s"], live["service_s"])
-    at_mean = at(slowdown)
     if tokens is None:
-        return ReplayFit(label, entry, slowdown, live, at_mean)
-    phases = fit_phases(rows, tokens, lambda ph: simulate(slowdown, ph))
-    return ReplayFit(label, entry, slowdown, live, at(slowdown, phases), phases, at_mean)
+        phases, at_mean = None, None
+    else:
+        phases, at_mean = fit_phases(rows, tokens, lambda ph: simulate(slowdown, ph)), at(slowdown)
+    simulated = simulate(slowdown, phases)
+    sim_rows = {i: simulated[i] for i in rows}
+    return ReplayFit(label, entry, slowdown, live, means(list(sim_rows.values())), phases, at_mean, dict(rows), sim_rows)
 
 
 def adjust(fits: Sequence[ReplayFit], base: str, at_common: Mapping[str, float]) -> dict[str, dict[str, float]]:
@@ -200,6 +208,51 @@ def adjust(fits: Sequence[ReplayFit], base: str, at_common: Mapping[str, float])
     }
 
 
+def _metric(rows: Mapping[str, Times], ids: Sequence[str], metric: str) -> np.ndarray:
+    """Each request's latency ("latency_s") or time to first token ("ttft_s"), in `ids` order."""
+    first_or_last = 1 if metric == "ttft_s" else 2
+    return np.array([rows[i][first_or_last] - rows[i][0] for i in ids])
+
+
+def adjusted_intervals(
+    fits: Sequence[ReplayFit], base: str, common_rows: Mapping[str, Mapping[str, Times]],
+    resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
+) -> dict[str, dict[str, Any]]:  # fmt: skip
+    """Per policy entry, a paired bootstrap 95% interval over requests on the drift-adjusted ratio
+    to `base` of mean latency (`adjust` gives its estimate), and the same ratio of mean TTFT with
+    its interval. One resample of request ids is applied to
+    every replay live, to its simulation at its own speed, and to the simulator at the common
+    speed (`common_rows`, per entry), so the interval carries how much the requests alone move
+    the estimate. It does not carry the model's own error (bench/DATAPLANE.md, section 4)."""
+    if any(f.live_rows is None or f.simulated_rows is None for f in fits):
+        return {}
+    id_sets = [set(f.live_rows or ()) for f in fits] + [set(rows) for rows in common_rows.values()]
+    ids = sorted(set.intersection(*id_sets))
+    if len(ids) < 2:
+        return {}
+    draws = np.random.default_rng(seed).integers(0, len(ids), size=(resamples, len(ids)))
+    every = np.arange(len(ids))[None, :]  # the sample itself, as one "resample"
+    out: dict[str, dict[str, Any]] = {e: {} for e in common_rows}
+    for metric, name in (("latency_s", "adjusted_ratio"), ("ttft_s", "adjusted_ttft_ratio")):
+        estimates = {}
+        for idx in (every, draws):
+            # A replay's residual per resample, then each entry's geometric mean over its replays.
+            log_resid: dict[str, list[np.ndarray]] = {}
+            for f in fits:
+                live = _metric(f.live_rows, ids, metric)[idx].mean(axis=1)  # type: ignore[arg-type]
+                sim = _metric(f.simulated_rows, ids, metric)[idx].mean(axis=1)  # type: ignore[arg-type]
+                log_resid.setdefault(f.entry, []).append(np.log(live / sim))
+            at_common = {e: _metric(rows, ids, metric)[idx].mean(axis=1) for e, rows in common_rows.items()}
+            resid = {e: np.exp(np.mean(v, axis=0)) for e, v in log_resid.items()}
+            estimates[idx is every] = {e: at_common[e] / at_common[base] * resid[e] / resid[base] for e in common_rows}
+        for e in common_rows:
+            lo, hi = np.percentile(estimates[False][e], [2.5, 97.5])
+            if name != "adjusted_ratio":  # `adjust` owns the mean latency's point estimate
+                out[e][name] = round(float(estimates[True][e][0]), 3)
+            out[e][f"{name}_ci95"] = [round(float(lo), 3), round(float(hi), 3)]
+    return out
+
+
 def drift_adjusted(
     replays: Mapping[str, tuple[str, Mapping[str, Times]]],
     simulate: Callable[[str, float, Phases | None], Mapping[str, Times]],
@@ -215,7 +268,11 @@ def drift_adjusted(
     common = statistics.median(f.slowdown for f in fits)
     entries = list(dict.fromkeys(f.entry for f in fits))
     ids = set.intersection(*(set(rows) for _, rows in replays.values()))
-    at_common = {e: means([t for i, t in simulate(e, common, None).items() if i in ids])["latency_s"] for e in entries}
+    common_rows = {e: {i: t for i, t in simulate(e, common, None).items() if i in ids} for e in entries}
+    at_common = {e: means(list(rows.values()))["latency_s"] for e, rows in common_rows.items()}
+    ratios = adjust(fits, base, at_common)
+    for e, extra in adjusted_intervals(fits, base, common_rows).items():
+        ratios[e].update(extra)
     return {
         "common_slowdown": round(common, 3),
         "phase_s": PHASE_S if tokens is not None else None,
@@ -227,7 +284,7 @@ def drift_adjusted(
              if f.simulated_at_mean_speed else None}
             for f in fits
         ],  # fmt: skip
-        "ratios": adjust(fits, base, at_common),
+        "ratios": ratios,
     }
 
 

@@ -245,12 +245,16 @@ def adjusted_note(adjusted: Mapping[str, Any], baseline: str = BASELINE) -> str:
     replays = adjusted["replays"]
     speeds = ", ".join(f"x{r['engine_slowdown']:.2f}" for r in replays)
     off = max(abs(r["live_latency_s"] / r["simulated_latency_s"] - 1) for r in replays)
-    ratios = ", ".join(f"{e} {row['adjusted_ratio']:.2f}" for e, row in adjusted["ratios"].items() if e != baseline)
+    rows = {e: row for e, row in adjusted["ratios"].items() if e != baseline}
+    latency = ", ".join(f"{e} {_with_ci(row['adjusted_ratio'], row.get('adjusted_ratio_ci95'))}" for e, row in rows.items())
+    ttft = ", ".join(f"{e} {_with_ci(row['adjusted_ttft_ratio'], row.get('adjusted_ttft_ratio_ci95'))}"
+                     for e, row in rows.items() if "adjusted_ttft_ratio" in row)  # fmt: skip
     course = f", fitted {adjusted['phase_s']:g} s at a time" if adjusted.get("phase_s") else ""
     return (f"With the machine's drift taken out (the simulator calibrated on this fleet, run at each replay's own "
             f"engine speed{course}: on average {speeds} in the order they ran, where its mean latency was within "
-            f"{off:.0%} of the live one): mean latency at one speed, to {baseline}: {ratios}. A model's estimate, not a "
-            "measurement (bench/DATAPLANE.md, section 4).")  # fmt: skip
+            f"{off:.0%} of the live one): mean latency at one speed, to {baseline}: {latency}"
+            + (f"; mean TTFT: {ttft}" if ttft else "") + ". A model's estimate, not a measurement; the intervals "
+            "cover the requests' sampling, not the model's error (bench/DATAPLANE.md, section 4).")  # fmt: skip
 
 
 def plot(outcomes_by_policy: Mapping[str, Sequence[Outcome]], results: Sequence[dict[str, Any]], path: Path, title: str) -> None:

@@ -80,6 +80,10 @@ def test_replays_at_different_speeds_give_back_the_policys_own_ratio(speeds: dic
     )["latency_s"]
     assert ratios["adjusted_ratio"] == pytest.approx(expected, abs=2e-3)
     assert ratios["residual"] == pytest.approx(1.0, abs=1e-3)
+    # The stand-in's llmfleet waits 0.6 of fcfs-rr's wait at any one speed: its own TTFT ratio.
+    assert ratios["adjusted_ttft_ratio"] == pytest.approx(0.6, abs=2e-3)
+    lo, hi = ratios["adjusted_ratio_ci95"]
+    assert lo <= ratios["adjusted_ratio"] <= hi < 1.0
     if speeds["llmfleet"] > speeds["fcfs-rr"]:
         # Raw, llmfleet's slow replay hides its win; taken out, it is back below 1.
         assert ratios["live_ratio"] > at_one_speed
@@ -94,6 +98,42 @@ def test_the_demo_prints_the_adjusted_ratios_with_each_replays_speed_and_fit() -
     note = adjusted_note(drift_adjusted(replays, fake_simulate, "fcfs-rr"))
     assert "x0.90, x1.30, x1.10 in the order they ran" in note and "within 0% of the live one" in note
     assert "to fcfs-rr: llmfleet 0." in note and "fcfs-rr 1.00" not in note
+    assert "mean TTFT: llmfleet 0.60 [" in note, note
+
+
+def _noisy(rows: dict[str, tuple[float, float, float]], sd: float, seed: int) -> dict[str, tuple[float, float, float]]:
+    """Each request's wait and decode stretched by its own random factor (mean 1)."""
+    import random
+
+    rng = random.Random(seed)
+    out = {}
+    for i, (a, t, f) in rows.items():
+        x = rng.lognormvariate(-sd * sd / 2, sd)
+        out[i] = (a, a + (t - a) * x, a + (f - a) * x)
+    return out
+
+
+def test_the_interval_on_an_adjusted_ratio_widens_with_the_requests_own_noise() -> None:
+    """Replays that scatter around the simulator request by request (while the fitted speed stays
+    the same) leave the estimate near the policy's own ratio, with an interval that covers it and
+    grows with the scatter: the interval is over requests, as the table's are."""
+    own = means(list(fake_simulate("llmfleet", 1.0).values()))["latency_s"] / means(list(fake_simulate("fcfs-rr", 1.0).values()))["latency_s"]
+    widths = []
+    for sd in (0.05, 0.3):
+        replays = {"fcfs-rr": ("fcfs-rr", _noisy(fake_simulate("fcfs-rr", 1.0), sd, 1)),
+                   "llmfleet": ("llmfleet", _noisy(fake_simulate("llmfleet", 1.0), sd, 2))}  # fmt: skip
+        row = drift_adjusted(replays, fake_simulate, "fcfs-rr")["ratios"]["llmfleet"]
+        lo, hi = row["adjusted_ratio_ci95"]
+        assert lo < own < hi, (sd, row)
+        widths.append(hi - lo)
+    assert widths[1] > 2 * widths[0]
+
+
+def test_without_every_requests_times_there_is_no_interval() -> None:
+    from llmfleet.demo.drift import adjusted_intervals
+
+    fits = [ReplayFit(e, e, 1.0, {"latency_s": 2.0}, {"latency_s": 2.0}) for e in ("fcfs-rr", "llmfleet")]
+    assert adjusted_intervals(fits, "fcfs-rr", {"fcfs-rr": {}, "llmfleet": {}}) == {}
 
 
 def test_without_prompt_text_or_a_baseline_nothing_is_adjusted() -> None:
