@@ -214,41 +214,45 @@ def _metric(rows: Mapping[str, Times], ids: Sequence[str], metric: str) -> np.nd
     return np.array([rows[i][first_or_last] - rows[i][0] for i in ids])
 
 
+def _resampled(
+    replays: Sequence[tuple[str, np.ndarray, np.ndarray]], common: Mapping[str, np.ndarray], base: str, idx: np.ndarray,
+) -> dict[str, np.ndarray]:  # fmt: skip
+    """`adjust`'s ratio per row of resampled indices `idx`: (entry, live, simulated) per replay,
+    and each entry's requests simulated at the common speed."""
+    logs: dict[str, list[np.ndarray]] = {}
+    for entry, live, sim in replays:
+        logs.setdefault(entry, []).append(np.log(live[idx].mean(axis=1) / sim[idx].mean(axis=1)))
+    resid = {e: np.exp(np.mean(v, axis=0)) for e, v in logs.items()}  # geometric mean over its replays
+    at = {e: c[idx].mean(axis=1) for e, c in common.items()}
+    return {e: at[e] / at[base] * resid[e] / resid[base] for e in common}
+
+
 def adjusted_intervals(
     fits: Sequence[ReplayFit], base: str, common_rows: Mapping[str, Mapping[str, Times]],
     resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0,
 ) -> dict[str, dict[str, Any]]:  # fmt: skip
     """Per policy entry, a paired bootstrap 95% interval over requests on the drift-adjusted ratio
     to `base` of mean latency (`adjust` gives its estimate), and the same ratio of mean TTFT with
-    its interval. One resample of request ids is applied to
-    every replay live, to its simulation at its own speed, and to the simulator at the common
-    speed (`common_rows`, per entry), so the interval carries how much the requests alone move
-    the estimate. It does not carry the model's own error (bench/DATAPLANE.md, section 4)."""
+    its interval. One resample of request ids is applied to every replay live, to its simulation
+    at its own speed, and to the simulator at the common speed (`common_rows`, per entry), so the
+    interval carries how much the requests alone move the estimate. It does not carry the
+    model's own error (bench/DATAPLANE.md, section 4). Empty without every request's times."""
     if any(f.live_rows is None or f.simulated_rows is None for f in fits):
         return {}
-    id_sets = [set(f.live_rows or ()) for f in fits] + [set(rows) for rows in common_rows.values()]
-    ids = sorted(set.intersection(*id_sets))
+    ids = sorted(set.intersection(*[set(f.live_rows or ()) for f in fits], *[set(rows) for rows in common_rows.values()]))
     if len(ids) < 2:
         return {}
     draws = np.random.default_rng(seed).integers(0, len(ids), size=(resamples, len(ids)))
-    every = np.arange(len(ids))[None, :]  # the sample itself, as one "resample"
+    whole = np.arange(len(ids))[None, :]  # the sample itself, as a single "resample"
     out: dict[str, dict[str, Any]] = {e: {} for e in common_rows}
     for metric, name in (("latency_s", "adjusted_ratio"), ("ttft_s", "adjusted_ttft_ratio")):
-        estimates = {}
-        for idx in (every, draws):
-            # A replay's residual per resample, then each entry's geometric mean over its replays.
-            log_resid: dict[str, list[np.ndarray]] = {}
-            for f in fits:
-                live = _metric(f.live_rows, ids, metric)[idx].mean(axis=1)  # type: ignore[arg-type]
-                sim = _metric(f.simulated_rows, ids, metric)[idx].mean(axis=1)  # type: ignore[arg-type]
-                log_resid.setdefault(f.entry, []).append(np.log(live / sim))
-            at_common = {e: _metric(rows, ids, metric)[idx].mean(axis=1) for e, rows in common_rows.items()}
-            resid = {e: np.exp(np.mean(v, axis=0)) for e, v in log_resid.items()}
-            estimates[idx is every] = {e: at_common[e] / at_common[base] * resid[e] / resid[base] for e in common_rows}
+        replays = [(f.entry, _metric(f.live_rows, ids, metric), _metric(f.simulated_rows, ids, metric)) for f in fits]  # type: ignore[arg-type]
+        common = {e: _metric(rows, ids, metric) for e, rows in common_rows.items()}
+        point, spread = _resampled(replays, common, base, whole), _resampled(replays, common, base, draws)
         for e in common_rows:
-            lo, hi = np.percentile(estimates[False][e], [2.5, 97.5])
+            lo, hi = np.percentile(spread[e], [2.5, 97.5])
             if name != "adjusted_ratio":  # `adjust` owns the mean latency's point estimate
-                out[e][name] = round(float(estimates[True][e][0]), 3)
+                out[e][name] = round(float(point[e][0]), 3)
             out[e][f"{name}_ci95"] = [round(float(lo), 3), round(float(hi), 3)]
     return out
 
