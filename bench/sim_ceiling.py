@@ -116,7 +116,8 @@ def scenario(rate: float, window: int, speed: float, ranker: Path, runs: list[tu
     workload, trace = demo_trace(rate, window, ranker)
     cost = calibrated_cost().slowed(speed)
     live = live_ranker(workload, ranker)
-    # The artifact's own remaining-length tau per k (measured on its held-back prompts).
+    # The artifact's own remaining-length tau per k (measured on its held-back prompts). The
+    # noise model answers only the re-estimates (k > 0): admission is the live ranker's.
     curve = load_ranker(str(ranker)).ranker.remaining.tau_curve
     later = NoisyOraclePredictor.fitted([t.output_tokens for t in trace], tau=curve[0][1], tau_curve=curve)
     predictors = {"none": None, "exact": ExactPredictor(), "live": live, "reestimated": ReestimatedBy(live, later)}
