@@ -18,6 +18,9 @@ from llmfleet.fleet.cli import add_unconfined_engines
 # extra replays of about a minute each getting there. On another machine, or in another phase
 # of this one, it moves up or down from here.
 DEFAULT_QUEUE_SHARE = 0.45
+# Where the results go unless --out says otherwise: a run that printed a table should leave it
+# and its plot behind (`make demo` passes no flags).
+DEFAULT_OUT = Path("demo-results")
 START_RATE = 3.9
 
 
@@ -90,7 +93,11 @@ def register(parser: argparse.ArgumentParser) -> None:
         "lengths are hidden from the scheduler and max_tokens is only a cap",
     )
     add_unconfined_engines(parser)
-    parser.add_argument("--out", type=Path, default=None, help="write DIR/results.json, DIR/latency.png and every request's outcome in DIR/requests.jsonl")
+    parser.add_argument(
+        "--out", type=Path, default=DEFAULT_OUT,
+        help=f"write DIR/results.json, DIR/latency.png and every request's outcome in DIR/requests.jsonl "
+        f"(default: ./{DEFAULT_OUT}, replaced on each run)",
+    )
     parser.add_argument("--log-dir", type=Path, default=None, help="where engine and dispatcher logs go")
     parser.set_defaults(func=_run)
 

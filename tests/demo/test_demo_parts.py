@@ -174,6 +174,19 @@ def test_demo_confines_each_engine_unless_told_not_to(monkeypatch, tmp_path: Pat
     assert [o.fleet.confine_engines for o in started] == [confined]
 
 
+@pytest.mark.parametrize(("flags", "out"), [([], Path("demo-results")), (["--out", "elsewhere"], Path("elsewhere"))])
+def test_demo_writes_its_results_by_default(monkeypatch, tmp_path: Path, flags, out) -> None:
+    """`make demo` passes no flags, and must still leave results.json and the plot behind."""
+    import llmfleet.demo.run as run
+    from llmfleet.cli import main
+
+    started = []
+    monkeypatch.setattr(run, "ensure_ranker", lambda path: tmp_path)
+    monkeypatch.setattr(run, "run_demo", started.append)
+    assert main(["demo", "--prompts", "trace", "--policies", "fcfs-rr", *flags]) == 0
+    assert [o.out_dir for o in started] == [out]
+
+
 @pytest.mark.parametrize(
     ("entry", "expected"),
     [
