@@ -41,7 +41,7 @@ sys.path.insert(0, str(ROOT))
 from sim_guard import DEMO_FLEET, calibrated_cost, demo_trace, live_ranker  # noqa: E402  (this folder)
 
 from llmfleet.core.prediction import PredictionInput  # noqa: E402
-from llmfleet.demo.drift import Phases, ReplayFit, adjust, adjusted_intervals, fit_replay, means  # noqa: E402
+from llmfleet.demo.drift import Phases, ReplayFit, adjusted_table, fit_replay  # noqa: E402
 from llmfleet.demo.run import DEFAULT_RANKER_DIR, ensure_ranker, policy_config  # noqa: E402
 from llmfleet.policies.registry import make_policy  # noqa: E402
 from llmfleet.sim.live_predictions import PromptTextPredictor  # noqa: E402
@@ -143,11 +143,7 @@ def main(argv: list[str] | None = None) -> int:
         common = statistics.median(r["engine_slowdown"] for r in rows)
         key = {r["variant"]: (r["replay"], r["variant"]) for r in rows}
         common_rows = {v: simulate(key[v], common) for v in variants}
-        at_common = {v: means(list(common_rows[v].values()))["latency_s"] for v in variants}
-        group = [fits[(r["replay"], r["variant"])] for r in rows]
-        table = adjust(group, base, at_common)
-        for v, extra in adjusted_intervals(group, base, common_rows).items():
-            table[v].update(extra)
+        table = adjusted_table([fits[(r["replay"], r["variant"])] for r in rows], base, common_rows)
         adjusted.append({"rate": rate, "start_index": start, "baseline": base, "common_slowdown": round(common, 3), "ratios": table})
         print(f"{rate:g}/s from {start}, to {base}, the simulator at x{common:.3f}: " + "; ".join(
             f"{v} live {t['live_ratio']:.2f}, adjusted {t['adjusted_ratio']:.2f} {t.get('adjusted_ratio_ci95')}, "

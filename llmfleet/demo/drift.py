@@ -257,6 +257,16 @@ def adjusted_intervals(
     return out
 
 
+def adjusted_table(fits: Sequence[ReplayFit], base: str, common_rows: Mapping[str, Mapping[str, Times]]) -> dict[str, dict[str, Any]]:
+    """`adjust` at the common speed (each entry's requests simulated there, `common_rows`), with
+    `adjusted_intervals` beside each entry's ratios."""
+    at_common = {e: means(list(rows.values()))["latency_s"] for e, rows in common_rows.items()}
+    table: dict[str, dict[str, Any]] = dict(adjust(fits, base, at_common))
+    for e, extra in adjusted_intervals(fits, base, common_rows).items():
+        table[e].update(extra)
+    return table
+
+
 def drift_adjusted(
     replays: Mapping[str, tuple[str, Mapping[str, Times]]],
     simulate: Callable[[str, float, Phases | None], Mapping[str, Times]],
@@ -273,10 +283,7 @@ def drift_adjusted(
     entries = list(dict.fromkeys(f.entry for f in fits))
     ids = set.intersection(*(set(rows) for _, rows in replays.values()))
     common_rows = {e: {i: t for i, t in simulate(e, common, None).items() if i in ids} for e in entries}
-    at_common = {e: means(list(rows.values()))["latency_s"] for e, rows in common_rows.items()}
-    ratios = adjust(fits, base, at_common)
-    for e, extra in adjusted_intervals(fits, base, common_rows).items():
-        ratios[e].update(extra)
+    ratios = adjusted_table(fits, base, common_rows)
     return {
         "common_slowdown": round(common, 3),
         "phase_s": PHASE_S if tokens is not None else None,

@@ -233,6 +233,11 @@ def replay_policy(
     return outcomes, busy, (hits_after - hits) / looked_up if looked_up else 0.0
 
 
+def replay_summary(label: str, outcomes: Sequence[Outcome], busy: dict[str, float], hit_rate: float) -> dict[str, Any]:
+    """One `results` entry for a `replay_policy` result."""
+    return summarize_outcomes(label, outcomes, list(busy.values()) or [0.0]) | {"prefix_cache_hit_rate": hit_rate}
+
+
 @dataclass(frozen=True)
 class RateSearch:
     """What `find_queue_rate` found: the rate, every (rate, share) tried, and the `replay_policy`
@@ -337,7 +342,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
             if search.replay_at_rate is not None and BASELINE in options.policies:
                 outcomes, busy, hit_rate = search.replay_at_rate
                 outcomes_by_policy[EARLIER] = outcomes
-                results.append(summarize_outcomes(EARLIER, outcomes, list(busy.values()) or [0.0]) | {"prefix_cache_hit_rate": hit_rate})
+                results.append(replay_summary(EARLIER, outcomes, busy, hit_rate))
                 order = replay_order(options.policies, bracket=True)
                 console.print(f"{BASELINE}'s replay at that rate is kept as {EARLIER!r}; {BASELINE} replays again after the "
                               "others, so the two bracket the comparison")  # fmt: skip
@@ -353,7 +358,7 @@ def run_demo(options: DemoOptions) -> dict[str, Any]:
                 config = policy_config(policy, options.slice_tokens, options.ranker)
                 outcomes, busy, hit_rate = replay_policy(fleet, config, workload, options.hidden_length, advance, is_oracle(policy))
                 outcomes_by_policy[policy] = outcomes
-                results.append(summarize_outcomes(policy, outcomes, list(busy.values()) or [0.0]) | {"prefix_cache_hit_rate": hit_rate})
+                results.append(replay_summary(policy, outcomes, busy, hit_rate))
     finally:
         signal.signal(signal.SIGTERM, previous)
         with console.status("stopping the fleet"):
